@@ -1,0 +1,139 @@
+# ploopfs: one non-recursive Makefile.  `make help` lists the targets.
+#
+# Variants build into build/$(VARIANT): release (default), asan, tsan.
+#   make                 build ploopctl (and ploopfs once it exists)
+#   make check           unit + integration tests of the release build
+#   make check-asan      the same under AddressSanitizer + UBSan
+#   make check-tsan      the same under ThreadSanitizer
+
+VARIANT  ?= release
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BINDIR   ?= $(PREFIX)/bin
+SBINDIR  ?= $(PREFIX)/sbin
+MANDIR   ?= $(PREFIX)/share/man
+
+CC       ?= gcc
+B        := build/$(VARIANT)
+
+PKGS     := libxml-2.0 uuid
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CPPFLAGS += -Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(PKG_CFLAGS)
+WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+	    -Wmissing-prototypes -Wpointer-arith -Wwrite-strings -Wformat=2 \
+	    -Wvla -Wimplicit-fallthrough -Wundef
+CFLAGS   += -std=gnu11 $(WARN) -g -MMD -MP
+LDLIBS   += $(PKG_LIBS) -lpthread
+
+ifeq ($(VARIANT),release)
+CFLAGS   += -O2 -D_FORTIFY_SOURCE=2
+else ifeq ($(VARIANT),asan)
+CFLAGS   += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+	    -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+else ifeq ($(VARIANT),tsan)
+CFLAGS   += -O1 -fsanitize=thread
+LDFLAGS  += -fsanitize=thread
+else
+$(error unknown VARIANT '$(VARIANT)': release, asan or tsan)
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+MAINS     := src/ploopctl.c
+LIB_SRCS  := $(filter-out $(MAINS),$(wildcard src/*.c))
+LIB_OBJS  := $(LIB_SRCS:src/%.c=$(B)/src/%.o)
+LIB       := $(B)/libploopfs.a
+PROGS     := $(B)/ploopctl
+
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
+TAP_OBJ   := $(B)/tests/tap.o
+
+.SECONDARY:
+
+.PHONY: all deps check check-unit check-integration check-asan check-tsan \
+	lint man-lint install clean help bench
+
+all: $(PROGS)
+
+help:
+	@echo "targets:"
+	@echo "  all                build ploopctl into build/\$$VARIANT (default release)"
+	@echo "  deps               apt-get install everything build, tests and benchmarks need"
+	@echo "  check              layering check, unit tests and bats integration tests"
+	@echo "  check-unit         unit tests only"
+	@echo "  check-integration  bats integration tests only"
+	@echo "  check-asan         'check' built with AddressSanitizer + UBSan"
+	@echo "  check-tsan         'check' built with ThreadSanitizer"
+	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
+	@echo "  install            install programs and man pages (PREFIX, DESTDIR)"
+	@echo "  bench              benchmarks (tests/bench)"
+	@echo "  clean              remove build/"
+
+deps:
+	scripts/deps.sh
+
+$(B)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+$(B)/tests/%.o: tests/unit/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) -c -o $@ $<
+
+$(LIB): $(LIB_OBJS)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/ploopctl: $(B)/src/ploopctl.o $(LIB)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/tests/test_%: $(B)/tests/test_%.o $(TAP_OBJ) $(LIB)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+check: all $(UNIT_BINS)
+	scripts/run-tests.sh $(B)
+
+check-unit: $(UNIT_BINS)
+	scripts/run-tests.sh --unit-only $(B)
+
+check-integration: all
+	scripts/run-tests.sh --integration-only $(B)
+
+check-asan:
+	$(MAKE) VARIANT=asan check
+
+check-tsan:
+	$(MAKE) VARIANT=tsan check
+
+lint:
+	scripts/lint.sh
+
+man-lint:
+	scripts/lint.sh --man-only
+
+bench: all
+	@if [ -x tests/bench/run.sh ]; then tests/bench/run.sh $(B); \
+	else echo "bench: no benchmarks yet (they need the ploopfs daemon)"; fi
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(PROGS) $(DESTDIR)$(SBINDIR)/
+	install -m 0644 man/*.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 man/*.8 $(DESTDIR)$(MANDIR)/man8/
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * DiskDescriptor.xml: the list of deltas of an image directory and the
+ * snapshot tree that links them (ploop-image(5), "DESCRIPTOR").
+ * libxml2 is used only in descriptor.c; libuuid only for pf_guid_new().
+ */
+#ifndef PF_DESCRIPTOR_H
+#define PF_DESCRIPTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define PF_DD_NAME	"DiskDescriptor.xml"
+#define PF_DD_TMP_NAME	"DiskDescriptor.xml.tmp"
+/* ploop keeps the active top delta under this constant GUID. */
+#define PF_TOP_GUID	"{5fbaabe3-6958-40ff-92a7-860e329aab41}"
+#define PF_NONE_GUID	"{00000000-0000-0000-0000-000000000000}"
+#define PF_GUID_LEN	38		/* "{" + 36 + "}" */
+#define PF_BASE_NAME	"root.hds"
+#define PF_MAX_DELTAS	253		/* dm-ploop's limit of levels */
+#define PF_DD_MAX_BYTES	(1u << 20)	/* refuse larger descriptors */
+
+struct pf_dd_image {
+	char guid[PF_GUID_LEN + 1];
+	char *file;		/* a plain name inside the image directory */
+};
+
+struct pf_dd_shot {
+	char guid[PF_GUID_LEN + 1];
+	char parent[PF_GUID_LEN + 1];	/* PF_NONE_GUID for the base */
+	bool temporary;			/* <Temporary/> present */
+};
+
+struct pf_dd {
+	bool parallels_root;	/* root element was <Parallels_disk_image> */
+	uint64_t disk_size_sectors;
+	uint32_t cylinders;
+	uint32_t heads;
+	uint32_t sectors;
+	uint32_t blocksize;	/* cluster size in sectors */
+	char top_guid[PF_GUID_LEN + 1];
+	size_t n_images;
+	struct pf_dd_image *images;	/* in document order */
+	size_t n_shots;
+	struct pf_dd_shot *shots;	/* in document order */
+};
+
+/* Parsing and writing */
+
+/*
+ * Parse and validate a descriptor held in memory.  Accepts both root
+ * element names; ignores unknown elements.  Rejects: malformed XML,
+ * missing or non-numeric required elements, sizes whose byte count
+ * overflows 64 bits, a Blocksize that is not a valid cluster size, not
+ * exactly one <Storage>, an <Image> without GUID or File, a File that is
+ * absolute, contains '/', is "." or "..", or is empty, Type other than
+ * Compressed, malformed or duplicate GUIDs, more than PF_MAX_DELTAS
+ * images, a Shot without a matching Image, a TopGUID naming no Shot or a
+ * temporary one, and a chain from TopGUID that has a cycle or names an
+ * unknown parent.  When there is no <Snapshots> and exactly one image,
+ * that image is the top.
+ * Returns: 0; -EINVAL (@why says what is wrong); -ENOMEM.
+ */
+PF_MUST_CHECK int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
+			      struct pf_why *why);
+
+/* Read and parse DiskDescriptor.xml of the directory @dirfd.
+ * Returns: 0; -ENOENT; -EFBIG (larger than PF_DD_MAX_BYTES); -EINVAL;
+ * other -errno from the read. */
+PF_MUST_CHECK int pf_dd_load(int dirfd, struct pf_dd **out,
+			     struct pf_why *why);
+
+/* Serialize in ploop's layout (root <Virtuozzo_disk_image>, or
+ * <Parallels_disk_image> when parsed from one), 2-space indent.
+ * *buf is malloc'ed.  Returns 0 or -ENOMEM. */
+PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
+			       size_t *len);
+
+/*
+ * Replace DiskDescriptor.xml in @dirfd atomically (W6): write
+ * DiskDescriptor.xml.tmp, fsync it, rename it over DiskDescriptor.xml,
+ * fsync the directory.  On error the old descriptor is intact and the tmp
+ * file is removed.  Returns 0 or -errno.
+ */
+PF_MUST_CHECK int pf_dd_store(int dirfd, const struct pf_dd *dd);
+
+void pf_dd_free(struct pf_dd *dd);
+
+/* Building and editing */
+
+/* A descriptor for a single base delta @file with the TOPDELTA GUID. */
+PF_MUST_CHECK int pf_dd_new(uint64_t size_sectors, uint32_t blocksize,
+			    uint32_t heads, uint32_t cylinders,
+			    const char *file, struct pf_dd **out);
+
+/*
+ * Offline snapshot, as ploop does it: the current top keeps its file but
+ * takes the new GUID @snap_guid; a new image @new_file becomes the top
+ * under PF_TOP_GUID with @snap_guid as parent.  Returns 0, -ENOMEM,
+ * -E2BIG (PF_MAX_DELTAS reached) or -EINVAL (@snap_guid malformed or in use).
+ */
+PF_MUST_CHECK int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
+				     const char *new_file);
+
+/* Lookup */
+
+/*
+ * The active chain from the base to the top: *out is a malloc'ed array of
+ * indices into dd->images, *n its length.  Returns 0, -ENOMEM or -EINVAL.
+ */
+PF_MUST_CHECK int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
+			      struct pf_why *why);
+
+const struct pf_dd_image *pf_dd_find_image(const struct pf_dd *dd,
+					   const char *guid);
+const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
+					 const char *guid);
+
+/* GUIDs: "{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}", lower-case hex. */
+
+/* A fresh random GUID into @out (PF_GUID_LEN + 1 bytes). */
+void pf_guid_new(char *out);
+/* true if @s has the GUID form (hex digits of either case). */
+bool pf_guid_valid(const char *s);
+
+/* true if @name is acceptable as a delta file name (see pf_dd_parse). */
+bool pf_dd_file_name_valid(const char *name);
+
+#endif /* PF_DESCRIPTOR_H */

@@ -1,0 +1,990 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * ploopctl: image management (ploopctl(8)).
+ *
+ * Every command takes an image directory (DiskDescriptor.xml plus its
+ * deltas); info and check also take a single delta file.  Commands that
+ * only read never open a file for writing.  Commands that write take an
+ * exclusive lock on the image directory, so they fail with "busy" (exit 5)
+ * while a ploopfs daemon or another ploopctl holds it.
+ *
+ * Errors are one line on stderr, "ploopctl: <file>: <problem>", and a
+ * documented exit status (enum exit_code, man page EXIT STATUS).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "delta.h"
+#include "descriptor.h"
+#include "format.h"
+#include "util.h"
+
+#ifndef PLOOPFS_VERSION
+#define PLOOPFS_VERSION "0.1"
+#endif
+
+enum exit_code {
+	EXIT_OK = 0,
+	EXIT_FAIL = 1,		/* operation failed (I/O, missing file, ...) */
+	EXIT_USAGE = 2,		/* bad command line */
+	EXIT_UNCLEAN = 3,	/* image not closed cleanly (in-use flag) */
+	EXIT_CORRUPT = 4,	/* image or descriptor invalid or corrupt */
+	EXIT_BUSY = 5,		/* locked by ploopfs or another command */
+	EXIT_LEAKS = 6,		/* check: leaked clusters only */
+};
+
+static const char *prog = "ploopctl";
+
+static void PF_PRINTF(2, 3) err_line(const char *file, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "%s: ", prog);
+	if (file)
+		fprintf(stderr, "%s: ", file);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* Exit status for an error returned while reading an image. */
+static int exit_for(int err)
+{
+	switch (err) {
+	case -EINVAL:
+	case -EUCLEAN:
+	case -EFBIG:
+		return EXIT_CORRUPT;
+	case -EBUSY:
+		return EXIT_BUSY;
+	default:
+		return EXIT_FAIL;
+	}
+}
+
+/* JSON output */
+
+static void json_str(FILE *out, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+
+	fputc('"', out);
+	for (; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(out, "\\%c", *p);
+		else if (*p < 0x20)
+			fprintf(out, "\\u%04x", *p);
+		else
+			fputc(*p, out);
+	}
+	fputc('"', out);
+}
+
+static const char *in_use_name(uint32_t v)
+{
+	switch (v) {
+	case PF_INUSE_CLOSED:
+		return "closed";
+	case PF_INUSE_OPEN:
+		return "in-use";
+	default:
+		return "closed-v2.1";
+	}
+}
+
+/* Opening images */
+
+/* An image as named on the command line: a directory or one delta. */
+struct image {
+	const char *arg;	/* as given */
+	char *dir;		/* the image directory (or the file's) */
+	int dirfd;
+	bool is_dir;
+	struct pf_dd *dd;	/* directory form only */
+	size_t *chain;		/* indices into dd->images, base first */
+	size_t depth;
+};
+
+static char *path_join(const char *dir, const char *name)
+{
+	char *p;
+
+	if (asprintf(&p, "%s/%s", dir, name) < 0)
+		return NULL;
+	return p;
+}
+
+static void image_close(struct image *im)
+{
+	if (im->dirfd >= 0)
+		close(im->dirfd);
+	pf_dd_free(im->dd);
+	free(im->chain);
+	free(im->dir);
+	im->dirfd = -1;
+	im->dd = NULL;
+	im->chain = NULL;
+	im->dir = NULL;
+}
+
+/*
+ * Resolve @arg: a directory loads its descriptor and active chain; a
+ * regular file is a single delta.  @lock: 0 none, 1 shared, 2 exclusive.
+ * Prints the error; returns an exit code.
+ */
+static int image_open(struct image *im, const char *arg, int lock,
+		      bool file_ok)
+{
+	struct pf_why why = { "" };
+	struct stat st;
+	char *tmp;
+	int ret;
+
+	memset(im, 0, sizeof(*im));
+	im->arg = arg;
+	im->dirfd = -1;
+	if (stat(arg, &st) < 0) {
+		err_line(arg, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	im->is_dir = S_ISDIR(st.st_mode);
+	if (!im->is_dir && !(file_ok && S_ISREG(st.st_mode))) {
+		err_line(arg, file_ok ? "not an image directory or delta file" :
+					"not an image directory");
+		return EXIT_FAIL;
+	}
+	if (im->is_dir) {
+		im->dir = strdup(arg);
+	} else {
+		tmp = strdup(arg);
+		im->dir = tmp ? strdup(dirname(tmp)) : NULL;
+		free(tmp);
+	}
+	if (!im->dir) {
+		err_line(arg, "out of memory");
+		return EXIT_FAIL;
+	}
+	im->dirfd = open(im->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (im->dirfd < 0) {
+		err_line(im->dir, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (lock) {
+		ret = pf_lock(im->dirfd, lock == 2);
+		if (ret == -EBUSY) {
+			err_line(im->dir,
+				 "image is busy (mounted by ploopfs or used by another command)");
+			return EXIT_BUSY;
+		}
+		if (ret < 0) {
+			err_line(im->dir, "cannot lock: %s", strerror(-ret));
+			return EXIT_FAIL;
+		}
+	}
+	if (!im->is_dir)
+		return EXIT_OK;
+
+	ret = pf_dd_load(im->dirfd, &im->dd, &why);
+	if (ret < 0) {
+		tmp = path_join(im->dir, PF_DD_NAME);
+		if (ret == -ENOENT)
+			err_line(tmp, "no such file: not an image directory");
+		else
+			err_line(tmp, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		free(tmp);
+		return exit_for(ret);
+	}
+	ret = pf_dd_chain(im->dd, &im->chain, &im->depth, &why);
+	if (ret < 0) {
+		tmp = path_join(im->dir, PF_DD_NAME);
+		err_line(tmp, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		free(tmp);
+		return exit_for(ret);
+	}
+	return EXIT_OK;
+}
+
+/* Open delta file @name of @im; on error print it and return NULL with
+ * *rc set.  The delta's name becomes its displayed path. */
+static struct pf_delta *delta_open(struct image *im, const char *name,
+				   int flags, int *rc)
+{
+	struct pf_why why = { "" };
+	struct pf_delta *d;
+	char *path;
+	int ret;
+
+	path = im->is_dir ? path_join(im->dir, name) : strdup(im->arg);
+	if (!path) {
+		*rc = EXIT_FAIL;
+		err_line(name, "out of memory");
+		return NULL;
+	}
+	ret = pf_delta_open(im->is_dir ? im->dirfd : AT_FDCWD,
+			    im->is_dir ? name : im->arg, flags, &d, &why);
+	if (ret < 0) {
+		err_line(path, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		free(path);
+		*rc = exit_for(ret);
+		return NULL;
+	}
+	free(d->name);
+	d->name = path;
+	return d;
+}
+
+static void deltas_close(struct pf_delta **v, size_t n)
+{
+	size_t i;
+
+	if (!v)
+		return;
+	for (i = 0; i < n; i++)
+		pf_delta_close(v[i]);
+	free(v);
+}
+
+/* Open the active chain of a directory image (or the one delta of a file
+ * image), base first.  Returns an exit code. */
+static int chain_open(struct image *im, struct pf_delta ***out, size_t *n)
+{
+	struct pf_delta **v;
+	size_t i, depth = im->is_dir ? im->depth : 1;
+	int rc = EXIT_OK;
+
+	v = calloc(depth, sizeof(*v));
+	if (!v) {
+		err_line(im->arg, "out of memory");
+		return EXIT_FAIL;
+	}
+	for (i = 0; i < depth; i++) {
+		const char *name =
+			im->is_dir ? im->dd->images[im->chain[i]].file : NULL;
+
+		v[i] = delta_open(im, name, 0, &rc);
+		if (!v[i]) {
+			deltas_close(v, i);
+			return rc;
+		}
+	}
+	*out = v;
+	*n = depth;
+	return EXIT_OK;
+}
+
+/* Findings collected for commands that only want the first problem. */
+struct first_problem {
+	char file[PATH_MAX];
+	char msg[512];
+	bool corrupt;
+};
+
+static void keep_first_corrupt(void *ctx, const char *file,
+			       enum pf_finding kind, const char *msg)
+{
+	struct first_problem *fp = ctx;
+
+	if (kind != PF_FIND_CORRUPT || fp->corrupt)
+		return;
+	fp->corrupt = true;
+	snprintf(fp->file, sizeof(fp->file), "%s", file);
+	snprintf(fp->msg, sizeof(fp->msg), "%s", msg);
+}
+
+/*
+ * Validate the deltas @v as a stack (and each BAT).  Prints the first
+ * corruption and returns EXIT_CORRUPT, or EXIT_OK.
+ */
+static int validate_stack(struct image *im, struct pf_delta **v, size_t n)
+{
+	struct first_problem fp = { "", "", false };
+	struct pf_check_report r = { .emit = keep_first_corrupt, .ctx = &fp };
+	size_t i;
+
+	if (im->is_dir)
+		pf_check_stack(im->dd, v, n, &r);
+	for (i = 0; i < n && !fp.corrupt; i++)
+		if (pf_check_delta(v[i], &r) < 0) {
+			err_line(v[i]->name, "out of memory");
+			return EXIT_FAIL;
+		}
+	if (fp.corrupt) {
+		err_line(fp.file, "%s (run ploopctl check for all problems)",
+			 fp.msg);
+		return EXIT_CORRUPT;
+	}
+	return EXIT_OK;
+}
+
+/* init */
+
+static void usage_init(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl init -s <size> [-c <cluster-size>] <dir>\n"
+		"  -s, --size <size>           virtual size (bytes, or K/M/G/T suffix)\n"
+		"  -c, --cluster-size <size>   cluster size, a power of two from 64K to 64M\n"
+		"                              (default 1M)\n");
+}
+
+static int cmd_init(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "size", required_argument, NULL, 's' },
+		{ "cluster-size", required_argument, NULL, 'c' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	uint64_t size = 0, cluster = PF_CLUSTER_DEFAULT;
+	struct pf_why why = { "" };
+	struct pf_header h;
+	struct pf_dd *dd = NULL;
+	const char *dir;
+	char *path;
+	int c, ret, dirfd, rc = EXIT_FAIL;
+	bool have_size = false;
+
+	while ((c = getopt_long(argc, argv, "s:c:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 's':
+			if (pf_parse_size(optarg, &size) < 0) {
+				err_line(NULL, "invalid size '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			have_size = true;
+			break;
+		case 'c':
+			if (pf_parse_size(optarg, &cluster) < 0 ||
+			    cluster > UINT32_MAX) {
+				err_line(NULL, "invalid cluster size '%s'",
+					 optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'h':
+			usage_init(stdout);
+			return EXIT_OK;
+		default:
+			usage_init(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (!have_size || optind + 1 != argc) {
+		usage_init(stderr);
+		return EXIT_USAGE;
+	}
+	dir = argv[optind];
+	ret = pf_header_init(&h, size, (uint32_t)cluster, &why);
+	if (ret < 0) {
+		err_line(dir, "%s", why.msg);
+		return EXIT_USAGE;
+	}
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		err_line(dir, "cannot create directory: %s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0) {
+		err_line(dir, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	ret = pf_lock(dirfd, true);
+	if (ret < 0) {
+		err_line(dir, ret == -EBUSY ? "image is busy" : "cannot lock: %s",
+			 strerror(-ret));
+		rc = exit_for(ret);
+		goto out;
+	}
+	if (faccessat(dirfd, PF_DD_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0 ||
+	    faccessat(dirfd, PF_BASE_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+		err_line(dir, "already holds an image (" PF_DD_NAME
+			      " or " PF_BASE_NAME " exists)");
+		goto out;
+	}
+	/* W6: the delta is complete and durable before the descriptor
+	 * that names it exists. */
+	ret = pf_delta_create(dirfd, PF_BASE_NAME, &h, &why);
+	if (ret < 0) {
+		path = path_join(dir, PF_BASE_NAME);
+		err_line(path, "%s", why.msg);
+		free(path);
+		goto out;
+	}
+	ret = pf_dd_new(h.size_sectors, h.cluster_sectors, h.heads,
+			h.cylinders, PF_BASE_NAME, &dd);
+	if (ret == 0)
+		ret = pf_dd_store(dirfd, dd);
+	if (ret < 0) {
+		path = path_join(dir, PF_DD_NAME);
+		err_line(path, "cannot write: %s", strerror(-ret));
+		free(path);
+		unlinkat(dirfd, PF_BASE_NAME, 0);
+		goto out;
+	}
+	rc = EXIT_OK;
+out:
+	pf_dd_free(dd);
+	close(dirfd);
+	return rc;
+}
+
+/* info */
+
+static void usage_info(FILE *out)
+{
+	fprintf(out, "usage: ploopctl info [--json] (<dir> | <delta-file>)\n");
+}
+
+static void info_delta_json(FILE *out, const struct pf_delta *d,
+			    const char *guid, size_t level, bool top)
+{
+	const struct pf_header *h = &d->hdr;
+
+	fprintf(out, "{\"level\":%zu,\"file\":", level);
+	json_str(out, d->name);
+	if (guid) {
+		fprintf(out, ",\"guid\":");
+		json_str(out, guid);
+	}
+	fprintf(out,
+		",\"top\":%s,\"format_version\":%d,\"heads\":%" PRIu32
+		",\"cylinders\":%" PRIu32 ",\"cluster_sectors\":%" PRIu32
+		",\"cluster_size\":%" PRIu32 ",\"bat_entries\":%" PRIu32
+		",\"size_sectors\":%" PRIu64 ",\"virtual_size\":%" PRIu64
+		",\"in_use\":\"%s\",\"first_block_sectors\":%" PRIu32
+		",\"header_clusters\":%" PRIu32 ",\"flags\":%" PRIu32
+		",\"ext_sectors\":%" PRIu64 ",\"file_size\":%" PRIu64
+		",\"allocated_clusters\":%" PRIu64 "}",
+		top ? "true" : "false", h->version, h->heads, h->cylinders,
+		h->cluster_sectors, h->cluster_bytes, h->bat_entries,
+		h->size_sectors, h->size_bytes, in_use_name(h->in_use),
+		h->first_block_sectors, h->hdr_clusters, h->flags,
+		h->ext_sectors, d->file_bytes, pf_delta_mapped_count(d));
+}
+
+static void info_delta_text(FILE *out, const struct pf_delta *d)
+{
+	const struct pf_header *h = &d->hdr;
+	char b1[32], b2[32];
+
+	fprintf(out, "file:               %s\n", d->name);
+	fprintf(out, "format:             ploop v%d (%s)\n", h->version,
+		h->version == 2 ? PF_SIG_V2 : PF_SIG_V1);
+	fprintf(out, "virtual size:       %s (%" PRIu64 " bytes, %" PRIu64
+		     " sectors)\n",
+		pf_fmt_size(h->size_bytes, b1, sizeof(b1)), h->size_bytes,
+		h->size_sectors);
+	fprintf(out, "cluster size:       %s (%" PRIu32 " sectors)\n",
+		pf_fmt_size(h->cluster_bytes, b2, sizeof(b2)),
+		h->cluster_sectors);
+	fprintf(out, "bat entries:        %" PRIu32 "\n", h->bat_entries);
+	fprintf(out, "first data offset:  %" PRIu32 " sectors (%" PRIu32
+		     " header clusters)\n",
+		h->first_block_sectors, h->hdr_clusters);
+	fprintf(out, "geometry:           %" PRIu32 " heads, %" PRIu32
+		     " cylinders\n",
+		h->heads, h->cylinders);
+	fprintf(out, "in-use flag:        %s (0x%08" PRIx32 ")\n",
+		in_use_name(h->in_use), h->in_use);
+	fprintf(out, "flags:              0x%" PRIx32 "%s\n", h->flags,
+		h->flags & PF_FLAG_EMPTY ? " (empty)" : "");
+	fprintf(out, "extension offset:   %" PRIu64 " sectors\n",
+		h->ext_sectors);
+	fprintf(out, "file size:          %s (%" PRIu64 " bytes)\n",
+		pf_fmt_size(d->file_bytes, b1, sizeof(b1)), d->file_bytes);
+	fprintf(out, "allocated clusters: %" PRIu64 "\n",
+		pf_delta_mapped_count(d));
+}
+
+static int cmd_info(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct pf_delta **v = NULL;
+	struct image im;
+	bool json = false;
+	size_t n = 0, i;
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			usage_info(stdout);
+			return EXIT_OK;
+		default:
+			usage_info(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_info(stderr);
+		return EXIT_USAGE;
+	}
+	rc = image_open(&im, argv[optind], 0, true);
+	if (rc == EXIT_OK)
+		rc = chain_open(&im, &v, &n);
+	if (rc == EXIT_OK)
+		rc = validate_stack(&im, v, n);
+	if (rc != EXIT_OK)
+		goto out;
+
+	if (json) {
+		const struct pf_header *top = &v[n - 1]->hdr;
+
+		printf("{\"path\":");
+		json_str(stdout, im.arg);
+		printf(",\"kind\":\"%s\",\"virtual_size\":%" PRIu64
+		       ",\"cluster_size\":%" PRIu32 ",\"deltas\":[",
+		       im.is_dir ? "directory" : "delta", top->size_bytes,
+		       top->cluster_bytes);
+		for (i = 0; i < n; i++) {
+			if (i)
+				putchar(',');
+			info_delta_json(stdout, v[i],
+					im.is_dir ?
+						im.dd->images[im.chain[i]].guid :
+						NULL,
+					i, i + 1 == n);
+		}
+		printf("]}\n");
+	} else {
+		if (im.is_dir)
+			printf("image directory:    %s\ndeltas:             %zu (base first)\n\n",
+			       im.arg, n);
+		for (i = 0; i < n; i++) {
+			if (im.is_dir)
+				printf("level %zu%s: %s\n", i,
+				       i + 1 == n ? " (top)" : "",
+				       im.dd->images[im.chain[i]].guid);
+			info_delta_text(stdout, v[i]);
+			if (i + 1 < n)
+				putchar('\n');
+		}
+	}
+out:
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* check */
+
+static void usage_check(FILE *out)
+{
+	fprintf(out, "usage: ploopctl check [--json] (<dir> | <delta-file>)\n");
+}
+
+static const char *kind_name[PF_FIND_KINDS] = {
+	[PF_FIND_CORRUPT] = "corruption",
+	[PF_FIND_UNCLEAN] = "unclean",
+	[PF_FIND_LEAK] = "leak",
+	[PF_FIND_NOTE] = "note",
+};
+
+struct check_out {
+	bool json;
+	bool first;
+};
+
+static void print_finding(void *ctx, const char *file, enum pf_finding kind,
+			  const char *msg)
+{
+	struct check_out *co = ctx;
+
+	if (!co->json) {
+		printf("%s: %s: %s\n", file, kind_name[kind], msg);
+		return;
+	}
+	printf("%s{\"file\":", co->first ? "" : ",");
+	json_str(stdout, file);
+	printf(",\"kind\":\"%s\",\"message\":", kind_name[kind]);
+	json_str(stdout, msg);
+	putchar('}');
+	co->first = false;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct check_out co = { false, true };
+	struct pf_check_report r = { .emit = print_finding, .ctx = &co };
+	struct pf_delta **v = NULL;
+	struct image im;
+	size_t n = 0, i, j;
+	int c, rc, drc;
+	const char *verdict;
+
+	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			co.json = true;
+			break;
+		case 'h':
+			usage_check(stdout);
+			return EXIT_OK;
+		default:
+			usage_check(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_check(stderr);
+		return EXIT_USAGE;
+	}
+	/* Shared lock: a mounted image is changing under us. */
+	rc = image_open(&im, argv[optind], 1, true);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	/* Every image of the descriptor, not only the active chain:
+	 * snapshots on other branches are data too. */
+	n = im.is_dir ? im.dd->n_images : 1;
+	v = calloc(n, sizeof(*v));
+	if (!v) {
+		err_line(im.arg, "out of memory");
+		image_close(&im);
+		return EXIT_FAIL;
+	}
+	if (co.json)
+		printf("{\"findings\":[");
+	rc = EXIT_OK;
+	for (i = 0; i < n; i++) {
+		const char *name = im.is_dir ? im.dd->images[i].file : NULL;
+		struct pf_why why = { "" };
+		char *path;
+		int ret;
+
+		path = im.is_dir ? path_join(im.dir, name) : strdup(im.arg);
+		ret = pf_delta_open(im.is_dir ? im.dirfd : AT_FDCWD,
+				    im.is_dir ? name : im.arg, 0, &v[i], &why);
+		if (ret < 0) {
+			/* A delta that is missing or unreadable is as bad
+			 * for the image as one that is damaged. */
+			pf_check_add(&r, path ? path : name, PF_FIND_CORRUPT,
+				     "%s", why.msg[0] ? why.msg : strerror(-ret));
+			free(path);
+			continue;
+		}
+		free(v[i]->name);
+		v[i]->name = path;
+		if (pf_check_delta(v[i], &r) < 0) {
+			err_line(path, "out of memory");
+			rc = EXIT_FAIL;
+			goto out;
+		}
+	}
+	if (im.is_dir) {
+		struct pf_delta **chain = calloc(im.depth, sizeof(*chain));
+		bool all = chain != NULL;
+
+		for (j = 0; all && j < im.depth; j++) {
+			chain[j] = v[im.chain[j]];
+			all = chain[j] != NULL;
+		}
+		if (all)
+			pf_check_stack(im.dd, chain, im.depth, &r);
+		free(chain);
+	}
+
+	if (r.count[PF_FIND_CORRUPT]) {
+		drc = EXIT_CORRUPT;
+		verdict = "corruption found";
+	} else if (r.count[PF_FIND_UNCLEAN]) {
+		drc = EXIT_UNCLEAN;
+		verdict = "not closed cleanly";
+	} else if (r.count[PF_FIND_LEAK]) {
+		drc = EXIT_LEAKS;
+		verdict = "leaked clusters only (no harm to data)";
+	} else {
+		drc = EXIT_OK;
+		verdict = "clean";
+	}
+	rc = drc;
+	if (co.json) {
+		printf("],\"corruptions\":%" PRIu64 ",\"unclean\":%" PRIu64
+		       ",\"leaks\":%" PRIu64 ",\"notes\":%" PRIu64
+		       ",\"leaked_clusters\":%" PRIu64
+		       ",\"allocated_clusters\":%" PRIu64
+		       ",\"deltas\":%zu,\"verdict\":\"%s\"}\n",
+		       r.count[PF_FIND_CORRUPT], r.count[PF_FIND_UNCLEAN],
+		       r.count[PF_FIND_LEAK], r.count[PF_FIND_NOTE],
+		       r.leaked_clusters, r.mapped, n, verdict);
+	} else {
+		printf("%s: %zu delta%s, %" PRIu64 " allocated clusters, %" PRIu64
+		       " leaked, %" PRIu64 " corruptions: %s\n",
+		       im.arg, n, n == 1 ? "" : "s", r.mapped,
+		       r.leaked_clusters, r.count[PF_FIND_CORRUPT], verdict);
+	}
+out:
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* snapshot */
+
+static void usage_snapshot(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] <dir>\n"
+		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n");
+}
+
+static int cmd_snapshot(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "guid", required_argument, NULL, 'u' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	char guid[PF_GUID_LEN + 1] = "", fguid[PF_GUID_LEN + 1];
+	struct pf_why why = { "" };
+	struct pf_delta **v = NULL;
+	struct pf_header h;
+	struct image im;
+	char *newname = NULL, *path;
+	size_t n = 0, i;
+	int c, rc, ret;
+
+	while ((c = getopt_long(argc, argv, "u:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'u':
+			if (!pf_guid_valid(optarg)) {
+				err_line(NULL, "invalid GUID '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			snprintf(guid, sizeof(guid), "%s", optarg);
+			break;
+		case 'h':
+			usage_snapshot(stdout);
+			return EXIT_OK;
+		default:
+			usage_snapshot(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_snapshot(stderr);
+		return EXIT_USAGE;
+	}
+	rc = image_open(&im, argv[optind], 2, false);
+	if (rc == EXIT_OK)
+		rc = chain_open(&im, &v, &n);
+	if (rc == EXIT_OK)
+		rc = validate_stack(&im, v, n);
+	if (rc != EXIT_OK)
+		goto out;
+	for (i = 0; i < n; i++)
+		if (v[i]->hdr.in_use == PF_INUSE_OPEN) {
+			err_line(v[i]->name,
+				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
+			rc = EXIT_UNCLEAN;
+			goto out;
+		}
+	if (!guid[0])
+		pf_guid_new(guid);
+	if (pf_dd_find_shot(im.dd, guid) || pf_dd_find_image(im.dd, guid) ||
+	    !strcasecmp(guid, PF_TOP_GUID) || !strcasecmp(guid, PF_NONE_GUID)) {
+		err_line(NULL, "GUID %s is already in use", guid);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	/* ploop names a new top "<base file>.{uuid}", the uuid being fresh
+	 * and independent of the snapshot GUID. */
+	pf_guid_new(fguid);
+	if (asprintf(&newname, "%s.%s", im.dd->images[im.chain[0]].file,
+		     fguid) < 0) {
+		newname = NULL;
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	/* Same geometry and version as the old top, empty, closed. */
+	h = v[n - 1]->hdr;
+	h.in_use = PF_INUSE_CLOSED;
+	h.flags = PF_FLAG_EMPTY;
+	h.ext_sectors = 0;
+	/* W6: the new top is written and synced (file and directory entry)
+	 * before the descriptor names it ... */
+	ret = pf_delta_create(im.dirfd, newname, &h, &why);
+	if (ret < 0) {
+		path = path_join(im.dir, newname);
+		err_line(path, "%s", why.msg);
+		free(path);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	/* ... and the descriptor is replaced atomically. */
+	ret = pf_dd_add_snapshot(im.dd, guid, newname);
+	if (ret == 0)
+		ret = pf_dd_store(im.dirfd, im.dd);
+	if (ret < 0) {
+		path = path_join(im.dir, PF_DD_NAME);
+		err_line(path, "cannot update: %s", strerror(-ret));
+		free(path);
+		unlinkat(im.dirfd, newname, 0);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	printf("%s\n", guid);
+out:
+	free(newname);
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* snapshot-list */
+
+static void usage_snapshot_list(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-list [--json] <dir>\n");
+}
+
+static int cmd_snapshot_list(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct image im;
+	bool json = false;
+	size_t i;
+	int c, rc;
+
+	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 'h':
+			usage_snapshot_list(stdout);
+			return EXIT_OK;
+		default:
+			usage_snapshot_list(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_snapshot_list(stderr);
+		return EXIT_USAGE;
+	}
+	rc = image_open(&im, argv[optind], 0, false);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	if (json) {
+		printf("{\"top\":");
+		json_str(stdout, im.dd->top_guid);
+		printf(",\"snapshots\":[");
+	} else {
+		printf("%-38s C %-38s %s\n", "PARENT_UUID", "UUID", "FNAME");
+	}
+	for (i = 0; i < im.dd->n_shots; i++) {
+		const struct pf_dd_shot *s = &im.dd->shots[i];
+		const struct pf_dd_image *img = pf_dd_find_image(im.dd, s->guid);
+		bool cur = !strcmp(s->guid, im.dd->top_guid);
+
+		if (json) {
+			printf("%s{\"guid\":", i ? "," : "");
+			json_str(stdout, s->guid);
+			printf(",\"parent\":");
+			json_str(stdout, s->parent);
+			printf(",\"file\":");
+			json_str(stdout, img ? img->file : "");
+			printf(",\"current\":%s,\"temporary\":%s}",
+			       cur ? "true" : "false",
+			       s->temporary ? "true" : "false");
+		} else {
+			printf("%-38s %c %-38s %s%s\n", s->parent,
+			       cur ? '*' : ' ', s->guid, img ? img->file : "",
+			       s->temporary ? " (temporary)" : "");
+		}
+	}
+	if (json)
+		printf("]}\n");
+	image_close(&im);
+	return EXIT_OK;
+}
+
+/* main */
+
+static const struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+} commands[] = {
+	{ "init", cmd_init, "create an image directory with an empty disk" },
+	{ "info", cmd_info, "show the deltas and header fields of an image" },
+	{ "check", cmd_check, "check an image for corruption and leaks (read-only)" },
+	{ "snapshot", cmd_snapshot, "take a snapshot (new empty top delta)" },
+	{ "snapshot-list", cmd_snapshot_list, "list the snapshots of an image" },
+};
+
+static void usage(FILE *out)
+{
+	size_t i;
+
+	fprintf(out, "usage: ploopctl <command> [<options>] <args>\n\ncommands:\n");
+	for (i = 0; i < PF_ARRAY_SIZE(commands); i++)
+		fprintf(out, "  %-15s %s\n", commands[i].name,
+			commands[i].summary);
+	fprintf(out, "\n'ploopctl <command> --help' shows a command's options; "
+		     "see ploopctl(8).\n");
+}
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") ||
+	    !strcmp(argv[1], "help")) {
+		usage(stdout);
+		return EXIT_OK;
+	}
+	if (!strcmp(argv[1], "-V") || !strcmp(argv[1], "--version")) {
+		printf("ploopctl %s\n", PLOOPFS_VERSION);
+		return EXIT_OK;
+	}
+	for (i = 0; i < PF_ARRAY_SIZE(commands); i++)
+		if (!strcmp(argv[1], commands[i].name)) {
+			int rc = commands[i].fn(argc - 1, argv + 1);
+
+			if (fflush(stdout) != 0 && rc == EXIT_OK) {
+				err_line(NULL, "cannot write output: %s",
+					 strerror(errno));
+				rc = EXIT_FAIL;
+			}
+			return rc;
+		}
+	err_line(NULL, "unknown command '%s'", argv[1]);
+	usage(stderr);
+	return EXIT_USAGE;
+}
