@@ -1,0 +1,1332 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * DiskDescriptor.xml: parse, validate, build, edit and store the list of
+ * deltas of an image directory and the snapshot tree that links them
+ * (ploop-image(5), "DESCRIPTOR"; ploop-format.md section 2).
+ *
+ * The descriptor is untrusted input that decides which files we open, so
+ * everything in it is checked here before anybody uses it: libxml2 never
+ * loads a DTD, never touches the network and never sees a DOCTYPE at all
+ * (we stop the parser at the declaration, so entity tricks such as
+ * "billion laughs" or external entities cannot happen); element text is
+ * taken only from text nodes, never by expanding entity references;
+ * numbers are plain decimal with overflow checks; file names must be plain
+ * names inside the image directory.
+ *
+ * Invariants of a struct pf_dd returned by pf_dd_parse() or pf_dd_new():
+ *   - 0 < disk_size_sectors, and disk_size_sectors * 512 fits in 64 bits;
+ *   - blocksize * 512 passes pf_cluster_size_valid();
+ *   - 1 <= n_images <= PF_MAX_DELTAS, image GUIDs and files are unique,
+ *     every file passes pf_dd_file_name_valid();
+ *   - n_shots == n_images and each shot has the image of the same GUID;
+ *   - all GUIDs are lower case; every ParentGUID is PF_NONE_GUID or names
+ *     a shot; no shot is its own ancestor;
+ *   - top_guid names a shot that is not temporary.
+ */
+#include "descriptor.h"
+
+#include <ctype.h>
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xmlstring.h>
+#include <uuid/uuid.h>
+
+#include "format.h"
+
+#define ROOT_VZ		"Virtuozzo_disk_image"
+#define ROOT_PRL	"Parallels_disk_image"
+#define SHOW_MAX	64	/* bytes of a hostile value quoted in @why */
+
+/* Helpers for messages */
+
+/*
+ * Copy @s into @buf for quoting in a one-line reason: non-printable bytes
+ * become '?' so a hostile value cannot break the line, and long values are
+ * cut with "..." so the reason still fits in struct pf_why.
+ */
+static const char *show(const char *s, char *buf, size_t len)
+{
+	size_t i, n = strlen(s);
+
+	for (i = 0; i < n && i + 1 < len; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		buf[i] = (c < 0x20 || c == 0x7f) ? '?' : s[i];
+	}
+	buf[i] = '\0';
+	if (i < n && len > 4)
+		memcpy(buf + len - 4, "...", 4);
+	return buf;
+}
+
+static int xml_error(struct pf_why *why, xmlParserCtxtPtr ctxt)
+{
+	const xmlError *e = xmlCtxtGetLastError(ctxt);
+	char msg[160] = "unknown error";
+	size_t n;
+
+	if (e && e->message) {
+		snprintf(msg, sizeof(msg), "%s", e->message);
+		/* libxml2 ends its messages with a newline; we want one line */
+		n = strlen(msg);
+		while (n && isspace((unsigned char)msg[n - 1]))
+			msg[--n] = '\0';
+	}
+	return pf_why_set(why, -EINVAL, "not well-formed XML at line %d: %s",
+			  e ? e->line : 0, msg);
+}
+
+/* GUIDs and file names */
+
+bool pf_guid_valid(const char *s)
+{
+	size_t i;
+
+	if (!s || strlen(s) != PF_GUID_LEN || s[0] != '{' ||
+	    s[PF_GUID_LEN - 1] != '}')
+		return false;
+	for (i = 1; i < PF_GUID_LEN - 1; i++) {
+		/* "{" then 8-4-4-4-12: dashes at offsets 9, 14, 19 and 24 */
+		if (i == 9 || i == 14 || i == 19 || i == 24) {
+			if (s[i] != '-')
+				return false;
+		} else if (!isxdigit((unsigned char)s[i])) {
+			return false;
+		}
+	}
+	return true;
+}
+
+static void guid_lower(char *dst, const char *src)
+{
+	size_t i;
+
+	for (i = 0; i < PF_GUID_LEN; i++)
+		dst[i] = (char)tolower((unsigned char)src[i]);
+	dst[PF_GUID_LEN] = '\0';
+}
+
+void pf_guid_new(char *out)
+{
+	uuid_t u;
+	char s[37];
+
+	uuid_generate(u);
+	uuid_unparse_lower(u, s);
+	out[0] = '{';
+	memcpy(out + 1, s, 36);
+	out[PF_GUID_LEN - 1] = '}';
+	out[PF_GUID_LEN] = '\0';
+}
+
+/*
+ * Why @name is not acceptable as a delta file name, or NULL.  The name is
+ * later given to openat() relative to the image directory, so it must not
+ * be able to leave it; control characters and bad UTF-8 are refused so
+ * that the name survives a round trip through XML.
+ */
+static const char *file_name_problem(const char *name)
+{
+	size_t n = strlen(name);
+	const char *p;
+
+	if (n == 0)
+		return "is empty";
+	if (name[0] == '/')
+		return "is an absolute path";
+	if (!strcmp(name, ".") || !strcmp(name, ".."))
+		return "is not a file name";
+	if (!strncmp(name, "../", 3) || strstr(name, "/../") ||
+	    (n >= 3 && !strcmp(name + n - 3, "/..")))
+		return "escapes the image directory";
+	if (strchr(name, '/'))
+		return "contains '/' (must be a plain name in the image directory)";
+	if (n > NAME_MAX)
+		return "is longer than NAME_MAX";
+	for (p = name; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			return "contains a control character";
+	if (!xmlCheckUTF8((const xmlChar *)name))
+		return "is not valid UTF-8";
+	return NULL;
+}
+
+bool pf_dd_file_name_valid(const char *name)
+{
+	return name && !file_name_problem(name);
+}
+
+/* Lookup */
+
+static ssize_t image_index(const struct pf_dd *dd, const char *guid)
+{
+	size_t i;
+
+	for (i = 0; i < dd->n_images; i++)
+		if (!strcasecmp(dd->images[i].guid, guid))
+			return (ssize_t)i;
+	return -1;
+}
+
+static ssize_t shot_index(const struct pf_dd *dd, const char *guid)
+{
+	size_t i;
+
+	for (i = 0; i < dd->n_shots; i++)
+		if (!strcasecmp(dd->shots[i].guid, guid))
+			return (ssize_t)i;
+	return -1;
+}
+
+const struct pf_dd_image *pf_dd_find_image(const struct pf_dd *dd,
+					   const char *guid)
+{
+	ssize_t i;
+
+	if (!dd || !guid)
+		return NULL;
+	i = image_index(dd, guid);
+	return i < 0 ? NULL : &dd->images[i];
+}
+
+const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
+					 const char *guid)
+{
+	ssize_t i;
+
+	if (!dd || !guid)
+		return NULL;
+	i = shot_index(dd, guid);
+	return i < 0 ? NULL : &dd->shots[i];
+}
+
+int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
+		struct pf_why *why)
+{
+	bool *seen = NULL;
+	size_t *chain, len = 0, i;
+	ssize_t cur, img;
+	int ret;
+
+	*out = NULL;
+	*n = 0;
+	if (dd->n_shots == 0) {
+		/* no <Snapshots>: a lone image is its own chain */
+		if (dd->n_images != 1)
+			return pf_why_set(why, -EINVAL,
+					  "no <Snapshots> and %zu images: cannot tell the top",
+					  dd->n_images);
+		chain = malloc(sizeof(*chain));
+		if (!chain)
+			return -ENOMEM;
+		chain[0] = 0;
+		*out = chain;
+		*n = 1;
+		return 0;
+	}
+
+	cur = shot_index(dd, dd->top_guid);
+	if (cur < 0)
+		return pf_why_set(why, -EINVAL, "<TopGUID> %s names no shot",
+				  dd->top_guid);
+	chain = malloc(dd->n_shots * sizeof(*chain));
+	seen = calloc(dd->n_shots, sizeof(*seen));
+	if (!chain || !seen) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
+
+	for (;;) {
+		const struct pf_dd_shot *s = &dd->shots[cur];
+
+		if (seen[cur]) {
+			ret = pf_why_set(why, -EINVAL,
+					 "snapshot chain from TopGUID has a cycle at %s",
+					 s->guid);
+			goto err_free;
+		}
+		seen[cur] = true;
+		img = image_index(dd, s->guid);
+		if (img < 0) {
+			ret = pf_why_set(why, -EINVAL,
+					 "<Shot> %s has no <Image> with that GUID",
+					 s->guid);
+			goto err_free;
+		}
+		/* collected top first; reversed below */
+		chain[len++] = (size_t)img;
+		if (!strcasecmp(s->parent, PF_NONE_GUID))
+			break;
+		cur = shot_index(dd, s->parent);
+		if (cur < 0) {
+			ret = pf_why_set(why, -EINVAL,
+					 "<ParentGUID> %s of shot %s names no shot",
+					 s->parent, s->guid);
+			goto err_free;
+		}
+	}
+
+	for (i = 0; i < len / 2; i++) {
+		size_t t = chain[i];
+
+		chain[i] = chain[len - 1 - i];
+		chain[len - 1 - i] = t;
+	}
+	free(seen);
+	*out = chain;
+	*n = len;
+	return 0;
+
+err_free:
+	free(seen);
+	free(chain);
+	return ret;
+}
+
+/* Reading elements */
+
+static bool name_is(const xmlNode *n, const char *name)
+{
+	return n->type == XML_ELEMENT_NODE &&
+	       !strcmp((const char *)n->name, name);
+}
+
+/* The only child element @name of @parent, or *out = NULL if none. */
+static int child_opt(const xmlNode *parent, const char *name,
+		     const xmlNode **out, struct pf_why *why)
+{
+	const xmlNode *c;
+
+	*out = NULL;
+	for (c = parent->children; c; c = c->next) {
+		if (!name_is(c, name))
+			continue;
+		/* two values would leave us guessing which one ploop used */
+		if (*out)
+			return pf_why_set(why, -EINVAL,
+					  "<%s> appears more than once in <%s>",
+					  name, (const char *)parent->name);
+		*out = c;
+	}
+	return 0;
+}
+
+static int child_req(const xmlNode *parent, const char *name,
+		     const xmlNode **out, struct pf_why *why)
+{
+	int ret = child_opt(parent, name, out, why);
+
+	if (ret)
+		return ret;
+	if (!*out)
+		return pf_why_set(why, -EINVAL, "<%s> has no <%s>",
+				  (const char *)parent->name, name);
+	return 0;
+}
+
+static bool is_blank(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * The text of element @e with surrounding whitespace trimmed, malloc'ed.
+ * Only text and CDATA nodes count.  An entity reference is refused rather
+ * than expanded: expansion is exactly what entity attacks rely on, and
+ * ploop never writes one.
+ */
+static int node_text(const xmlNode *e, char **out, struct pf_why *why)
+{
+	const xmlNode *c;
+	size_t len = 0, l;
+	char *s, *p, *start;
+
+	*out = NULL;
+	for (c = e->children; c; c = c->next) {
+		switch (c->type) {
+		case XML_TEXT_NODE:
+		case XML_CDATA_SECTION_NODE:
+			if (c->content)
+				len += strlen((const char *)c->content);
+			break;
+		case XML_COMMENT_NODE:
+		case XML_PI_NODE:
+			break;
+		case XML_ENTITY_REF_NODE:
+			return pf_why_set(why, -EINVAL,
+					  "<%s> contains the entity reference &%s;",
+					  (const char *)e->name,
+					  (const char *)c->name);
+		default:
+			return pf_why_set(why, -EINVAL,
+					  "<%s> contains markup where a value is expected",
+					  (const char *)e->name);
+		}
+	}
+
+	s = calloc(len + 1, 1);
+	if (!s)
+		return -ENOMEM;
+	p = s;
+	for (c = e->children; c; c = c->next) {
+		if ((c->type == XML_TEXT_NODE ||
+		     c->type == XML_CDATA_SECTION_NODE) && c->content) {
+			l = strlen((const char *)c->content);
+			if (l > len - (size_t)(p - s))	/* cannot happen */
+				l = len - (size_t)(p - s);
+			memcpy(p, c->content, l);
+			p += l;
+		}
+	}
+	*p = '\0';
+
+	while (p > s && is_blank(p[-1]))
+		*--p = '\0';
+	for (start = s; is_blank(*start); start++)
+		;
+	if (start != s)
+		memmove(s, start, strlen(start) + 1);
+	*out = s;
+	return 0;
+}
+
+/* Decimal only: no sign, no base prefix, no spaces inside, no overflow. */
+static int parse_u64(const char *elem, const char *s, uint64_t max,
+		     uint64_t *out, struct pf_why *why)
+{
+	char buf[SHOW_MAX];
+	uint64_t v = 0;
+	const char *p;
+
+	if (!*s)
+		return pf_why_set(why, -EINVAL, "<%s> is empty", elem);
+	for (p = s; *p; p++) {
+		unsigned d;
+
+		if (*p < '0' || *p > '9')
+			return pf_why_set(why, -EINVAL,
+					  "<%s> \"%s\" is not a number", elem,
+					  show(s, buf, sizeof(buf)));
+		d = (unsigned)(*p - '0');
+		if (v > (max - d) / 10)
+			return pf_why_set(why, -EINVAL,
+					  "<%s> \"%s\" is out of range (max %" PRIu64 ")",
+					  elem, show(s, buf, sizeof(buf)), max);
+		v = v * 10 + d;
+	}
+	*out = v;
+	return 0;
+}
+
+static int child_u64(const xmlNode *parent, const char *name, uint64_t max,
+		     uint64_t *out, struct pf_why *why)
+{
+	const xmlNode *e;
+	char *s;
+	int ret;
+
+	ret = child_req(parent, name, &e, why);
+	if (ret)
+		return ret;
+	ret = node_text(e, &s, why);
+	if (ret)
+		return ret;
+	ret = parse_u64(name, s, max, out, why);
+	free(s);
+	return ret;
+}
+
+static int child_u32(const xmlNode *parent, const char *name, uint32_t *out,
+		     struct pf_why *why)
+{
+	uint64_t v;
+	int ret = child_u64(parent, name, UINT32_MAX, &v, why);
+
+	if (!ret)
+		*out = (uint32_t)v;
+	return ret;
+}
+
+/* The GUID in element @e, stored in lower case into @out. */
+static int guid_text(const xmlNode *e, char *out, struct pf_why *why)
+{
+	char buf[SHOW_MAX];
+	char *s;
+	int ret;
+
+	ret = node_text(e, &s, why);
+	if (ret)
+		return ret;
+	if (!pf_guid_valid(s))
+		ret = pf_why_set(why, -EINVAL, "<%s> \"%s\" is not a GUID",
+				 (const char *)e->name,
+				 show(s, buf, sizeof(buf)));
+	else
+		guid_lower(out, s);
+	free(s);
+	return ret;
+}
+
+static int child_guid(const xmlNode *parent, const char *name, char *out,
+		      struct pf_why *why)
+{
+	const xmlNode *e;
+	int ret = child_req(parent, name, &e, why);
+
+	return ret ? ret : guid_text(e, out, why);
+}
+
+static size_t count_children(const xmlNode *parent, const char *name)
+{
+	const xmlNode *c;
+	size_t n = 0;
+
+	for (c = parent->children; c; c = c->next)
+		if (name_is(c, name))
+			n++;
+	return n;
+}
+
+/* Parsing the sections */
+
+static int parse_disk_params(const xmlNode *root, struct pf_dd *dd,
+			     struct pf_why *why)
+{
+	const xmlNode *dp, *pad;
+	uint64_t v;
+	char *s;
+	int ret;
+
+	ret = child_req(root, "Disk_Parameters", &dp, why);
+	if (ret)
+		return ret;
+	/* the byte size must fit in 64 bits for every later computation */
+	ret = child_u64(dp, "Disk_size", UINT64_MAX >> PF_SECTOR_SHIFT,
+			&dd->disk_size_sectors, why);
+	if (ret)
+		return ret;
+	if (dd->disk_size_sectors == 0)
+		return pf_why_set(why, -EINVAL, "<Disk_size> is 0");
+	ret = child_u32(dp, "Cylinders", &dd->cylinders, why);
+	if (!ret)
+		ret = child_u32(dp, "Heads", &dd->heads, why);
+	if (!ret)
+		ret = child_u32(dp, "Sectors", &dd->sectors, why);
+	if (ret)
+		return ret;
+
+	/* Padding is optional and always written as 0; only check its form */
+	ret = child_opt(dp, "Padding", &pad, why);
+	if (ret || !pad)
+		return ret;
+	ret = node_text(pad, &s, why);
+	if (ret)
+		return ret;
+	ret = parse_u64("Padding", s, UINT64_MAX, &v, why);
+	free(s);
+	return ret;
+}
+
+static int parse_image(const xmlNode *e, struct pf_dd_image *img,
+		       struct pf_why *why)
+{
+	const xmlNode *type, *file;
+	const char *problem;
+	char buf[SHOW_MAX];
+	char *s;
+	int ret;
+
+	ret = child_guid(e, "GUID", img->guid, why);
+	if (ret)
+		return ret;
+	if (!strcmp(img->guid, PF_NONE_GUID))
+		return pf_why_set(why, -EINVAL,
+				  "<GUID> of an image is the null GUID");
+
+	ret = child_opt(e, "Type", &type, why);
+	if (ret)
+		return ret;
+	if (!type)
+		return pf_why_set(why, -EINVAL, "<Image> %s has no <Type>",
+				  img->guid);
+	ret = node_text(type, &s, why);
+	if (ret)
+		return ret;
+	if (!strcmp(s, "Plain"))
+		ret = pf_why_set(why, -EINVAL,
+				 "<Type> \"Plain\" of image %s: raw base images are not supported",
+				 img->guid);
+	else if (strcmp(s, "Compressed") != 0)
+		ret = pf_why_set(why, -EINVAL,
+				 "<Type> \"%s\" of image %s is not Compressed",
+				 show(s, buf, sizeof(buf)), img->guid);
+	free(s);
+	if (ret)
+		return ret;
+
+	ret = child_opt(e, "File", &file, why);
+	if (ret)
+		return ret;
+	if (!file)
+		return pf_why_set(why, -EINVAL, "<Image> %s has no <File>",
+				  img->guid);
+	ret = node_text(file, &s, why);
+	if (ret)
+		return ret;
+	problem = file_name_problem(s);
+	if (problem) {
+		ret = pf_why_set(why, -EINVAL, "<File> \"%s\" of image %s %s",
+				 show(s, buf, sizeof(buf)), img->guid, problem);
+		free(s);
+		return ret;
+	}
+	img->file = s;
+	return 0;
+}
+
+static int parse_storage(const xmlNode *root, struct pf_dd *dd,
+			 struct pf_why *why)
+{
+	const xmlNode *sd, *st, *c;
+	uint64_t start, end;
+	size_t n;
+	int ret;
+
+	ret = child_req(root, "StorageData", &sd, why);
+	if (ret)
+		return ret;
+	n = count_children(sd, "Storage");
+	/* split images (several <Storage> ranges) are not supported */
+	if (n != 1)
+		return pf_why_set(why, -EINVAL,
+				  "<StorageData> has %zu <Storage> elements, expected exactly one",
+				  n);
+	ret = child_req(sd, "Storage", &st, why);
+	if (ret)
+		return ret;
+
+	ret = child_u64(st, "Start", UINT64_MAX, &start, why);
+	if (ret)
+		return ret;
+	if (start != 0)
+		return pf_why_set(why, -EINVAL,
+				  "<Start> %" PRIu64 " is not 0", start);
+	ret = child_u64(st, "End", UINT64_MAX, &end, why);
+	if (ret)
+		return ret;
+	if (end != dd->disk_size_sectors)
+		return pf_why_set(why, -EINVAL,
+				  "<End> %" PRIu64 " differs from <Disk_size> %" PRIu64,
+				  end, dd->disk_size_sectors);
+	ret = child_u32(st, "Blocksize", &dd->blocksize, why);
+	if (ret)
+		return ret;
+	if (!pf_cluster_size_valid((uint64_t)dd->blocksize << PF_SECTOR_SHIFT))
+		return pf_why_set(why, -EINVAL,
+				  "<Blocksize> %" PRIu32
+				  " sectors is not a power of two between 64 KiB and 64 MiB",
+				  dd->blocksize);
+
+	n = count_children(st, "Image");
+	if (n == 0)
+		return pf_why_set(why, -EINVAL, "<Storage> has no <Image>");
+	if (n > PF_MAX_DELTAS)
+		return pf_why_set(why, -EINVAL,
+				  "<Storage> has %zu images, more than the %d deltas dm-ploop can stack",
+				  n, PF_MAX_DELTAS);
+	dd->images = calloc(n, sizeof(*dd->images));
+	if (!dd->images)
+		return -ENOMEM;
+	for (c = st->children; c; c = c->next) {
+		if (!name_is(c, "Image"))
+			continue;
+		ret = parse_image(c, &dd->images[dd->n_images], why);
+		if (ret)
+			return ret;
+		dd->n_images++;
+	}
+	return 0;
+}
+
+static bool is_temporary(const xmlNode *shot)
+{
+	const xmlNode *c;
+
+	for (c = shot->children; c; c = c->next)
+		if (name_is(c, "Temporary") || name_is(c, "TemporaryZero") ||
+		    name_is(c, "TemporaryZeroSwap"))
+			return true;
+	return false;
+}
+
+static int parse_shot(const xmlNode *e, struct pf_dd_shot *s,
+		      struct pf_why *why)
+{
+	int ret;
+
+	ret = child_guid(e, "GUID", s->guid, why);
+	if (ret)
+		return ret;
+	if (!strcmp(s->guid, PF_NONE_GUID))
+		return pf_why_set(why, -EINVAL,
+				  "<GUID> of a shot is the null GUID");
+	ret = child_guid(e, "ParentGUID", s->parent, why);
+	if (ret)
+		return ret;
+	s->temporary = is_temporary(e);
+	return 0;
+}
+
+static int parse_snapshots(const xmlNode *root, struct pf_dd *dd,
+			   struct pf_why *why)
+{
+	const xmlNode *sn, *top, *c;
+	size_t n;
+	int ret;
+
+	ret = child_opt(root, "Snapshots", &sn, why);
+	if (ret)
+		return ret;
+	if (!sn) {
+		/*
+		 * Old or hand-made descriptors may omit <Snapshots>; a lone
+		 * image is then the top.  Give it the shot ploop would add,
+		 * so the rest of the code sees one shot per image.
+		 */
+		if (dd->n_images != 1)
+			return pf_why_set(why, -EINVAL,
+					  "no <Snapshots> and %zu images: cannot tell the top",
+					  dd->n_images);
+		dd->shots = calloc(1, sizeof(*dd->shots));
+		if (!dd->shots)
+			return -ENOMEM;
+		memcpy(dd->shots[0].guid, dd->images[0].guid,
+		       sizeof(dd->shots[0].guid));
+		memcpy(dd->shots[0].parent, PF_NONE_GUID,
+		       sizeof(dd->shots[0].parent));
+		dd->n_shots = 1;
+		memcpy(dd->top_guid, dd->images[0].guid, sizeof(dd->top_guid));
+		return 0;
+	}
+
+	n = count_children(sn, "Shot");
+	if (n == 0)
+		return pf_why_set(why, -EINVAL, "<Snapshots> has no <Shot>");
+	if (n > PF_MAX_DELTAS)
+		return pf_why_set(why, -EINVAL,
+				  "<Snapshots> has %zu shots, more than %d",
+				  n, PF_MAX_DELTAS);
+	dd->shots = calloc(n, sizeof(*dd->shots));
+	if (!dd->shots)
+		return -ENOMEM;
+	for (c = sn->children; c; c = c->next) {
+		if (!name_is(c, "Shot"))
+			continue;
+		ret = parse_shot(c, &dd->shots[dd->n_shots], why);
+		if (ret)
+			return ret;
+		dd->n_shots++;
+	}
+
+	ret = child_opt(sn, "TopGUID", &top, why);
+	if (ret)
+		return ret;
+	if (top)
+		return guid_text(top, dd->top_guid, why);
+	/*
+	 * The Parallels flavour may leave TopGUID out; the top is then the
+	 * only shot or the one under ploop's constant top GUID.
+	 */
+	if (dd->n_shots == 1)
+		memcpy(dd->top_guid, dd->shots[0].guid, sizeof(dd->top_guid));
+	else if (shot_index(dd, PF_TOP_GUID) >= 0)
+		memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
+	else
+		return pf_why_set(why, -EINVAL, "<Snapshots> has no <TopGUID>");
+	return 0;
+}
+
+/* Cross-checks */
+
+static int check_images(const struct pf_dd *dd, struct pf_why *why)
+{
+	char buf[SHOW_MAX];
+	size_t i, j;
+
+	for (i = 0; i < dd->n_images; i++) {
+		assert(dd->images[i].file);	/* set for every parsed image */
+		for (j = 0; j < i; j++) {
+			if (!strcmp(dd->images[i].guid, dd->images[j].guid))
+				return pf_why_set(why, -EINVAL,
+						  "<GUID> %s is used by two images",
+						  dd->images[i].guid);
+			/* two deltas in one file would corrupt each other */
+			if (!strcmp(dd->images[i].file, dd->images[j].file))
+				return pf_why_set(why, -EINVAL,
+						  "<File> \"%s\" is used by two images",
+						  show(dd->images[i].file, buf,
+						       sizeof(buf)));
+		}
+	}
+	return 0;
+}
+
+/* A shot that cannot reach PF_NONE_GUID, even off the active chain. */
+static int check_cycles(const struct pf_dd *dd, struct pf_why *why)
+{
+	size_t *mark, i;
+	ssize_t cur;
+	int ret = 0;
+
+	if (dd->n_shots == 0)
+		return 0;
+	mark = calloc(dd->n_shots, sizeof(*mark));
+	if (!mark)
+		return -ENOMEM;
+	for (i = 0; i < dd->n_shots && !ret; i++) {
+		cur = (ssize_t)i;
+		while (strcmp(dd->shots[cur].parent, PF_NONE_GUID) != 0) {
+			if (mark[cur] == i + 1) {
+				ret = pf_why_set(why, -EINVAL,
+						 "snapshot chain from shot %s has a cycle at %s",
+						 dd->shots[i].guid,
+						 dd->shots[cur].guid);
+				break;
+			}
+			mark[cur] = i + 1;
+			/* check_shots() made sure every parent exists */
+			cur = shot_index(dd, dd->shots[cur].parent);
+		}
+	}
+	free(mark);
+	return ret;
+}
+
+static int check_shots(const struct pf_dd *dd, struct pf_why *why)
+{
+	const struct pf_dd_shot *s, *top;
+	size_t *chain, n, i, j;
+	int ret;
+
+	for (i = 0; i < dd->n_shots; i++) {
+		s = &dd->shots[i];
+		for (j = 0; j < i; j++)
+			if (!strcmp(s->guid, dd->shots[j].guid))
+				return pf_why_set(why, -EINVAL,
+						  "<GUID> %s is used by two shots",
+						  s->guid);
+		if (image_index(dd, s->guid) < 0)
+			return pf_why_set(why, -EINVAL,
+					  "<Shot> %s has no <Image> with that GUID",
+					  s->guid);
+	}
+	/* unique GUIDs, every shot matched: equal counts make a 1:1 map */
+	if (dd->n_shots != dd->n_images) {
+		for (i = 0; i < dd->n_images; i++)
+			if (shot_index(dd, dd->images[i].guid) < 0)
+				return pf_why_set(why, -EINVAL,
+						  "<Image> %s has no <Shot>",
+						  dd->images[i].guid);
+		return pf_why_set(why, -EINVAL,
+				  "<Snapshots> has %zu shots for %zu images",
+				  dd->n_shots, dd->n_images);
+	}
+
+	for (i = 0; i < dd->n_shots; i++) {
+		s = &dd->shots[i];
+		if (!strcmp(s->parent, s->guid))
+			return pf_why_set(why, -EINVAL,
+					  "<ParentGUID> of shot %s is the shot itself",
+					  s->guid);
+		if (strcmp(s->parent, PF_NONE_GUID) != 0 &&
+		    shot_index(dd, s->parent) < 0)
+			return pf_why_set(why, -EINVAL,
+					  "<ParentGUID> %s of shot %s names no shot",
+					  s->parent, s->guid);
+	}
+
+	top = pf_dd_find_shot(dd, dd->top_guid);
+	if (!top)
+		return pf_why_set(why, -EINVAL, "<TopGUID> %s names no shot",
+				  dd->top_guid);
+	/* a temporary shot is a merge in progress, never a writable top */
+	if (top->temporary)
+		return pf_why_set(why, -EINVAL,
+				  "<TopGUID> %s names a temporary shot",
+				  dd->top_guid);
+
+	ret = pf_dd_chain(dd, &chain, &n, why);
+	if (ret)
+		return ret;
+	free(chain);
+	return check_cycles(dd, why);
+}
+
+/* Parsing */
+
+static pthread_once_t xml_once = PTHREAD_ONCE_INIT;
+
+/* libxml2 wants one initialisation before threads use it concurrently. */
+static void xml_init(void)
+{
+	xmlInitParser();
+}
+
+/*
+ * SAX hook for "<!DOCTYPE": stop right there, before the internal subset
+ * is read, so no entity is ever declared.  ploop never writes a DOCTYPE.
+ */
+static void refuse_doctype(void *ctx, const xmlChar *name,
+			   const xmlChar *external_id, const xmlChar *system_id)
+{
+	xmlParserCtxtPtr ctxt = ctx;
+
+	(void)name;
+	(void)external_id;
+	(void)system_id;
+	*(bool *)ctxt->_private = true;
+	xmlStopParser(ctxt);
+}
+
+static int parse_tree(const xmlNode *root, struct pf_dd *dd,
+		      struct pf_why *why)
+{
+	int ret;
+
+	if (name_is(root, ROOT_PRL))
+		dd->parallels_root = true;
+	else if (!name_is(root, ROOT_VZ))
+		return pf_why_set(why, -EINVAL,
+				  "root element <%.64s> is not <" ROOT_VZ
+				  "> or <" ROOT_PRL ">",
+				  (const char *)root->name);
+
+	ret = parse_disk_params(root, dd, why);
+	if (!ret)
+		ret = parse_storage(root, dd, why);
+	if (!ret)
+		ret = check_images(dd, why);
+	if (!ret)
+		ret = parse_snapshots(root, dd, why);
+	if (!ret)
+		ret = check_shots(dd, why);
+	return ret;
+}
+
+int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
+		struct pf_why *why)
+{
+	const int opts = XML_PARSE_NONET | XML_PARSE_NOERROR |
+			 XML_PARSE_NOWARNING | XML_PARSE_NOCDATA;
+	xmlParserCtxtPtr ctxt;
+	bool doctype = false;
+	struct pf_dd *dd;
+	xmlDocPtr doc;
+	xmlNode *root;
+	int ret;
+
+	*out = NULL;
+	if (len == 0)
+		return pf_why_set(why, -EINVAL, "descriptor is empty");
+	if (len > PF_DD_MAX_BYTES)
+		return pf_why_set(why, -EINVAL,
+				  "descriptor of %zu bytes is larger than %u",
+				  len, PF_DD_MAX_BYTES);
+
+	pthread_once(&xml_once, xml_init);
+	ctxt = xmlNewParserCtxt();
+	if (!ctxt)
+		return -ENOMEM;
+	ctxt->_private = &doctype;
+	ctxt->sax->internalSubset = refuse_doctype;
+	/* no XML_PARSE_NOENT/DTDLOAD/HUGE: entities stay unexpanded */
+	doc = xmlCtxtReadMemory(ctxt, buf, (int)len, NULL, NULL, opts);
+	if (doctype) {
+		ret = pf_why_set(why, -EINVAL,
+				 "<!DOCTYPE> is not allowed in a descriptor");
+		goto out_doc;
+	}
+	if (!doc || !ctxt->wellFormed) {
+		ret = xml_error(why, ctxt);
+		goto out_doc;
+	}
+	root = xmlDocGetRootElement(doc);
+	if (!root) {
+		ret = pf_why_set(why, -EINVAL,
+				 "descriptor has no root element");
+		goto out_doc;
+	}
+
+	dd = calloc(1, sizeof(*dd));
+	if (!dd) {
+		ret = -ENOMEM;
+		goto out_doc;
+	}
+	ret = parse_tree(root, dd, why);
+	if (ret) {
+		pf_dd_free(dd);
+		goto out_doc;
+	}
+	*out = dd;
+
+out_doc:
+	xmlFreeDoc(doc);
+	xmlFreeParserCtxt(ctxt);
+	return ret;
+}
+
+int pf_dd_load(int dirfd, struct pf_dd **out, struct pf_why *why)
+{
+	struct stat st;
+	char *buf;
+	int fd, ret;
+
+	*out = NULL;
+	/*
+	 * O_NOFOLLOW: a symlink planted in the directory is not followed;
+	 * O_NONBLOCK: a FIFO in its place cannot hang us in open() (it has
+	 * no effect on a regular file, and anything else is refused below).
+	 */
+	fd = openat(dirfd, PF_DD_NAME,
+		    O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0) {
+		ret = -errno;
+		return pf_why_set(why, ret, "cannot open " PF_DD_NAME ": %s",
+				  strerror(-ret));
+	}
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		pf_why_fmt(why, "cannot stat " PF_DD_NAME ": %s",
+			   strerror(-ret));
+		goto out_close;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		ret = pf_why_set(why, -EINVAL,
+				 PF_DD_NAME " is not a regular file");
+		goto out_close;
+	}
+	if (st.st_size > (off_t)PF_DD_MAX_BYTES) {
+		ret = pf_why_set(why, -EFBIG,
+				 PF_DD_NAME " is %jd bytes, more than the limit of %u",
+				 (intmax_t)st.st_size, PF_DD_MAX_BYTES);
+		goto out_close;
+	}
+
+	buf = malloc((size_t)st.st_size + 1);
+	if (!buf) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	ret = pf_pread_full(fd, buf, (size_t)st.st_size, 0);
+	if (ret) {
+		pf_why_fmt(why, "cannot read " PF_DD_NAME ": %s",
+			   strerror(-ret));
+		goto out_free;
+	}
+	ret = pf_dd_parse(buf, (size_t)st.st_size, out, why);
+
+out_free:
+	free(buf);
+out_close:
+	close(fd);
+	return ret;
+}
+
+/* Writing */
+
+static xmlNode *add_text(xmlNode *parent, const char *name, const char *text)
+{
+	/* xmlNewTextChild escapes @text, unlike xmlNewChild */
+	return xmlNewTextChild(parent, NULL, (const xmlChar *)name,
+			       (const xmlChar *)text);
+}
+
+static xmlNode *add_u64(xmlNode *parent, const char *name, uint64_t v)
+{
+	char num[24];
+
+	snprintf(num, sizeof(num), "%" PRIu64, v);
+	return add_text(parent, name, num);
+}
+
+static int build_tree(const struct pf_dd *dd, xmlNode *root)
+{
+	xmlNode *dp, *sd, *st, *img, *sn, *shot;
+	size_t i;
+
+	dp = xmlNewChild(root, NULL, BAD_CAST "Disk_Parameters", NULL);
+	if (!dp || !add_u64(dp, "Disk_size", dd->disk_size_sectors) ||
+	    !add_u64(dp, "Cylinders", dd->cylinders) ||
+	    !add_u64(dp, "Heads", dd->heads) ||
+	    !add_u64(dp, "Sectors", dd->sectors) ||
+	    !add_u64(dp, "Padding", 0))
+		return -ENOMEM;
+
+	sd = xmlNewChild(root, NULL, BAD_CAST "StorageData", NULL);
+	st = sd ? xmlNewChild(sd, NULL, BAD_CAST "Storage", NULL) : NULL;
+	if (!st || !add_u64(st, "Start", 0) ||
+	    !add_u64(st, "End", dd->disk_size_sectors) ||
+	    !add_u64(st, "Blocksize", dd->blocksize))
+		return -ENOMEM;
+	for (i = 0; i < dd->n_images; i++) {
+		img = xmlNewChild(st, NULL, BAD_CAST "Image", NULL);
+		if (!img || !add_text(img, "GUID", dd->images[i].guid) ||
+		    !add_text(img, "Type", "Compressed") ||
+		    !add_text(img, "File", dd->images[i].file))
+			return -ENOMEM;
+	}
+
+	if (dd->n_shots == 0)
+		return 0;
+	sn = xmlNewChild(root, NULL, BAD_CAST "Snapshots", NULL);
+	if (!sn || !add_text(sn, "TopGUID", dd->top_guid))
+		return -ENOMEM;
+	for (i = 0; i < dd->n_shots; i++) {
+		shot = xmlNewChild(sn, NULL, BAD_CAST "Shot", NULL);
+		if (!shot || !add_text(shot, "GUID", dd->shots[i].guid) ||
+		    !add_text(shot, "ParentGUID", dd->shots[i].parent))
+			return -ENOMEM;
+		if (dd->shots[i].temporary &&
+		    !xmlNewChild(shot, NULL, BAD_CAST "Temporary", NULL))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int pf_dd_format(const struct pf_dd *dd, char **buf, size_t *len)
+{
+	xmlChar *mem = NULL;
+	xmlNode *root;
+	xmlDocPtr doc;
+	int size = 0, ret;
+	char *copy;
+
+	*buf = NULL;
+	*len = 0;
+	pthread_once(&xml_once, xml_init);
+	doc = xmlNewDoc(BAD_CAST "1.0");
+	if (!doc)
+		return -ENOMEM;
+	root = xmlNewNode(NULL, (const xmlChar *)(dd->parallels_root ?
+							  ROOT_PRL : ROOT_VZ));
+	if (!root) {
+		ret = -ENOMEM;
+		goto out_doc;
+	}
+	xmlDocSetRootElement(doc, root);
+	ret = build_tree(dd, root);
+	if (ret)
+		goto out_doc;
+
+	/* format=1 gives ploop's layout: one element a line, 2-space indent */
+	xmlDocDumpFormatMemory(doc, &mem, &size, 1);
+	if (!mem || size <= 0) {
+		ret = -ENOMEM;
+		goto out_mem;
+	}
+	/* hand out plain malloc memory: callers free() it */
+	copy = malloc((size_t)size + 1);
+	if (!copy) {
+		ret = -ENOMEM;
+		goto out_mem;
+	}
+	memcpy(copy, mem, (size_t)size);
+	copy[size] = '\0';
+	*buf = copy;
+	*len = (size_t)size;
+
+out_mem:
+	xmlFree(mem);
+out_doc:
+	xmlFreeDoc(doc);
+	return ret;
+}
+
+int pf_dd_store(int dirfd, const struct pf_dd *dd)
+{
+	size_t len;
+	char *buf;
+	int fd, ret;
+
+	ret = pf_dd_format(dd, &buf, &len);
+	if (ret)
+		return ret;
+
+	/*
+	 * Rule W6: a new top delta is fully written and synced before
+	 * DiskDescriptor.xml names it, and the descriptor is replaced
+	 * atomically.  The new text goes to a tmp file that is synced
+	 * before the rename, so a crash leaves either the old or the new
+	 * descriptor, never a torn one; the directory sync makes the
+	 * rename itself durable.
+	 */
+	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_TRUNC | O_WRONLY |
+		    O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0) {
+		ret = -errno;
+		goto out_free;
+	}
+	ret = pf_pwrite_full(fd, buf, len, 0);
+	if (!ret && fsync(fd) < 0)
+		ret = -errno;
+	/* close() can report a deferred write error (NFS): do not ignore */
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (ret)
+		goto out_unlink;
+	if (renameat(dirfd, PF_DD_TMP_NAME, dirfd, PF_DD_NAME) < 0) {
+		ret = -errno;
+		goto out_unlink;
+	}
+	ret = pf_fsync_dir(dirfd);
+	goto out_free;
+
+out_unlink:
+	unlinkat(dirfd, PF_DD_TMP_NAME, 0);
+out_free:
+	free(buf);
+	return ret;
+}
+
+void pf_dd_free(struct pf_dd *dd)
+{
+	size_t i;
+
+	if (!dd)
+		return;
+	for (i = 0; i < dd->n_images; i++)
+		free(dd->images[i].file);
+	free(dd->images);
+	free(dd->shots);
+	free(dd);
+}
+
+/* Building and editing */
+
+int pf_dd_new(uint64_t size_sectors, uint32_t blocksize, uint32_t heads,
+	      uint32_t cylinders, const char *file, struct pf_dd **out)
+{
+	uint64_t track;
+	struct pf_dd *dd;
+
+	*out = NULL;
+	if (size_sectors == 0 || size_sectors > UINT64_MAX >> PF_SECTOR_SHIFT ||
+	    !pf_cluster_size_valid((uint64_t)blocksize << PF_SECTOR_SHIFT) ||
+	    heads == 0 || cylinders == 0 || !pf_dd_file_name_valid(file))
+		return -EINVAL;
+
+	dd = calloc(1, sizeof(*dd));
+	if (!dd)
+		return -ENOMEM;
+	dd->images = calloc(1, sizeof(*dd->images));
+	dd->shots = calloc(1, sizeof(*dd->shots));
+	if (!dd->images || !dd->shots)
+		goto err_free;
+	dd->images[0].file = strdup(file);
+	if (!dd->images[0].file)
+		goto err_free;
+	dd->n_images = 1;
+	dd->n_shots = 1;
+
+	dd->disk_size_sectors = size_sectors;
+	dd->blocksize = blocksize;
+	dd->heads = heads;
+	dd->cylinders = cylinders;
+	/* as ploop: whole sectors per track, the product may fall short */
+	track = (uint64_t)heads * cylinders;
+	dd->sectors = size_sectors / track > UINT32_MAX ?
+		      UINT32_MAX : (uint32_t)(size_sectors / track);
+
+	memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
+	memcpy(dd->images[0].guid, PF_TOP_GUID, sizeof(dd->images[0].guid));
+	memcpy(dd->shots[0].guid, PF_TOP_GUID, sizeof(dd->shots[0].guid));
+	memcpy(dd->shots[0].parent, PF_NONE_GUID, sizeof(dd->shots[0].parent));
+	*out = dd;
+	return 0;
+
+err_free:
+	pf_dd_free(dd);
+	return -ENOMEM;
+}
+
+int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
+		       const char *new_file)
+{
+	struct pf_dd_image *images;
+	struct pf_dd_shot *shots;
+	char guid[PF_GUID_LEN + 1];
+	ssize_t top_img, top_shot;
+	size_t i;
+	char *file;
+
+	if (!pf_guid_valid(snap_guid) || !pf_dd_file_name_valid(new_file))
+		return -EINVAL;
+	guid_lower(guid, snap_guid);
+	if (!strcmp(guid, PF_NONE_GUID) || !strcmp(guid, PF_TOP_GUID) ||
+	    image_index(dd, guid) >= 0 || shot_index(dd, guid) >= 0)
+		return -EINVAL;
+	for (i = 0; i < dd->n_images; i++)
+		if (!strcmp(dd->images[i].file, new_file))
+			return -EINVAL;
+	top_img = image_index(dd, dd->top_guid);
+	top_shot = shot_index(dd, dd->top_guid);
+	if (top_img < 0 || top_shot < 0)
+		return -EINVAL;
+	/*
+	 * Old-format descriptors keep the top under another GUID; if some
+	 * other delta held PF_TOP_GUID the new top could not take it.
+	 */
+	if (strcasecmp(dd->top_guid, PF_TOP_GUID) != 0 &&
+	    (image_index(dd, PF_TOP_GUID) >= 0 ||
+	     shot_index(dd, PF_TOP_GUID) >= 0))
+		return -EINVAL;
+	if (dd->n_images >= PF_MAX_DELTAS)
+		return -E2BIG;
+
+	/* allocate everything first so a failure leaves @dd unchanged */
+	file = strdup(new_file);
+	if (!file)
+		return -ENOMEM;
+	images = realloc(dd->images, (dd->n_images + 1) * sizeof(*images));
+	if (!images)
+		goto err_file;
+	dd->images = images;
+	shots = realloc(dd->shots, (dd->n_shots + 1) * sizeof(*shots));
+	if (!shots)
+		goto err_file;
+	dd->shots = shots;
+
+	/* children of the old top follow it to its new GUID */
+	for (i = 0; i < dd->n_shots; i++)
+		if (!strcasecmp(shots[i].parent, dd->top_guid))
+			memcpy(shots[i].parent, guid, sizeof(guid));
+	memcpy(images[top_img].guid, guid, sizeof(guid));
+	memcpy(shots[top_shot].guid, guid, sizeof(guid));
+
+	memcpy(images[dd->n_images].guid, PF_TOP_GUID, sizeof(guid));
+	images[dd->n_images].file = file;
+	dd->n_images++;
+	memcpy(shots[dd->n_shots].guid, PF_TOP_GUID, sizeof(guid));
+	memcpy(shots[dd->n_shots].parent, guid, sizeof(guid));
+	shots[dd->n_shots].temporary = false;
+	dd->n_shots++;
+	memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
+	return 0;
+
+err_file:
+	free(file);
+	return -ENOMEM;
+}

@@ -1,0 +1,924 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * Unit tests of descriptor.c: the ploop-format.md examples, round trips,
+ * snapshots, atomic store/load, hostile documents (inline and the corpus
+ * in $PF_CORPUS_DIR, default tests/corpus/dd).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "descriptor.h"
+#include "tap.h"
+
+#define GA	"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}"
+#define GB	"{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}"
+#define GC	"{2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1}"
+#define GT	PF_TOP_GUID
+#define GN	PF_NONE_GUID
+
+/* The example of ploop-format.md 2.2, byte for byte. */
+static const char ex_2_2[] =
+	"<?xml version=\"1.0\"?>\n"
+	"<Virtuozzo_disk_image>\n"
+	"  <Disk_Parameters>\n"
+	"    <Disk_size>20971520</Disk_size>\n"
+	"    <Cylinders>40960</Cylinders>\n"
+	"    <Heads>16</Heads>\n"
+	"    <Sectors>32</Sectors>\n"
+	"    <Padding>0</Padding>\n"
+	"  </Disk_Parameters>\n"
+	"  <StorageData>\n"
+	"    <Storage>\n"
+	"      <Start>0</Start>\n"
+	"      <End>20971520</End>\n"
+	"      <Blocksize>2048</Blocksize>\n"
+	"      <Image>\n"
+	"        <GUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</GUID>\n"
+	"        <Type>Compressed</Type>\n"
+	"        <File>root.hds</File>\n"
+	"      </Image>\n"
+	"    </Storage>\n"
+	"  </StorageData>\n"
+	"  <Snapshots>\n"
+	"    <TopGUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</TopGUID>\n"
+	"    <Shot>\n"
+	"      <GUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</GUID>\n"
+	"      <ParentGUID>{00000000-0000-0000-0000-000000000000}</ParentGUID>\n"
+	"    </Shot>\n"
+	"  </Snapshots>\n"
+	"</Virtuozzo_disk_image>\n";
+
+/* The example of 2.3 completed with 2.2's header, under the old root. */
+static const char ex_2_3[] =
+	"<?xml version=\"1.0\"?>\n"
+	"<Parallels_disk_image>\n"
+	"  <Disk_Parameters>\n"
+	"    <Disk_size>20971520</Disk_size>\n"
+	"    <Cylinders>40960</Cylinders>\n"
+	"    <Heads>16</Heads>\n"
+	"    <Sectors>32</Sectors>\n"
+	"    <Padding>0</Padding>\n"
+	"  </Disk_Parameters>\n"
+	"  <StorageData>\n"
+	"    <Storage>\n"
+	"      <Start>0</Start>\n"
+	"      <End>20971520</End>\n"
+	"      <Blocksize>2048</Blocksize>\n"
+	"      <Image>\n"
+	"        <GUID>{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}</GUID>\n"
+	"        <Type>Compressed</Type>\n"
+	"        <File>root.hds</File>\n"
+	"      </Image>\n"
+	"      <Image>\n"
+	"        <GUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</GUID>\n"
+	"        <Type>Compressed</Type>\n"
+	"        <File>root.hds.{7d5f7c2e-3b1a-4f0e-9e44-1c2d3e4f5a6b}</File>\n"
+	"      </Image>\n"
+	"    </Storage>\n"
+	"  </StorageData>\n"
+	"  <Snapshots>\n"
+	"    <TopGUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</TopGUID>\n"
+	"    <Shot>\n"
+	"      <GUID>{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}</GUID>\n"
+	"      <ParentGUID>{00000000-0000-0000-0000-000000000000}</ParentGUID>\n"
+	"    </Shot>\n"
+	"    <Shot>\n"
+	"      <GUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}</GUID>\n"
+	"      <ParentGUID>{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}</ParentGUID>\n"
+	"    </Shot>\n"
+	"  </Snapshots>\n"
+	"</Parallels_disk_image>\n";
+
+/* Building blocks for the inline hostile documents. */
+#define DOC(body) \
+	"<?xml version=\"1.0\"?>\n<Virtuozzo_disk_image>" body \
+	"</Virtuozzo_disk_image>\n"
+#define DP_SIZE(size) \
+	"<Disk_Parameters><Disk_size>" size "</Disk_size>" \
+	"<Cylinders>40960</Cylinders><Heads>16</Heads><Sectors>32</Sectors>" \
+	"<Padding>0</Padding></Disk_Parameters>"
+#define DP DP_SIZE("20971520")
+#define STG(start, end, bs, images) \
+	"<StorageData><Storage><Start>" start "</Start><End>" end "</End>" \
+	"<Blocksize>" bs "</Blocksize>" images "</Storage></StorageData>"
+#define ST(images) STG("0", "20971520", "2048", images)
+#define IMGT(g, type, f) \
+	"<Image><GUID>" g "</GUID><Type>" type "</Type><File>" f \
+	"</File></Image>"
+#define IMG(g, f) IMGT(g, "Compressed", f)
+#define SHOT(g, p) "<Shot><GUID>" g "</GUID><ParentGUID>" p \
+	"</ParentGUID></Shot>"
+#define TSHOT(g, p) "<Shot><GUID>" g "</GUID><ParentGUID>" p \
+	"</ParentGUID><Temporary/></Shot>"
+#define SN(top, shots) "<Snapshots><TopGUID>" top "</TopGUID>" shots \
+	"</Snapshots>"
+#define ONE DP ST(IMG(GT, "root.hds")) SN(GT, SHOT(GT, GN))
+
+struct hostile {
+	const char *name;
+	const char *doc;
+	const char *want;	/* substring of why->msg */
+};
+
+#define NUL_DOC "<?xml version=\"1.0\"?>\n<Virtuozzo_disk_image>\0" \
+	"</Virtuozzo_disk_image>"
+
+static const struct hostile hostile[] = {
+	{ "malformed", DOC(DP "<StorageData>"), "not well-formed" },
+	{ "truncated", "<?xml version=\"1.0\"?>\n<Virtuozzo_disk_image><Disk_",
+	  "not well-formed" },
+	{ "wrong root", "<?xml version=\"1.0\"?><Disk_image>" ONE
+	  "</Disk_image>", "root element <Disk_image>" },
+	{ "no Disk_Parameters", DOC(ST(IMG(GT, "root.hds"))),
+	  "has no <Disk_Parameters>" },
+	{ "no Disk_size",
+	  DOC("<Disk_Parameters><Cylinders>1</Cylinders><Heads>1</Heads>"
+	      "<Sectors>1</Sectors></Disk_Parameters>" ST(IMG(GT, "root.hds"))),
+	  "has no <Disk_size>" },
+	{ "no Heads",
+	  DOC("<Disk_Parameters><Disk_size>20971520</Disk_size>"
+	      "<Cylinders>1</Cylinders><Sectors>1</Sectors></Disk_Parameters>"
+	      ST(IMG(GT, "root.hds"))),
+	  "has no <Heads>" },
+	{ "size abc", DOC(DP_SIZE("abc") ST(IMG(GT, "root.hds"))),
+	  "<Disk_size> \"abc\" is not a number" },
+	{ "size negative", DOC(DP_SIZE("-1") ST(IMG(GT, "root.hds"))),
+	  "<Disk_size> \"-1\" is not a number" },
+	{ "size plus", DOC(DP_SIZE("+1") ST(IMG(GT, "root.hds"))),
+	  "is not a number" },
+	{ "size hex", DOC(DP_SIZE("0x10") ST(IMG(GT, "root.hds"))),
+	  "is not a number" },
+	{ "size inner space", DOC(DP_SIZE("1 0") ST(IMG(GT, "root.hds"))),
+	  "is not a number" },
+	{ "size empty", DOC(DP_SIZE("") ST(IMG(GT, "root.hds"))),
+	  "<Disk_size> is empty" },
+	{ "size 0", DOC(DP_SIZE("0") ST(IMG(GT, "root.hds"))),
+	  "<Disk_size> is 0" },
+	{ "size x512 overflows",
+	  DOC(DP_SIZE("36028797018963968") ST(IMG(GT, "root.hds"))),
+	  "out of range" },
+	{ "size u64 overflows",
+	  DOC(DP_SIZE("18446744073709551616") ST(IMG(GT, "root.hds"))),
+	  "out of range" },
+	{ "heads over u32",
+	  DOC("<Disk_Parameters><Disk_size>20971520</Disk_size>"
+	      "<Cylinders>1</Cylinders><Heads>4294967296</Heads>"
+	      "<Sectors>1</Sectors></Disk_Parameters>" ST(IMG(GT, "root.hds"))),
+	  "<Heads> \"4294967296\" is out of range" },
+	{ "two Disk_size",
+	  DOC("<Disk_Parameters><Disk_size>8</Disk_size>"
+	      "<Disk_size>8</Disk_size></Disk_Parameters>"),
+	  "<Disk_size> appears more than once" },
+	{ "Start 1", DOC(DP STG("1", "20971520", "2048", IMG(GT, "r"))),
+	  "<Start> 1 is not 0" },
+	{ "End differs", DOC(DP STG("0", "20971519", "2048", IMG(GT, "r"))),
+	  "<End> 20971519 differs" },
+	{ "Blocksize 7", DOC(DP STG("0", "20971520", "7", IMG(GT, "r"))),
+	  "<Blocksize> 7 sectors" },
+	{ "Blocksize 0", DOC(DP STG("0", "20971520", "0", IMG(GT, "r"))),
+	  "<Blocksize> 0 sectors" },
+	{ "Blocksize 64", DOC(DP STG("0", "20971520", "64", IMG(GT, "r"))),
+	  "<Blocksize> 64 sectors" },
+	{ "Blocksize 262144",
+	  DOC(DP STG("0", "20971520", "262144", IMG(GT, "r"))),
+	  "<Blocksize> 262144 sectors" },
+	{ "two Storage",
+	  DOC(DP "<StorageData><Storage><Start>0</Start><End>20971520</End>"
+	      "<Blocksize>2048</Blocksize>" IMG(GT, "a") "</Storage>"
+	      "<Storage><Start>0</Start><End>20971520</End>"
+	      "<Blocksize>2048</Blocksize>" IMG(GA, "b") "</Storage>"
+	      "</StorageData>"),
+	  "has 2 <Storage> elements" },
+	{ "no Storage", DOC(DP "<StorageData></StorageData>"),
+	  "has 0 <Storage>" },
+	{ "no Image", DOC(DP ST("")), "<Storage> has no <Image>" },
+	{ "Image without File",
+	  DOC(DP ST("<Image><GUID>" GT "</GUID><Type>Compressed</Type>"
+		    "</Image>")),
+	  "has no <File>" },
+	{ "Image without GUID",
+	  DOC(DP ST("<Image><Type>Compressed</Type><File>r</File></Image>")),
+	  "<Image> has no <GUID>" },
+	{ "Image without Type",
+	  DOC(DP ST("<Image><GUID>" GT "</GUID><File>r</File></Image>")),
+	  "has no <Type>" },
+	{ "absolute File", DOC(DP ST(IMG(GT, "/etc/passwd"))),
+	  "is an absolute path" },
+	{ "dotdot File", DOC(DP ST(IMG(GT, "../x"))),
+	  "<File> \"../x\" of image " GT " escapes the image directory" },
+	{ "inner dotdot File", DOC(DP ST(IMG(GT, "a/../../x"))),
+	  "escapes the image directory" },
+	{ "File ..", DOC(DP ST(IMG(GT, ".."))), "is not a file name" },
+	{ "File .", DOC(DP ST(IMG(GT, "."))), "is not a file name" },
+	{ "File with slash", DOC(DP ST(IMG(GT, "sub/root.hds"))),
+	  "contains '/'" },
+	{ "empty File", DOC(DP ST(IMG(GT, ""))), "is empty" },
+	{ "blank File", DOC(DP ST(IMG(GT, "  \n "))), "is empty" },
+	{ "File control char", DOC(DP ST(IMG(GT, "a&#9;b"))),
+	  "control character" },
+	{ "File entity", DOC(DP ST(IMG(GT, "a&#x2F;b"))), "contains '/'" },
+	{ "File markup", DOC(DP ST(IMG(GT, "a<b/>c"))), "markup" },
+	{ "Type Plain", DOC(DP ST(IMGT(GT, "Plain", "root.hds"))),
+	  "raw base images are not supported" },
+	{ "Type other", DOC(DP ST(IMGT(GT, "Qcow2", "root.hds"))),
+	  "<Type> \"Qcow2\" of image " GT " is not Compressed" },
+	{ "GUID short", DOC(DP ST(IMG("{5fbaabe3-6958-40ff-92a7-860e329aab4}",
+				      "r"))),
+	  "is not a GUID" },
+	{ "GUID no braces",
+	  DOC(DP ST(IMG("5fbaabe3-6958-40ff-92a7-860e329aab41", "r"))),
+	  "is not a GUID" },
+	{ "GUID non-hex",
+	  DOC(DP ST(IMG("{5fbaabe3-6958-40ff-92a7-860e329aab4g}", "r"))),
+	  "is not a GUID" },
+	{ "GUID dash moved",
+	  DOC(DP ST(IMG("{5fbaabe36-958-40ff-92a7-860e329aab41}", "r"))),
+	  "is not a GUID" },
+	{ "GUID null", DOC(DP ST(IMG(GN, "r"))), "is the null GUID" },
+	{ "duplicate image GUID",
+	  DOC(DP ST(IMG(GA, "a") IMG(GA, "b")) SN(GA, SHOT(GA, GN))),
+	  "<GUID> " GA " is used by two images" },
+	{ "duplicate image GUID case",
+	  DOC(DP ST(IMG(GA, "a")
+		    IMG("{0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11}", "b"))),
+	  "is used by two images" },
+	{ "duplicate File",
+	  DOC(DP ST(IMG(GA, "a") IMG(GT, "a"))
+	      SN(GT, SHOT(GA, GN) SHOT(GT, GA))),
+	  "<File> \"a\" is used by two images" },
+	{ "two images no Snapshots", DOC(DP ST(IMG(GA, "a") IMG(GT, "b"))),
+	  "cannot tell the top" },
+	{ "TopGUID names nothing",
+	  DOC(DP ST(IMG(GT, "r")) SN(GA, SHOT(GT, GN))),
+	  "<TopGUID> " GA " names no shot" },
+	{ "TopGUID malformed",
+	  DOC(DP ST(IMG(GT, "r")) SN("{nope}", SHOT(GT, GN))),
+	  "<TopGUID> \"{nope}\" is not a GUID" },
+	{ "TopGUID temporary",
+	  DOC(DP ST(IMG(GA, "a") IMG(GT, "b"))
+	      SN(GT, SHOT(GA, GN) TSHOT(GT, GA))),
+	  "names a temporary shot" },
+	{ "no TopGUID, two shots, no top GUID",
+	  DOC(DP ST(IMG(GA, "a") IMG(GB, "b"))
+	      "<Snapshots>" SHOT(GA, GN) SHOT(GB, GA) "</Snapshots>"),
+	  "<Snapshots> has no <TopGUID>" },
+	{ "cycle of two",
+	  DOC(DP ST(IMG(GA, "a") IMG(GT, "b"))
+	      SN(GT, SHOT(GA, GT) SHOT(GT, GA))),
+	  "has a cycle at" },
+	{ "cycle off the chain",
+	  DOC(DP ST(IMG(GT, "t") IMG(GA, "a") IMG(GB, "b"))
+	      SN(GT, SHOT(GT, GN) SHOT(GA, GB) SHOT(GB, GA))),
+	  "snapshot chain from shot " GA " has a cycle" },
+	{ "self parent",
+	  DOC(DP ST(IMG(GT, "r")) SN(GT, SHOT(GT, GT))),
+	  "is the shot itself" },
+	{ "unknown parent",
+	  DOC(DP ST(IMG(GT, "r")) SN(GT, SHOT(GT, GA))),
+	  "<ParentGUID> " GA " of shot " GT " names no shot" },
+	{ "ParentGUID missing",
+	  DOC(DP ST(IMG(GT, "r"))
+	      SN(GT, "<Shot><GUID>" GT "</GUID></Shot>")),
+	  "<Shot> has no <ParentGUID>" },
+	{ "shot without image",
+	  DOC(DP ST(IMG(GT, "r")) SN(GT, SHOT(GA, GN) SHOT(GT, GA))),
+	  "<Shot> " GA " has no <Image>" },
+	{ "image without shot",
+	  DOC(DP ST(IMG(GA, "a") IMG(GT, "b")) SN(GT, SHOT(GT, GN))),
+	  "<Image> " GA " has no <Shot>" },
+	{ "duplicate shot GUID",
+	  DOC(DP ST(IMG(GA, "a") IMG(GT, "b"))
+	      SN(GT, SHOT(GT, GN) SHOT(GT, GN))),
+	  "is used by two shots" },
+	{ "empty Snapshots", DOC(DP ST(IMG(GT, "r")) "<Snapshots/>"),
+	  "has no <Shot>" },
+	{ "two Snapshots",
+	  DOC(DP ST(IMG(GT, "r")) SN(GT, SHOT(GT, GN)) SN(GT, SHOT(GT, GN))),
+	  "<Snapshots> appears more than once" },
+	{ "doctype", "<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n" DOC(ONE),
+	  "DOCTYPE" },
+	{ "billion laughs",
+	  "<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n"
+	  "<!ENTITY a \"aaaaaaaaaa\">\n"
+	  "<!ENTITY b \"&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;\">\n"
+	  "<!ENTITY c \"&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;\">\n"
+	  "<!ENTITY d \"&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;\">\n"
+	  "<!ENTITY e \"&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;\">\n"
+	  "<!ENTITY f \"&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;\">\n"
+	  "<!ENTITY g \"&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;\">\n"
+	  "<!ENTITY h \"&g;&g;&g;&g;&g;&g;&g;&g;&g;&g;\">\n"
+	  "<!ENTITY i \"&h;&h;&h;&h;&h;&h;&h;&h;&h;&h;\">\n]>\n"
+	  DOC(DP ST(IMG(GT, "&i;"))), "DOCTYPE" },
+	{ "external entity",
+	  "<?xml version=\"1.0\"?>\n<!DOCTYPE x [\n"
+	  "<!ENTITY xxe SYSTEM \"file:///etc/passwd\">\n]>\n"
+	  DOC(DP ST(IMG(GT, "&xxe;"))), "DOCTYPE" },
+	{ "undefined entity", DOC(DP ST(IMG(GT, "&xxe;"))), "not well-formed" },
+	{ "text after root", DOC(ONE) "junk", "not well-formed" },
+};
+
+static bool dd_equal(const struct pf_dd *a, const struct pf_dd *b)
+{
+	size_t i;
+
+	if (a->parallels_root != b->parallels_root ||
+	    a->disk_size_sectors != b->disk_size_sectors ||
+	    a->cylinders != b->cylinders || a->heads != b->heads ||
+	    a->sectors != b->sectors || a->blocksize != b->blocksize ||
+	    strcmp(a->top_guid, b->top_guid) != 0 ||
+	    a->n_images != b->n_images || a->n_shots != b->n_shots)
+		return false;
+	for (i = 0; i < a->n_images; i++)
+		if (strcmp(a->images[i].guid, b->images[i].guid) != 0 ||
+		    strcmp(a->images[i].file, b->images[i].file) != 0)
+			return false;
+	for (i = 0; i < a->n_shots; i++)
+		if (strcmp(a->shots[i].guid, b->shots[i].guid) != 0 ||
+		    strcmp(a->shots[i].parent, b->shots[i].parent) != 0 ||
+		    a->shots[i].temporary != b->shots[i].temporary)
+			return false;
+	return true;
+}
+
+static int parse_str(const char *s, struct pf_dd **dd, struct pf_why *why)
+{
+	memset(why, 0, sizeof(*why));
+	return pf_dd_parse(s, strlen(s), dd, why);
+}
+
+/* parse(format(dd)) == dd; also returns the text when @text is set. */
+static bool round_trip(const struct pf_dd *dd, char **text)
+{
+	struct pf_dd *again = NULL;
+	struct pf_why why;
+	size_t len;
+	char *buf;
+	bool ok;
+
+	if (pf_dd_format(dd, &buf, &len))
+		return false;
+	memset(&why, 0, sizeof(why));
+	ok = !pf_dd_parse(buf, len, &again, &why) && dd_equal(dd, again) &&
+	     strlen(buf) == len;
+	if (!ok)
+		tap_diag("round trip failed: %s", why.msg);
+	pf_dd_free(again);
+	if (text)
+		*text = buf;
+	else
+		free(buf);
+	return ok;
+}
+
+static void test_example_2_2(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	size_t *chain = NULL, n = 0;
+	char *text = NULL;
+
+	check_int(parse_str(ex_2_2, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check(!dd->parallels_root);
+	check_u64(dd->disk_size_sectors, ==, 20971520);
+	check_int(dd->cylinders, ==, 40960);
+	check_int(dd->heads, ==, 16);
+	check_int(dd->sectors, ==, 32);
+	check_int(dd->blocksize, ==, 2048);
+	check_str(dd->top_guid, PF_TOP_GUID);
+	check_int(dd->n_images, ==, 1);
+	check_int(dd->n_shots, ==, 1);
+	check_str(dd->images[0].guid, PF_TOP_GUID);
+	check_str(dd->images[0].file, "root.hds");
+	check_str(dd->shots[0].parent, PF_NONE_GUID);
+	check(!dd->shots[0].temporary);
+	check_int(pf_dd_chain(dd, &chain, &n, &why), ==, 0);
+	check_int(n, ==, 1);
+	check(chain && chain[0] == 0);
+	free(chain);
+
+	/* we write exactly what ploop writes */
+	check(round_trip(dd, &text));
+	check_msg(text && !strcmp(text, ex_2_2),
+		  "pf_dd_format writes the 2.2 example byte for byte");
+	free(text);
+	pf_dd_free(dd);
+}
+
+static void test_example_2_3(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	size_t *chain = NULL, n = 0;
+	char *text = NULL;
+
+	check_int(parse_str(ex_2_3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check(dd->parallels_root);
+	check_int(dd->n_images, ==, 2);
+	check_int(dd->n_shots, ==, 2);
+	check_str(dd->images[0].guid, GA);
+	check_str(dd->images[1].file,
+		  "root.hds.{7d5f7c2e-3b1a-4f0e-9e44-1c2d3e4f5a6b}");
+	check_str(dd->shots[1].parent, GA);
+	check_int(pf_dd_chain(dd, &chain, &n, &why), ==, 0);
+	check_int(n, ==, 2);
+	check(chain && chain[0] == 0 && chain[1] == 1);
+	free(chain);
+	check(pf_dd_find_image(dd, GA) == &dd->images[0]);
+	check(pf_dd_find_image(dd, "{0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11}") ==
+	      &dd->images[0]);
+	check(pf_dd_find_shot(dd, GT) == &dd->shots[1]);
+	check(pf_dd_find_shot(dd, GB) == NULL);
+	check(pf_dd_find_image(dd, NULL) == NULL);
+
+	check(round_trip(dd, &text));
+	check_msg(text && !strcmp(text, ex_2_3),
+		  "pf_dd_format writes the 2.3 example byte for byte");
+	free(text);
+	pf_dd_free(dd);
+}
+
+static void test_lenient_forms(void)
+{
+	static const char spaced[] =
+		"<?xml version='1.0' encoding='UTF-8'?>\n"
+		"<Parallels_disk_image Version=\"1.0\">\n"
+		"<!-- comment -->\n"
+		"<Disk_Parameters>\n"
+		"  <Disk_size>\n\t 2048 \n</Disk_size>\n"
+		"  <Cylinders>4</Cylinders><Heads>16</Heads>\n"
+		"  <PhysicalSectorSize>512</PhysicalSectorSize>\n"
+		"  <Sectors>32</Sectors>\n"
+		"  <Miscellaneous><x>1</x></Miscellaneous>\n"
+		"</Disk_Parameters>\n"
+		"<StorageData><Storage><Start> 0 </Start><End>2048</End>\n"
+		"<Blocksize>128</Blocksize>\n"
+		"<Image><GUID> {5FBAABE3-6958-40FF-92A7-860E329AAB41} </GUID>\n"
+		"<Type>Compressed</Type><File><![CDATA[disk.hdd.0.hds]]></File>"
+		"</Image></Storage></StorageData>\n"
+		"<Snapshots><Shot><GUID>{5fbaabe3-6958-40ff-92a7-860e329aab41}"
+		"</GUID><ParentGUID>{00000000-0000-0000-0000-000000000000}"
+		"</ParentGUID></Shot></Snapshots>\n"
+		"</Parallels_disk_image>\n";
+	static const char no_snapshots[] = DOC(DP ST(IMG(GA, "root.hds")));
+	static const char temps[] =
+		DOC(DP ST(IMG(GA, "a") IMG(GB, "b") IMG(GC, "c") IMG(GT, "t"))
+		    SN(GT, SHOT(GA, GN)
+			   "<Shot><GUID>" GB "</GUID><ParentGUID>" GA
+			   "</ParentGUID><TemporaryZero/></Shot>"
+			   "<Shot><GUID>" GC "</GUID><ParentGUID>" GB
+			   "</ParentGUID><TemporaryZeroSwap/></Shot>"
+			   SHOT(GT, GC)));
+	static const char amp[] = DOC(DP ST(IMG(GT, "a&amp;b&lt;c")));
+	static const char tree[] =
+		DOC(DP ST(IMG(GA, "a") IMG(GB, "b") IMG(GC, "c") IMG(GT, "t"))
+		    SN(GT, SHOT(GA, GN) SHOT(GB, GA) SHOT(GC, GA)
+			   SHOT(GT, GB)));
+	size_t *chain = NULL, n = 0;
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+
+	check_int(parse_str(spaced, &dd, &why), ==, 0);
+	if (dd) {
+		check(dd->parallels_root);
+		check_u64(dd->disk_size_sectors, ==, 2048);
+		check_str(dd->images[0].guid, PF_TOP_GUID);
+		check_str(dd->images[0].file, "disk.hdd.0.hds");
+		check_str(dd->top_guid, PF_TOP_GUID);
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+
+	/* no <Snapshots>: the lone image is the top, given a base shot */
+	check_int(parse_str(no_snapshots, &dd, &why), ==, 0);
+	if (dd) {
+		check_str(dd->top_guid, GA);
+		check_int(dd->n_shots, ==, 1);
+		check_str(dd->shots[0].guid, GA);
+		check_str(dd->shots[0].parent, PF_NONE_GUID);
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+
+	check_int(parse_str(temps, &dd, &why), ==, 0);
+	if (dd) {
+		check(!dd->shots[0].temporary);
+		check(dd->shots[1].temporary);
+		check(dd->shots[2].temporary);
+		check(!dd->shots[3].temporary);
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+
+	/* predefined entities are plain text, and are escaped on output */
+	check_int(parse_str(amp, &dd, &why), ==, 0);
+	if (dd) {
+		check_str(dd->images[0].file, "a&b<c");
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+
+	/* a side branch (c) is valid but not on the active chain */
+	check_int(parse_str(tree, &dd, &why), ==, 0);
+	if (dd) {
+		check_int(pf_dd_chain(dd, &chain, &n, &why), ==, 0);
+		check_int(n, ==, 3);
+		check(n == 3 && chain[0] == 0 && chain[1] == 1 &&
+		      chain[2] == 3);
+		free(chain);
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+}
+
+static void test_hostile(void)
+{
+	size_t i;
+
+	for (i = 0; i < PF_ARRAY_SIZE(hostile); i++) {
+		const struct hostile *h = &hostile[i];
+		struct pf_dd *dd = (struct pf_dd *)1;
+		struct pf_why why;
+		int ret;
+
+		memset(&why, 0, sizeof(why));
+		ret = pf_dd_parse(h->doc, strlen(h->doc), &dd, &why);
+		check_msg(ret == -EINVAL && dd == NULL && why.msg[0] &&
+			  strstr(why.msg, h->want) && !strchr(why.msg, '\n'),
+			  "hostile \"%s\": %d \"%s\" (want \"%s\")", h->name,
+			  ret, why.msg, h->want);
+	}
+}
+
+static void test_parse_limits(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	char *big;
+
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_parse("", 0, &dd, &why), ==, -EINVAL);
+	check(why.msg[0] != '\0');
+
+	/* a NUL inside the buffer must not end the document early */
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_parse(NUL_DOC, sizeof(NUL_DOC) - 1, &dd, &why), ==,
+		  -EINVAL);
+	check(strstr(why.msg, "not well-formed") != NULL);
+
+	big = malloc(PF_DD_MAX_BYTES + 1);
+	if (!big)
+		return;
+	memset(big, ' ', PF_DD_MAX_BYTES + 1);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_parse(big, PF_DD_MAX_BYTES + 1, &dd, &why), ==,
+		  -EINVAL);
+	check(why.msg[0] != '\0');
+	free(big);
+}
+
+static void test_guids_and_names(void)
+{
+	char a[PF_GUID_LEN + 1], b[PF_GUID_LEN + 1];
+	char longname[300];
+	size_t i;
+
+	pf_guid_new(a);
+	pf_guid_new(b);
+	check(pf_guid_valid(a));
+	check(strcmp(a, b) != 0);
+	check_int(strlen(a), ==, PF_GUID_LEN);
+	for (i = 0; a[i]; i++)
+		if (a[i] >= 'A' && a[i] <= 'F')
+			break;
+	check_msg(a[i] == '\0', "pf_guid_new is lower case: %s", a);
+	check(pf_guid_valid(PF_TOP_GUID));
+	check(pf_guid_valid("{5FBAABE3-6958-40FF-92A7-860E329AAB41}"));
+	check(!pf_guid_valid(NULL));
+	check(!pf_guid_valid(""));
+	check(!pf_guid_valid("{5fbaabe3-6958-40ff-92a7-860e329aab41"));
+	check(!pf_guid_valid("{5fbaabe3-6958-40ff-92a7-860e329aab41}x"));
+	check(!pf_guid_valid("(5fbaabe3-6958-40ff-92a7-860e329aab41)"));
+	check(!pf_guid_valid("{5fbaabe3x6958-40ff-92a7-860e329aab41}"));
+
+	check(pf_dd_file_name_valid("root.hds"));
+	check(pf_dd_file_name_valid("root.hds.{7d5f7c2e-3b1a-4f0e}"));
+	check(pf_dd_file_name_valid("..hidden"));
+	check(!pf_dd_file_name_valid(NULL));
+	check(!pf_dd_file_name_valid(""));
+	check(!pf_dd_file_name_valid("."));
+	check(!pf_dd_file_name_valid(".."));
+	check(!pf_dd_file_name_valid("../x"));
+	check(!pf_dd_file_name_valid("a/b"));
+	check(!pf_dd_file_name_valid("/abs"));
+	check(!pf_dd_file_name_valid("a\nb"));
+	check(!pf_dd_file_name_valid("\xff\xfe"));
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	check(!pf_dd_file_name_valid(longname));
+	pf_dd_free(NULL);
+}
+
+static void test_snapshots(void)
+{
+	struct pf_dd *dd = NULL, *old = NULL;
+	struct pf_why why;
+	size_t *chain = NULL, n = 0, i;
+	char g[PF_GUID_LEN + 1], file[64];
+	int ret;
+
+	check_int(pf_dd_new(20971520, 2048, 16, 40960, "root.hds", &dd), ==, 0);
+	if (!dd)
+		return;
+	check_int(dd->sectors, ==, 32);
+	check_str(dd->top_guid, PF_TOP_GUID);
+	check(round_trip(dd, NULL));
+
+	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
+	/* upper case in, lower case stored */
+	check_int(pf_dd_add_snapshot(dd,
+				     "{1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0}",
+				     "root.hds.2"), ==, 0);
+	check_int(dd->n_images, ==, 3);
+	check_int(dd->n_shots, ==, 3);
+	check_str(dd->top_guid, PF_TOP_GUID);
+	check_str(dd->images[0].guid, GA);
+	check_str(dd->images[0].file, "root.hds");
+	check_str(dd->images[1].guid, GB);	/* stored lower case */
+	check_str(dd->images[1].file, "root.hds.1");
+	check_str(dd->images[2].guid, PF_TOP_GUID);
+	check_str(dd->images[2].file, "root.hds.2");
+	check_str(dd->shots[0].parent, PF_NONE_GUID);
+	check_str(dd->shots[1].parent, GA);
+	check_str(dd->shots[2].parent, GB);
+	check_int(pf_dd_chain(dd, &chain, &n, &why), ==, 0);
+	check_int(n, ==, 3);
+	if (n == 3) {
+		check_str(dd->images[chain[0]].file, "root.hds");
+		check_str(dd->images[chain[1]].file, "root.hds.1");
+		check_str(dd->images[chain[2]].file, "root.hds.2");
+	}
+	free(chain);
+	check(round_trip(dd, NULL));
+
+	/* refusals leave the descriptor as it was */
+	check_int(pf_dd_add_snapshot(dd, "{bad}", "x"), ==, -EINVAL);
+	check_int(pf_dd_add_snapshot(dd, GA, "x"), ==, -EINVAL);
+	check_int(pf_dd_add_snapshot(dd, PF_TOP_GUID, "x"), ==, -EINVAL);
+	check_int(pf_dd_add_snapshot(dd, PF_NONE_GUID, "x"), ==, -EINVAL);
+	check_int(pf_dd_add_snapshot(dd, GC, "../x"), ==, -EINVAL);
+	check_int(pf_dd_add_snapshot(dd, GC, "root.hds.1"), ==, -EINVAL);
+	check_int(dd->n_images, ==, 3);
+
+	for (i = 3, ret = 0; i < PF_MAX_DELTAS && !ret; i++) {
+		pf_guid_new(g);
+		snprintf(file, sizeof(file), "root.hds.%zu", i);
+		ret = pf_dd_add_snapshot(dd, g, file);
+	}
+	check_int(ret, ==, 0);
+	check_int(dd->n_images, ==, PF_MAX_DELTAS);
+	pf_guid_new(g);
+	check_int(pf_dd_add_snapshot(dd, g, "one.too.many"), ==, -E2BIG);
+	check_int(pf_dd_chain(dd, &chain, &n, &why), ==, 0);
+	check_int(n, ==, PF_MAX_DELTAS);
+	free(chain);
+	check(round_trip(dd, NULL));
+	pf_dd_free(dd);
+
+	/* old format: the top is not under PF_TOP_GUID */
+	check_int(parse_str(DOC(DP ST(IMG(GA, "root.hds"))
+				SN(GA, SHOT(GA, GN))), &old, &why), ==, 0);
+	if (!old)
+		return;
+	check_int(pf_dd_add_snapshot(old, GB, "root.hds.1"), ==, 0);
+	check_str(old->images[0].guid, GB);
+	check_str(old->shots[0].guid, GB);
+	check_str(old->images[1].guid, PF_TOP_GUID);
+	check_str(old->shots[1].parent, GB);
+	check_str(old->top_guid, PF_TOP_GUID);
+	check(round_trip(old, NULL));
+	pf_dd_free(old);
+
+	check_int(pf_dd_new(0, 2048, 16, 1, "r", &dd), ==, -EINVAL);
+	check_int(pf_dd_new(8, 7, 16, 1, "r", &dd), ==, -EINVAL);
+	check_int(pf_dd_new(8, 2048, 16, 1, "a/b", &dd), ==, -EINVAL);
+	check(dd == NULL);
+}
+
+static void test_store_load(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	struct pf_dd *dd = NULL, *back = NULL;
+	struct pf_why why;
+	struct stat st;
+	int dirfd, fd;
+	char *big;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	check(dirfd >= 0);
+	if (dirfd < 0)
+		return;
+
+	check_int(pf_dd_load(dirfd, &back, &why), ==, -ENOENT);
+	check(back == NULL);
+
+	check_int(pf_dd_new(20971520, 2048, 16, 40960, PF_BASE_NAME, &dd), ==,
+		  0);
+	if (!dd)
+		goto out_dir;
+	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
+	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0 &&
+	      (st.st_mode & 0777) == 0600);
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && dd_equal(dd, back));
+	pf_dd_free(back);
+	back = NULL;
+
+	/* a second store replaces the first */
+	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
+	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && dd_equal(dd, back));
+	pf_dd_free(back);
+	back = NULL;
+
+	/* a failed store leaves the old descriptor */
+	check(mkdirat(dirfd, PF_DD_TMP_NAME, 0700) == 0);
+	check_int(pf_dd_add_snapshot(dd, GB, "root.hds.2"), ==, 0);
+	check(pf_dd_store(dirfd, dd) < 0);
+	check(unlinkat(dirfd, PF_DD_TMP_NAME, AT_REMOVEDIR) == 0);
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && back->n_images == 2);
+	pf_dd_free(back);
+	back = NULL;
+
+	/* too large, not regular, a symlink */
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+	fd = openat(dirfd, PF_DD_NAME, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	big = calloc(1, PF_DD_MAX_BYTES + 1);
+	check(fd >= 0 && big);
+	if (fd >= 0 && big)
+		check_int(pf_pwrite_full(fd, big, PF_DD_MAX_BYTES + 1, 0), ==,
+			  0);
+	if (fd >= 0)
+		close(fd);
+	free(big);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, -EFBIG);
+	check(why.msg[0] != '\0');
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+	check(mkdirat(dirfd, PF_DD_NAME, 0700) == 0);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, -EINVAL);
+	check(why.msg[0] != '\0');
+	check(unlinkat(dirfd, PF_DD_NAME, AT_REMOVEDIR) == 0);
+
+	/* a FIFO must not block the open */
+	check(mkfifoat(dirfd, PF_DD_NAME, 0600) == 0);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, -EINVAL);
+	check(strstr(why.msg, "not a regular file") != NULL);
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+	check(symlinkat("elsewhere.xml", dirfd, PF_DD_NAME) == 0);
+	check(pf_dd_load(dirfd, &back, &why) < 0);
+	check(back == NULL);
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+	/* an empty file is a bad descriptor */
+	fd = openat(dirfd, PF_DD_NAME, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		close(fd);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, -EINVAL);
+	check(why.msg[0] != '\0');
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+out_dir:
+	pf_dd_free(dd);
+	close(dirfd);
+	check(rmdir(tmpl) == 0);
+}
+
+static int read_file(const char *path, char **buf, size_t *len)
+{
+	struct stat st;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0) {
+		ret = -errno;
+		goto out_close;
+	}
+	*len = (size_t)st.st_size;
+	*buf = malloc(*len + 1);
+	if (!*buf) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	ret = pf_pread_full(fd, *buf, *len, 0);
+	if (ret) {
+		free(*buf);
+		*buf = NULL;
+	}
+out_close:
+	close(fd);
+	return ret;
+}
+
+static int corpus_file(const struct dirent *de)
+{
+	return !fnmatch("good-*.xml", de->d_name, 0) ||
+	       !fnmatch("bad-*.xml", de->d_name, 0);
+}
+
+static void test_corpus_file(const char *dir, const char *name,
+			     size_t *n_good, size_t *n_bad)
+{
+	bool good = !strncmp(name, "good-", 5);
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	char path[4096];
+	char *buf = NULL;
+	size_t len = 0;
+	int ret;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	ret = read_file(path, &buf, &len);
+	check_msg(ret == 0, "read %s: %d", path, ret);
+	if (ret)
+		return;
+	memset(&why, 0, sizeof(why));
+	ret = pf_dd_parse(buf, len, &dd, &why);
+	if (good) {
+		(*n_good)++;
+		check_msg(ret == 0 && dd, "%s parses: %d %s", name, ret,
+			  why.msg);
+		if (dd)
+			check_msg(round_trip(dd, NULL), "%s round trip", name);
+	} else {
+		(*n_bad)++;
+		check_msg(ret == -EINVAL && !dd && why.msg[0] &&
+			  !strchr(why.msg, '\n'),
+			  "%s is refused: %d \"%s\"", name, ret, why.msg);
+	}
+	pf_dd_free(dd);
+	free(buf);
+}
+
+static void test_corpus(void)
+{
+	const char *dir = getenv("PF_CORPUS_DIR");
+	size_t n_good = 0, n_bad = 0;
+	struct dirent **list;
+	int n, i;
+
+	if (!dir || !*dir)
+		dir = "tests/corpus/dd";
+	/* sorted, so the TAP numbering is stable from run to run */
+	n = scandir(dir, &list, corpus_file, alphasort);
+	check_msg(n >= 0, "scan corpus %s: %s", dir,
+		  n >= 0 ? "ok" : strerror(errno));
+	if (n < 0)
+		return;
+	for (i = 0; i < n; i++) {
+		test_corpus_file(dir, list[i]->d_name, &n_good, &n_bad);
+		free(list[i]);
+	}
+	free(list);
+	check_msg(n_good >= 5 && n_bad >= 20 && n_good + n_bad >= 25,
+		  "corpus has %zu good and %zu bad files", n_good, n_bad);
+}
+
+int main(void)
+{
+	test_example_2_2();
+	test_example_2_3();
+	test_lenient_forms();
+	test_hostile();
+	test_parse_limits();
+	test_guids_and_names();
+	test_snapshots();
+	test_store_load();
+	test_corpus();
+	return tap_done();
+}
