@@ -58,7 +58,7 @@ TAP_OBJ   := $(B)/tests/tap.o
 
 .SECONDARY:
 
-.PHONY: all deps check check-unit check-integration check-asan check-tsan \
+.PHONY: demo all deps check check-unit check-integration check-asan check-tsan \
 	lint man-lint install clean help bench
 
 all: $(PROGS)
@@ -66,6 +66,7 @@ all: $(PROGS)
 help:
 	@echo "targets:"
 	@echo "  all                build ploopctl into build/\$$VARIANT (default release)"
+	@echo "  demo               install deps, build, create and inspect a demo image"
 	@echo "  deps               apt-get install everything build, tests and benchmarks need"
 	@echo "  check              layering check, unit tests and bats integration tests"
 	@echo "  check-unit         unit tests only"
@@ -79,6 +80,10 @@ help:
 
 deps:
 	scripts/deps.sh
+
+demo: deps
+	$(MAKE) all
+	scripts/demo.sh $(B)
 
 $(B)/src/%.o: src/%.c
 	@mkdir -p $(dir $@)

@@ -68,12 +68,12 @@ int pf_delta_open(int dirfd, const char *name, int flags,
 			ret = pf_why_set(why, -EINVAL,
 					 "is a symbolic link (refused)");
 		else
-			pf_why_set(why, ret, "cannot open: %s", strerror(-ret));
+			pf_why_fmt(why, "cannot open: %s", strerror(-ret));
 		goto err;
 	}
 	if (fstat(d->fd, &st) < 0) {
 		ret = -errno;
-		pf_why_set(why, ret, "cannot stat: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot stat: %s", strerror(-ret));
 		goto err;
 	}
 	if (!S_ISREG(st.st_mode)) {
@@ -90,7 +90,7 @@ int pf_delta_open(int dirfd, const char *name, int flags,
 	}
 	ret = pf_pread_full(d->fd, raw, sizeof(raw), 0);
 	if (ret < 0) {
-		pf_why_set(why, ret, "cannot read header: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot read header: %s", strerror(-ret));
 		goto err;
 	}
 	ret = pf_header_decode(raw, &d->hdr, why);
@@ -114,7 +114,7 @@ int pf_delta_open(int dirfd, const char *name, int flags,
 	}
 	ret = pf_pread_full(d->fd, d->meta, bat_end, 0);
 	if (ret < 0) {
-		pf_why_set(why, ret, "cannot read BAT: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot read BAT: %s", strerror(-ret));
 		goto err;
 	}
 	*out = d;
@@ -150,31 +150,31 @@ int pf_delta_create(int dirfd, const char *name, const struct pf_header *h,
 	pf_header_encode(h, raw);
 	ret = pf_pwrite_full(fd, raw, sizeof(raw), 0);
 	if (ret < 0) {
-		pf_why_set(why, ret, "cannot write header: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot write header: %s", strerror(-ret));
 		goto err_unlink;
 	}
 	/* The BAT and its padding read as zeros: every entry unmapped. */
 	if (ftruncate(fd, (off_t)pf_meta_bytes(h)) < 0) {
 		ret = -errno;
-		pf_why_set(why, ret, "cannot size: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot size: %s", strerror(-ret));
 		goto err_unlink;
 	}
 	/* W6: the delta is durable before anything names it. */
 	if (fsync(fd) < 0) {
 		ret = -errno;
-		pf_why_set(why, ret, "cannot sync: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot sync: %s", strerror(-ret));
 		goto err_unlink;
 	}
 	ret = pf_fsync_dir(dirfd);
 	if (ret < 0) {
-		pf_why_set(why, ret, "cannot sync directory: %s",
+		pf_why_fmt(why, "cannot sync directory: %s",
 			   strerror(-ret));
 		goto err_unlink;
 	}
 	if (close(fd) < 0) {
 		fd = -1;
 		ret = -errno;
-		pf_why_set(why, ret, "cannot close: %s", strerror(-ret));
+		pf_why_fmt(why, "cannot close: %s", strerror(-ret));
 		goto err_unlink;
 	}
 	return 0;

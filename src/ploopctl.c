@@ -670,7 +670,6 @@ static int cmd_check(int argc, char **argv)
 	}
 	if (co.json)
 		printf("{\"findings\":[");
-	rc = EXIT_OK;
 	for (i = 0; i < n; i++) {
 		const char *name = im.is_dir ? im.dd->images[i].file : NULL;
 		struct pf_why why = { "" };

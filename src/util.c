@@ -14,16 +14,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-int pf_why_set(struct pf_why *why, int err, const char *fmt, ...)
+void pf_why_fmt(struct pf_why *why, const char *fmt, ...)
 {
 	va_list ap;
 
-	if (why) {
-		va_start(ap, fmt);
-		vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
-		va_end(ap);
-	}
-	return err;
+	if (!why)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(why->msg, sizeof(why->msg), fmt, ap);
+	va_end(ap);
 }
 
 int pf_pread_full(int fd, void *buf, size_t len, uint64_t off)

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -23,10 +24,14 @@ struct pf_why {
 	char msg[256];
 };
 
-/* Set @why (may be NULL) and return @err, so callers can write
- * "return pf_why_set(why, -EINVAL, "...", ...);". */
-int pf_why_set(struct pf_why *why, int err, const char *fmt, ...)
-	PF_PRINTF(3, 4);
+/* Write a reason into @why (may be NULL). */
+void pf_why_fmt(struct pf_why *why, const char *fmt, ...) PF_PRINTF(2, 3);
+
+/* Set @why and evaluate to @err, so callers can write
+ * "return pf_why_set(why, -EINVAL, "...", ...);".  A macro so that the
+ * error code is visible where it is returned (to readers and to static
+ * analysis alike). */
+#define pf_why_set(why, err, ...) (pf_why_fmt((why), __VA_ARGS__), (err))
 
 /* Full-length I/O: loops on EINTR and short transfers; a premature end of
  * file is -EIO.  Returns 0 or -errno. */

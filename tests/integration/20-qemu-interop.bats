@@ -8,9 +8,27 @@ setup() {
 	D=$BATS_TEST_TMPDIR/img
 }
 
-# qemu_accepts DIR SIZE_BYTES: qemu-img check clean and the size agrees
+# qemu_accepts DIR SIZE_BYTES CLUSTER: qemu-img check clean and the size
+# agrees.  qemu 7.2's check counts the header clusters after the first as
+# leaked while the image holds no data, even on images qemu-img create
+# made itself (any size whose BAT needs more than one cluster).  There the
+# oracle is qemu's verdict on its own image of the same geometry, and the
+# same image must check clean once it holds data.
 qemu_accepts() {
-	run_ok qemu-img check -f parallels "$1/root.hds"
+	local q=$BATS_TEST_TMPDIR/qemu-own.hds ours theirs
+	run qemu-img check -f parallels "$1/root.hds"
+	if [ "$status" -ne 0 ]; then
+		ours=$output
+		[ "$status" -eq 3 ]
+		rm -f "$q"
+		qemu-img create -q -f parallels -o cluster_size="$3" "$q" "$2"
+		run -3 qemu-img check -f parallels "$q"
+		theirs=$output
+		[ "$ours" = "$theirs" ] || { echo "ours: $ours; qemu's: $theirs" >&2; false; }
+		cp --sparse=always "$1/root.hds" "$BATS_TEST_TMPDIR/with-data.hds"
+		run_ok qemu-io -f parallels -c "write -P 0x3c $(($2 - 512)) 512" "$BATS_TEST_TMPDIR/with-data.hds"
+		run_ok qemu-img check -f parallels "$BATS_TEST_TMPDIR/with-data.hds"
+	fi
 	run_ok qemu-img info -f parallels --output=json "$1/root.hds"
 	[ "$(json_get "$output" 'j["virtual-size"]')" = "$2" ]
 }
@@ -20,18 +38,20 @@ qemu_accepts() {
 		for n in 1 63 64 65; do
 			rm -rf "$D"
 			run_ok ploopctl init -s $((n * cs)) -c "$cs" "$D"
-			qemu_accepts "$D" $((n * cs))
+			qemu_accepts "$D" $((n * cs)) "$cs"
 		done
 	done
 }
 
 @test "qemu accepts 1 GiB, 16 TiB and non-cluster-multiple sizes" {
 	for spec in "1G 1073741824 1M" "16T 17592186044416 1M" "16T 17592186044416 4M" \
-		"1536K 1572864 1M" "100M 104857600 64K" "1000M 1048576000 4M" "3584 3584 64K"; do
+		"1T 1099511627776 1M" "1536K 1572864 1M" "100M 104857600 64K" \
+		"1000M 1048576000 4M" "3584 3584 64K"; do
+		# shellcheck disable=SC2086
 		set -- $spec
 		rm -rf "$D"
 		run_ok ploopctl init -s "$1" -c "$3" "$D"
-		qemu_accepts "$D" "$2"
+		qemu_accepts "$D" "$2" "$3"
 	done
 }
 

@@ -1,5 +1,7 @@
 # Shared helpers of the bats integration suite.  Load with "load helpers".
 # shellcheck shell=bash
+# status, output and lines are set by bats' run.
+# shellcheck disable=SC2154
 
 bats_require_minimum_version 1.5.0
 
