@@ -108,6 +108,7 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(TAP_OBJ) $(LIB)
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 check: all $(UNIT_BINS)
+	scripts/check-layering.sh
 	scripts/run-tests.sh $(B)
 
 check-unit: $(UNIT_BINS)

@@ -8,7 +8,7 @@ build-essential pkg-config
 libfuse3-dev fuse3 libaio-dev libssl-dev libxml2-dev uuid-dev
 bats bats-assert bats-support
 qemu-utils qemu-system-common qemu-block-extra
-fio e2fsprogs util-linux xxd
+fio e2fsprogs util-linux xxd python3
 cppcheck clang-tidy shellcheck groff-base man-db
 "
 
