@@ -9,12 +9,12 @@ fail=0
 only_in() {
 	local re=$1 f
 	shift
-	for f in $(grep -lE "#include <($re)" src/*.c src/*.h 2>/dev/null); do
+	while read -r f; do
 		case " $* " in
 		*" $f "*) ;;
 		*) echo "layering: $f includes <$re> (allowed only in $*)"; fail=1 ;;
 		esac
-	done
+	done < <(grep -lE "#include <($re)" src/*.c src/*.h 2>/dev/null)
 }
 
 only_in 'libxml/' src/descriptor.c
@@ -31,13 +31,13 @@ declare -A layer=([util]=0 [log]=0 [format]=1 [descriptor]=1 [io_aio]=2
 for f in src/*.c src/*.h; do
 	m=$(basename "${f%.*}")
 	[ -n "${layer[$m]:-}" ] || continue
-	for inc in $(sed -n 's/^#include "\([a-z_]*\)\.h"/\1/p' "$f"); do
+	while read -r inc; do
 		[ -n "${layer[$inc]:-}" ] || continue
 		if [ "${layer[$inc]}" -gt "${layer[$m]}" ]; then
 			echo "layering: $f (layer ${layer[$m]}) includes $inc.h (layer ${layer[$inc]})"
 			fail=1
 		fi
-	done
+	done < <(sed -n 's/^#include "\([a-z_]*\)\.h"/\1/p' "$f")
 done
 [ $fail -eq 0 ] && echo "layering: ok"
 exit $fail
