@@ -16,7 +16,7 @@ MANDIR   ?= $(PREFIX)/share/man
 CC       ?= gcc
 B        := build/$(VARIANT)
 
-PKGS     := libxml-2.0 uuid
+PKGS     := libxml-2.0 uuid fuse3
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -25,7 +25,7 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	    -Wmissing-prototypes -Wpointer-arith -Wwrite-strings -Wformat=2 \
 	    -Wvla -Wimplicit-fallthrough -Wundef
 CFLAGS   += -std=gnu11 $(WARN) -g -MMD -MP
-LDLIBS   += $(PKG_LIBS) -lpthread
+LDLIBS   += $(PKG_LIBS) -laio -lpthread
 
 ifeq ($(VARIANT),release)
 CFLAGS   += -O2 -D_FORTIFY_SOURCE=2
@@ -46,11 +46,11 @@ else
 Q := @
 endif
 
-MAINS     := src/ploopctl.c
+MAINS     := src/ploopctl.c src/ploopfs.c
 LIB_SRCS  := $(filter-out $(MAINS),$(wildcard src/*.c))
 LIB_OBJS  := $(LIB_SRCS:src/%.c=$(B)/src/%.o)
 LIB       := $(B)/libploopfs.a
-PROGS     := $(B)/ploopctl
+PROGS     := $(B)/ploopctl $(B)/ploopfs
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
@@ -65,7 +65,7 @@ all: $(PROGS)
 
 help:
 	@echo "targets:"
-	@echo "  all                build ploopctl into build/\$$VARIANT (default release)"
+	@echo "  all                build ploopctl and ploopfs into build/\$$VARIANT (default release)"
 	@echo "  demo               install deps, build, create and inspect a demo image"
 	@echo "  deps               apt-get install everything build, tests and benchmarks need"
 	@echo "  check              layering check, unit tests and bats integration tests"
@@ -100,6 +100,10 @@ $(LIB): $(LIB_OBJS)
 	$(Q)rm -f $@ && ar rcs $@ $^
 
 $(B)/ploopctl: $(B)/src/ploopctl.o $(LIB)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/ploopfs: $(B)/src/ploopfs.o $(LIB)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -26,7 +26,7 @@ if [ "${1:-}" = --man-only ]; then
 	exit $fail
 fi
 
-read -ra pkgflags <<<"$(pkg-config --cflags libxml-2.0 uuid)"
+read -ra pkgflags <<<"$(pkg-config --cflags libxml-2.0 uuid fuse3)"
 cflags=(-Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 "${pkgflags[@]}")
 
 echo "lint: cppcheck"

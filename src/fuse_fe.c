@@ -1,0 +1,390 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * FUSE low-level operations (see fuse_fe.h).
+ *
+ * Inode 1 is the mount's root directory, inode 2 the disk.  The disk is
+ * opened with direct_io, so every read and write reaches us and no page
+ * cache sits between the client and the deltas.  Reads and writes are
+ * answered from the stack's completion callback (often on the aio
+ * completion thread); fsync, fallocate and O_SYNC/O_DSYNC writes block
+ * the worker thread that received them.  Errors become fuse_reply_err()
+ * here and nowhere else.
+ */
+#define FUSE_USE_VERSION 312
+#include "fuse_fe.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DISK_INO	2
+#define ATTR_TIMEOUT	1.0
+
+static struct pf_fe *fe_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+static void fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
+{
+	struct pf_stack_stat ss;
+
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ino;
+	st->st_uid = getuid();
+	st->st_gid = getgid();
+	st->st_blksize = 4096;
+	if (ino == FUSE_ROOT_ID) {
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+		return;
+	}
+	pf_stack_stat(fe->stack, &ss);
+	st->st_mode = S_IFREG | (fe->read_only ? 0400 : 0600);
+	st->st_nlink = 1;
+	st->st_size = (off_t)ss.size_bytes;
+	st->st_blocks = (blkcnt_t)(ss.top_clusters * (ss.cluster_bytes / 512));
+}
+
+static void fe_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* several direct I/O requests of one file in flight at once */
+	if (conn->capable & FUSE_CAP_ASYNC_DIO)
+		conn->want |= FUSE_CAP_ASYNC_DIO;
+	/* no page cache, no splice: data goes straight to the deltas */
+	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ |
+			FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
+			FUSE_CAP_AUTO_INVAL_DATA);
+	conn->max_write = PF_FE_MAX_IO;
+	conn->max_read = PF_FE_MAX_IO;
+	conn->max_readahead = 0;
+}
+
+static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct pf_fe *fe = fe_of(req);
+	struct fuse_entry_param e;
+
+	if (parent != FUSE_ROOT_ID || strcmp(name, fe->name)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	memset(&e, 0, sizeof(e));
+	e.ino = DISK_INO;
+	e.attr_timeout = ATTR_TIMEOUT;
+	e.entry_timeout = ATTR_TIMEOUT;
+	fill_attr(fe, DISK_INO, &e.attr);
+	fuse_reply_entry(req, &e);
+}
+
+static void fe_getattr(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct stat st;
+
+	(void)fi;
+	if (ino != FUSE_ROOT_ID && ino != DISK_INO) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	fill_attr(fe_of(req), ino, &st);
+	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void fe_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	struct stat st;
+
+	(void)fi;
+	if (ino != DISK_INO) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	fill_attr(fe, ino, &st);
+	/* The disk has a fixed size (O_TRUNC included) and fixed
+	 * ownership; time updates are accepted and forgotten. */
+	if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != st.st_size) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID |
+		      FUSE_SET_ATTR_GID)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+static void fe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+
+	if (ino != DISK_INO) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if (fe->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fuse_reply_open(req, fi);
+}
+
+/* Reads */
+
+struct rd {
+	fuse_req_t req;
+	void *buf;
+	size_t len;
+};
+
+static void read_done(void *arg, int err)
+{
+	struct rd *r = arg;
+
+	if (err)
+		fuse_reply_err(r->req, -err);
+	else
+		fuse_reply_buf(r->req, r->buf, r->len);
+	free(r->buf);
+	free(r);
+}
+
+static void fe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	uint64_t disk = pf_stack_size(fe->stack);
+	struct rd *r;
+
+	(void)ino;
+	(void)fi;
+	if (off < 0 || (uint64_t)off >= disk || !size) {
+		fuse_reply_buf(req, NULL, 0);	/* end of file */
+		return;
+	}
+	if (size > disk - (uint64_t)off)
+		size = (size_t)(disk - (uint64_t)off);
+	r = malloc(sizeof(*r));
+	if (!r || posix_memalign(&r->buf, 4096, size)) {
+		free(r);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	r->req = req;
+	r->len = size;
+	pf_stack_read(fe->stack, r->buf, size, (uint64_t)off, read_done, r);
+}
+
+/* Writes */
+
+struct wr {
+	fuse_req_t req;
+	void *buf;
+	size_t len;
+};
+
+static void write_done(void *arg, int err)
+{
+	struct wr *w = arg;
+
+	if (err)
+		fuse_reply_err(w->req, -err);
+	else
+		fuse_reply_write(w->req, w->len);
+	free(w->buf);
+	free(w);
+}
+
+static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
+			 struct fuse_bufvec *in, off_t off,
+			 struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	uint64_t disk = pf_stack_size(fe->stack);
+	size_t size = fuse_buf_size(in);
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(size);
+	ssize_t copied;
+	struct wr *w;
+	int ret;
+
+	(void)ino;
+	if (!size) {
+		fuse_reply_write(req, 0);
+		return;
+	}
+	if (off < 0 || (uint64_t)off >= disk) {
+		fuse_reply_err(req, ENOSPC);
+		return;
+	}
+	w = malloc(sizeof(*w));
+	if (!w || posix_memalign(&w->buf, 4096, size)) {
+		free(w);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	/* our own aligned copy: the request buffer is reused once we
+	 * return, and O_DIRECT wants alignment */
+	dst.buf[0].mem = w->buf;
+	copied = fuse_buf_copy(&dst, in, 0);
+	if (copied < 0 || (size_t)copied != size) {
+		free(w->buf);
+		free(w);
+		fuse_reply_err(req, copied < 0 ? (int)-copied : EIO);
+		return;
+	}
+	/* a write that runs past the end stops there, like a block device */
+	if (size > disk - (uint64_t)off)
+		size = (size_t)(disk - (uint64_t)off);
+	w->req = req;
+	w->len = size;
+	if (fi->flags & (O_SYNC | O_DSYNC)) {
+		/* durable before the answer: data, then a commit (W3) */
+		ret = pf_stack_pwrite(fe->stack, w->buf, size, (uint64_t)off);
+		if (!ret)
+			ret = pf_stack_flush(fe->stack);
+		write_done(w, ret);
+		return;
+	}
+	pf_stack_write(fe->stack, w->buf, size, (uint64_t)off, write_done, w);
+}
+
+static void fe_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	(void)fi;
+	fuse_reply_err(req, -pf_stack_flush(fe_of(req)->stack));
+}
+
+static void fe_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)fi;
+	fuse_reply_err(req, 0);	/* close(2) is not fsync(2) */
+}
+
+static void fe_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+			 off_t len, struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+
+	(void)ino;
+	(void)fi;
+	if (off < 0 || len <= 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	/* PUNCH_HOLE (with KEEP_SIZE, as the kernel requires) and
+	 * ZERO_RANGE make the range read as zeros; the size never changes.
+	 * Plain preallocation cannot be promised, so it is refused. */
+	if (mode == (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) ||
+	    mode == FALLOC_FL_ZERO_RANGE ||
+	    mode == (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE)) {
+		if ((uint64_t)off >= pf_stack_size(fe->stack)) {
+			fuse_reply_err(req, 0);
+			return;
+		}
+		fuse_reply_err(req, -pf_stack_discard(fe->stack, (uint64_t)off,
+						      (uint64_t)len));
+		return;
+	}
+	fuse_reply_err(req, EOPNOTSUPP);
+}
+
+/* The directory */
+
+static void fe_opendir(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	if (ino != FUSE_ROOT_ID) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	fuse_reply_open(req, fi);
+}
+
+static void fe_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	const char *names[] = { ".", "..", fe->name };
+	const fuse_ino_t inos[] = { FUSE_ROOT_ID, FUSE_ROOT_ID, DISK_INO };
+	char buf[1024];
+	size_t pos = 0, n;
+	off_t i;
+
+	(void)fi;
+	if (ino != FUSE_ROOT_ID) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	if (size > sizeof(buf))
+		size = sizeof(buf);
+	for (i = off; i < 3; i++) {
+		struct stat st;
+
+		memset(&st, 0, sizeof(st));
+		st.st_ino = inos[i];
+		st.st_mode = i < 2 ? S_IFDIR : S_IFREG;
+		n = fuse_add_direntry(req, buf + pos, size - pos, names[i], &st,
+				      i + 1);
+		if (n > size - pos)
+			break;
+		pos += n;
+	}
+	fuse_reply_buf(req, buf, pos);
+}
+
+static void fe_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct pf_stack_stat ss;
+	struct statvfs sv;
+
+	(void)ino;
+	pf_stack_stat(fe_of(req)->stack, &ss);
+	memset(&sv, 0, sizeof(sv));
+	sv.f_bsize = ss.cluster_bytes;
+	sv.f_frsize = ss.cluster_bytes;
+	sv.f_blocks = pf_div_round_up(ss.size_bytes, ss.cluster_bytes);
+	sv.f_bfree = sv.f_blocks > ss.top_clusters ?
+			     sv.f_blocks - ss.top_clusters :
+			     0;
+	sv.f_bavail = sv.f_bfree;
+	sv.f_files = 1;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = fe_init,
+	.lookup = fe_lookup,
+	.getattr = fe_getattr,
+	.setattr = fe_setattr,
+	.open = fe_open,
+	.read = fe_read,
+	.write_buf = fe_write_buf,
+	.flush = fe_flush,
+	.fsync = fe_fsync,
+	.fallocate = fe_fallocate,
+	.opendir = fe_opendir,
+	.readdir = fe_readdir,
+	.statfs = fe_statfs,
+};
+
+const struct fuse_lowlevel_ops *pf_fe_ops(void)
+{
+	return &ops;
+}

@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * FUSE front end: a directory holding one regular file, the live disk of
+ * a pf_stack.  fuse_fe.c and ploopfs.c are the only files that include
+ * the libfuse headers.
+ */
+#ifndef PF_FUSE_FE_H
+#define PF_FUSE_FE_H
+
+#include "stack.h"
+
+#define PF_FE_DEFAULT_NAME	"disk"
+#define PF_FE_MAX_IO		(1024u * 1024)	/* max_read / max_write */
+
+struct pf_fe {
+	struct pf_stack *stack;
+	const char *name;	/* file name of the disk in the mount */
+	bool read_only;
+};
+
+struct fuse_lowlevel_ops;
+
+/* The low-level operations; the userdata of the session is a pf_fe. */
+const struct fuse_lowlevel_ops *pf_fe_ops(void);
+
+#endif /* PF_FUSE_FE_H */

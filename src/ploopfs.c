@@ -1,0 +1,235 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * ploopfs: serve the delta stack of a ploop image directory as one flat
+ * file through FUSE (ploopfs(8)).
+ *
+ *   ploopfs [-f] [-o opts] IMAGE_DIR MOUNTPOINT
+ *
+ * Order of start-up: open and lock the image (errors reach the terminal),
+ * mount, daemonize, then start the I/O and writeback threads (fork does
+ * not carry threads).  On unmount or SIGTERM/SIGINT the loop ends, the
+ * stack is closed (everything committed, in-use flag cleared) and only
+ * then is the session unmounted and destroyed, so late replies never go
+ * to a closed descriptor.
+ */
+#define FUSE_USE_VERSION 312
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fuse_fe.h"
+#include "log.h"
+#include "stack.h"
+
+#ifndef PLOOPFS_VERSION
+#define PLOOPFS_VERSION "0.1"
+#endif
+
+enum {
+	EXIT_OK = 0,
+	EXIT_FAIL = 1,
+	EXIT_USAGE = 2,
+	EXIT_CORRUPT = 4,
+	EXIT_BUSY = 5,
+};
+
+struct config {
+	char *image_dir;
+	char *name;
+	char *commit;		/* seconds, may be fractional */
+	unsigned threads;
+	int no_direct;
+	int ro;
+};
+
+#define OPT(t, p) { t, offsetof(struct config, p), 1 }
+static const struct fuse_opt cfg_opts[] = {
+	OPT("name=%s", name),
+	OPT("commit=%s", commit),
+	OPT("threads=%u", threads),
+	OPT("no_direct", no_direct),
+	FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
+	FUSE_OPT_END
+};
+
+static int opt_proc(void *data, const char *arg, int key,
+		    struct fuse_args *outargs)
+{
+	struct config *c = data;
+
+	(void)outargs;
+	if (key == FUSE_OPT_KEY_NONOPT && !c->image_dir) {
+		c->image_dir = strdup(arg);
+		return 0;	/* consumed: the mountpoint stays for libfuse */
+	}
+	if (key == FUSE_OPT_KEY_KEEP && !strcmp(arg, "ro"))
+		c->ro = 1;
+	return 1;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopfs [-f] [-d] [-o <opts>] <image-dir> <mountpoint>\n"
+		"\n"
+		"ploopfs options (-o):\n"
+		"  name=<name>        file name of the disk in the mount (default \"%s\")\n"
+		"  commit=<seconds>   interval of periodic BAT commits (default 1)\n"
+		"  threads=<n>        most FUSE worker threads (default 16)\n"
+		"  no_direct          do not use O_DIRECT on the delta files\n"
+		"  ro                 read-only\n"
+		"\n"
+		"FUSE options:\n",
+		PF_FE_DEFAULT_NAME);
+}
+
+static int parse_commit_ms(const char *s, unsigned *ms)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || *end || v <= 0 || v > 3600)
+		return -EINVAL;
+	*ms = (unsigned)(v * 1000 + 0.5);
+	if (!*ms)
+		*ms = 1;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct config cfg = { .threads = 16 };
+	struct fuse_cmdline_opts fo;
+	struct pf_stack_opts so = { 0 };
+	struct fuse_loop_config *lc = NULL;
+	struct fuse_session *se = NULL;
+	struct pf_stack *stack = NULL;
+	struct pf_why why = { "" };
+	struct pf_fe fe;
+	char *fsopt = NULL;
+	int rc = EXIT_FAIL, ret;
+
+	memset(&fo, 0, sizeof(fo));
+	if (fuse_opt_parse(&args, &cfg, cfg_opts, opt_proc) < 0 ||
+	    fuse_parse_cmdline(&args, &fo) != 0) {
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (fo.show_help) {
+		usage(stdout);
+		fuse_cmdline_help();
+		fuse_lowlevel_help();
+		rc = EXIT_OK;
+		goto out;
+	}
+	if (fo.show_version) {
+		printf("ploopfs %s\n", PLOOPFS_VERSION);
+		fuse_lowlevel_version();
+		rc = EXIT_OK;
+		goto out;
+	}
+	if (!cfg.image_dir || !fo.mountpoint) {
+		usage(stderr);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (cfg.commit && parse_commit_ms(cfg.commit, &so.commit_ms) < 0) {
+		fprintf(stderr, "ploopfs: invalid commit interval '%s'\n",
+			cfg.commit);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (cfg.name && (!*cfg.name || strchr(cfg.name, '/') ||
+			 !strcmp(cfg.name, ".") || !strcmp(cfg.name, ".."))) {
+		fprintf(stderr, "ploopfs: invalid disk name '%s'\n", cfg.name);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	pf_log_init("ploopfs", true);
+
+	so.dir = cfg.image_dir;
+	so.no_direct = cfg.no_direct;
+	ret = pf_stack_open(&so, &stack, &why);
+	if (ret) {
+		fprintf(stderr, "ploopfs: %s: %s\n", cfg.image_dir,
+			why.msg[0] ? why.msg : strerror(-ret));
+		rc = ret == -EBUSY ? EXIT_BUSY :
+		     ret == -EUCLEAN || ret == -EINVAL || ret == -EFBIG ?
+				     EXIT_CORRUPT :
+				     EXIT_FAIL;
+		goto out;
+	}
+	fe.stack = stack;
+	fe.name = cfg.name ? cfg.name : PF_FE_DEFAULT_NAME;
+	fe.read_only = cfg.ro;
+
+	if (asprintf(&fsopt, "-ofsname=ploopfs:%s,subtype=ploopfs,max_read=%u",
+		     cfg.image_dir, PF_FE_MAX_IO) < 0 ||
+	    fuse_opt_add_arg(&args, fsopt) < 0) {
+		fsopt = NULL;
+		goto out_close;
+	}
+	se = fuse_session_new(&args, pf_fe_ops(), sizeof(struct fuse_lowlevel_ops),
+			      &fe);
+	if (!se)
+		goto out_close;
+	if (fuse_set_signal_handlers(se) != 0)
+		goto out_close;
+	if (fuse_session_mount(se, fo.mountpoint) != 0)
+		goto out_signals;
+	fuse_daemonize(fo.foreground);
+	if (!fo.foreground)
+		pf_log_init("ploopfs", false);
+
+	ret = pf_stack_start(stack);
+	if (ret) {
+		pf_log(PF_LOG_ERR, "%s: cannot start threads: %s",
+		       cfg.image_dir, strerror(-ret));
+		goto out_unmount;
+	}
+	pf_log(PF_LOG_INFO, "%s: serving on %s/%s", cfg.image_dir,
+	       fo.mountpoint, fe.name);
+	lc = fuse_loop_cfg_create();
+	if (!lc)
+		goto out_unmount;
+	fuse_loop_cfg_set_clone_fd(lc, 1);
+	fuse_loop_cfg_set_max_threads(lc, cfg.threads ? cfg.threads : 16);
+	ret = fuse_session_loop_mt(se, lc);
+	rc = ret == 0 ? EXIT_OK : EXIT_FAIL;
+
+out_unmount:
+	/* close first: it waits for replies still in flight */
+	ret = pf_stack_close(stack);
+	stack = NULL;
+	if (ret) {
+		pf_log(PF_LOG_ERR, "%s: image not closed cleanly: %s",
+		       cfg.image_dir, strerror(-ret));
+		rc = EXIT_FAIL;
+	} else {
+		pf_log(PF_LOG_INFO, "%s: closed cleanly", cfg.image_dir);
+	}
+	fuse_session_unmount(se);
+out_signals:
+	fuse_remove_signal_handlers(se);
+out_close:
+	if (stack && pf_stack_close(stack))
+		rc = EXIT_FAIL;
+	if (se)
+		fuse_session_destroy(se);
+out:
+	if (lc)
+		fuse_loop_cfg_destroy(lc);
+	free(fsopt);
+	free(fo.mountpoint);
+	free(cfg.image_dir);
+	free(cfg.name);
+	free(cfg.commit);
+	fuse_opt_free_args(&args);
+	return rc;
+}
