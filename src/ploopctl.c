@@ -28,6 +28,7 @@
 #include "delta.h"
 #include "descriptor.h"
 #include "format.h"
+#include "image.h"
 #include "util.h"
 
 #ifndef PLOOPFS_VERSION
@@ -350,9 +351,7 @@ static int cmd_init(int argc, char **argv)
 	uint64_t size = 0, cluster = PF_CLUSTER_DEFAULT;
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct pf_dd *dd = NULL;
 	const char *dir;
-	char *path;
 	int c, ret, dirfd, rc = EXIT_FAIL;
 	bool have_size = false;
 
@@ -407,35 +406,13 @@ static int cmd_init(int argc, char **argv)
 		rc = exit_for(ret);
 		goto out;
 	}
-	if (faccessat(dirfd, PF_DD_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0 ||
-	    faccessat(dirfd, PF_BASE_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
-		err_line(dir, "already holds an image (" PF_DD_NAME
-			      " or " PF_BASE_NAME " exists)");
-		goto out;
-	}
-	/* W6: the delta is complete and durable before the descriptor
-	 * that names it exists. */
-	ret = pf_delta_create(dirfd, PF_BASE_NAME, &h, &why);
-	if (ret < 0) {
-		path = path_join(dir, PF_BASE_NAME);
-		err_line(path, "%s", why.msg);
-		free(path);
-		goto out;
-	}
-	ret = pf_dd_new(h.size_sectors, h.cluster_sectors, h.heads,
-			h.cylinders, PF_BASE_NAME, &dd);
-	if (ret == 0)
-		ret = pf_dd_store(dirfd, dd);
-	if (ret < 0) {
-		path = path_join(dir, PF_DD_NAME);
-		err_line(path, "cannot write: %s", strerror(-ret));
-		free(path);
-		unlinkat(dirfd, PF_BASE_NAME, 0);
+	ret = pf_image_create(dirfd, &h, &why);
+	if (ret) {
+		err_line(dir, "%s", why.msg);
 		goto out;
 	}
 	rc = EXIT_OK;
 out:
-	pf_dd_free(dd);
 	close(dirfd);
 	return rc;
 }
@@ -758,12 +735,11 @@ static int cmd_snapshot(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	char guid[PF_GUID_LEN + 1] = "", fguid[PF_GUID_LEN + 1];
+	char guid[PF_GUID_LEN + 1] = "";
 	struct pf_why why = { "" };
 	struct pf_delta **v = NULL;
-	struct pf_header h;
 	struct image im;
-	char *newname = NULL, *path;
+	char *newname = NULL;
 	size_t n = 0, i;
 	int c, rc, ret;
 
@@ -810,39 +786,11 @@ static int cmd_snapshot(int argc, char **argv)
 		rc = EXIT_USAGE;
 		goto out;
 	}
-	/* ploop names a new top "<base file>.{uuid}", the uuid being fresh
-	 * and independent of the snapshot GUID. */
-	pf_guid_new(fguid);
-	if (asprintf(&newname, "%s.%s", im.dd->images[im.chain[0]].file,
-		     fguid) < 0) {
-		newname = NULL;
-		rc = EXIT_FAIL;
-		goto out;
-	}
-	/* Same geometry and version as the old top, empty, closed. */
-	h = v[n - 1]->hdr;
-	h.in_use = PF_INUSE_CLOSED;
-	h.flags = PF_FLAG_EMPTY;
-	h.ext_sectors = 0;
-	/* W6: the new top is written and synced (file and directory entry)
-	 * before the descriptor names it ... */
-	ret = pf_delta_create(im.dirfd, newname, &h, &why);
-	if (ret < 0) {
-		path = path_join(im.dir, newname);
-		err_line(path, "%s", why.msg);
-		free(path);
-		rc = EXIT_FAIL;
-		goto out;
-	}
-	/* ... and the descriptor is replaced atomically. */
-	ret = pf_dd_add_snapshot(im.dd, guid, newname);
-	if (ret == 0)
-		ret = pf_dd_store(im.dirfd, im.dd);
-	if (ret < 0) {
-		path = path_join(im.dir, PF_DD_NAME);
-		err_line(path, "cannot update: %s", strerror(-ret));
-		free(path);
-		unlinkat(im.dirfd, newname, 0);
+	ret = pf_image_snapshot(im.dirfd, im.dd, &v[n - 1]->hdr,
+				im.dd->images[im.chain[0]].file, guid,
+				&newname, &why);
+	if (ret) {
+		err_line(im.dir, "%s", why.msg);
 		rc = EXIT_FAIL;
 		goto out;
 	}
