@@ -86,8 +86,11 @@ static void *reaper(void *arg)
 		for (i = 0; i < n; i++) {
 			struct pf_aio_req *r = ev[i].data;
 			ssize_t res = (ssize_t)(long)ev[i].res;
+			/* pairs with the release in submit(): the kernel's
+			 * ordering is invisible to ThreadSanitizer */
+			void *cb_arg = __atomic_load_n(&r->arg, __ATOMIC_ACQUIRE);
 
-			r->done(r->arg, res);
+			r->done(cb_arg, res);
 			atomic_fetch_sub(&a->inflight, 1);
 			sem_post(&a->slots);
 		}
@@ -132,7 +135,9 @@ static void submit(struct pf_aio *a, struct pf_aio_req *r, bool write, int fd,
 	int ret;
 
 	r->done = done;
-	r->arg = arg;
+	/* last store before io_submit: publishes the request and all the
+	 * caller wrote before it to the completion thread */
+	__atomic_store_n(&r->arg, arg, __ATOMIC_RELEASE);
 	if (!a->async || !a->started) {
 		n = write ? pwrite(fd, buf, len, (off_t)off) :
 			    pread(fd, buf, len, (off_t)off);
