@@ -66,7 +66,7 @@ all: $(PROGS)
 help:
 	@echo "targets:"
 	@echo "  all                build ploopctl and ploopfs into build/\$$VARIANT (default release)"
-	@echo "  demo               install deps, build, create and inspect a demo image"
+	@echo "  demo               install deps, build, create, mount and use a demo disk"
 	@echo "  deps               apt-get install everything build, tests and benchmarks need"
 	@echo "  check              layering check, unit tests and bats integration tests"
 	@echo "  check-unit         unit tests only"

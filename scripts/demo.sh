@@ -1,22 +1,65 @@
 #!/bin/bash
-# The main job on a fresh machine: build, create a demo image directory,
-# put data in it, take a snapshot, and show what ploopctl sees.
-# usage: demo.sh [BUILD_DIR] [DEMO_DIR]
+# The main job on a fresh machine: create a disk image, serve it with
+# ploopfs, put an ext4 file system on it through a loop device, write and
+# verify a file, unmount, and show what ploopctl and qemu-img see.
+# usage: demo.sh [BUILD_DIR] [WORK_DIR]   (root: FUSE mounts, loop devices)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 B=${1:-$top/build/release}
-D=${2:-$(mktemp -d /tmp/ploopfs-demo.XXXXXX)/ct101}
-ctl=$B/ploopctl
+W=${2:-$(mktemp -d /tmp/ploopfs-demo.XXXXXX)}
+D=$W/ct101 M=$W/mnt F=$W/fs
+dev=""
+
+cleanup() {
+	mountpoint -q "$F" && umount "$F"
+	[ -n "$dev" ] && losetup -d "$dev" 2>/dev/null
+	mountpoint -q "$M" && fusermount3 -u "$M"
+	return 0
+}
+trap cleanup EXIT
 
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
-step "$ctl" init -s 10G "$D"
-# Until the ploopfs daemon lands, qemu-io writes data into the base delta.
-step qemu-io -f parallels -c 'write -P 0xab 0 4M' -c 'write -P 0xcd 5G 1M' "$D/root.hds"
-step "$ctl" snapshot "$D"
-step "$ctl" snapshot-list "$D"
-step "$ctl" info "$D"
-step "$ctl" check "$D"
+mkdir -p "$M" "$F"
+step "$B/ploopctl" init -s 4G "$D"
+step "$B/ploopfs" "$D" "$M"
+step ls -l "$M"
+dev=$(losetup -f --show --direct-io=on "$M/disk")
+echo "loop device: $dev"
+step mkfs.ext4 -q "$dev"
+step mount "$dev" "$F"
+step dd if=/dev/urandom of="$F/data.bin" bs=1M count=64 status=none
+(cd "$F" && sha256sum data.bin) >"$W/data.sha256"
+step umount "$F"
+step losetup -d "$dev"
+dev=""
+step fusermount3 -u "$M"
+# the daemon finishes its clean stop (in-use flag cleared) after the
+# unmount returns: wait for it to release the image lock
+for _ in $(seq 100); do
+	"$B/ploopctl" check "$D" >/dev/null 2>&1 && break
+	[ $? -ne 5 ] && break
+	sleep 0.1
+done
+step "$B/ploopctl" check "$D"
+step "$B/ploopctl" snapshot "$D"
+step "$B/ploopfs" "$D" "$M"
+dev=$(losetup -f --show --direct-io=on "$M/disk")
+step mount "$dev" "$F"
+(cd "$F" && step sha256sum -c "$W/data.sha256")
+step df -h "$F"
+step umount "$F"
+step losetup -d "$dev"
+dev=""
+step fusermount3 -u "$M"
+for _ in $(seq 100); do
+	"$B/ploopctl" check "$D" >/dev/null 2>&1 && break
+	[ $? -ne 5 ] && break
+	sleep 0.1
+done
+step "$B/ploopctl" snapshot-list "$D"
+step "$B/ploopctl" info "$D"
+step "$B/ploopctl" check "$D"
 step qemu-img check -f parallels "$D/root.hds"
 echo
 echo "demo image: $D"

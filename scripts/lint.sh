@@ -11,7 +11,7 @@ lint_man() {
 	local p out
 	for p in man/*.[158]; do
 		[ -e "$p" ] || continue
-		out=$(groff -man -ww -z "$p" 2>&1)
+		out=$(groff -t -man -ww -z "$p" 2>&1)
 		out+=$(MANWIDTH=80 man -l "$p" 2>&1 >/dev/null)
 		if [ -n "$out" ]; then
 			echo "man: $p:"
