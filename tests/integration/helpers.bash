@@ -69,3 +69,283 @@ make_qemu_image() {
 	qemu-img create -q -f parallels "$1" 64M
 	qemu-io -f parallels -c 'write -P 0x11 0 1M' -c 'write -P 0x55 5M 1M' "$1" >/dev/null
 }
+
+# ---------------------------------------------------------------------
+# The ploopfs daemon.  pf_mount starts one in the foreground (-f) in the
+# background of the test, one log per mount under $BATS_TEST_TMPDIR/pf-logs;
+# its pid and, once it has exited, its exit status are kept in files
+# under $BATS_TEST_TMPDIR/pf-state keyed by the mount point, so that the
+# helpers also work from subshells.  Every test file that starts daemons
+# calls pf_teardown from its teardown().
+
+_pf_state() { echo "$BATS_TEST_TMPDIR/pf-state"; }
+_pf_logs() { echo "$BATS_TEST_TMPDIR/pf-logs"; }
+
+# The file-name key of a mount point: its absolute path, / -> _
+_pf_key() {
+	local k
+	k=$(realpath -m -- "$1")
+	echo "${k//\//_}"
+}
+
+# The disk name that ploopfs arguments select (the last -o name=), or disk
+_pf_disk_name() {
+	local name=disk next=0 a o
+	local -a opts
+	for a in "$@"; do
+		if [ "$next" = 1 ]; then
+			o=$a
+			next=0
+		elif [ "$a" = -o ]; then
+			next=1
+			continue
+		elif [[ "$a" == -o?* ]]; then
+			o=${a#-o}
+		else
+			continue
+		fi
+		IFS=, read -ra opts <<<"$o"
+		for o in "${opts[@]}"; do
+			[[ "$o" == name=* ]] && name=${o#name=}
+		done
+	done
+	echo "$name"
+}
+
+# pf_log MNT: the log file of the latest daemon started on MNT
+pf_log() {
+	cat "$(_pf_state)/$(_pf_key "$1").log" 2>/dev/null
+}
+
+# pf_pid MNT: the pid of the latest daemon started on MNT
+pf_pid() {
+	local f
+	f="$(_pf_state)/$(_pf_key "$1").pid"
+	[ -s "$f" ] || { echo "no ploopfs was started on $1" >&2; return 1; }
+	cat "$f"
+}
+
+# Print the log of the daemon of MNT to stderr, headed by its name.
+_pf_show_log() {
+	local log
+	log=$(pf_log "$1")
+	echo "--- ploopfs log $log ---" >&2
+	cat "$log" >&2 2>/dev/null || true
+	echo "--- end of log ---" >&2
+}
+
+# pf_mount DIR MNT [ploopfs args...]: start ploopfs -f on DIR at MNT and
+# wait (at most 20 s) until the disk file is there.
+pf_mount() {
+	local dir=$1 mnt=$2 name key st logs log n pid deadline
+	shift 2
+	name=$(_pf_disk_name "$@")
+	st=$(_pf_state)
+	logs=$(_pf_logs)
+	mkdir -p "$mnt" "$st" "$logs"
+	key=$(_pf_key "$mnt")
+	n=1
+	while [ -e "$logs/$key.$n.log" ]; do n=$((n + 1)); done
+	log="$logs/$key.$n.log"
+	: >"$log"
+	rm -f "$st/$key.pid" "$st/$key.status"
+	echo "$log" >"$st/$key.log"
+	realpath -m -- "$dir" >"$st/$key.dir"
+	realpath -m -- "$mnt" >"$st/$key.mnt"
+	# The wrapper records the daemon's pid and, when it ends, its exit
+	# status.  fd 3 is bats' own: a daemon holding it hangs bats.
+	(
+		"$PLOOPFS" -f "$@" "$dir" "$mnt" </dev/null >"$log" 2>&1 &
+		p=$!
+		echo "$p" >"$st/$key.pid.new" && mv "$st/$key.pid.new" "$st/$key.pid"
+		rc=0
+		wait "$p" || rc=$?	# bats runs tests under set -e
+		echo "$rc" >"$st/$key.status.new" && mv "$st/$key.status.new" "$st/$key.status"
+	) </dev/null >>"$log" 2>&1 3>&- &
+	deadline=$((SECONDS + 20))
+	while :; do
+		if [ -s "$st/$key.pid" ] && mountpoint -q "$mnt" &&
+			timeout 5 stat -- "$mnt/$name" >/dev/null 2>&1; then
+			return 0
+		fi
+		if [ -e "$st/$key.status" ]; then
+			echo "ploopfs on $mnt exited with status $(cat "$st/$key.status") before the mount was ready" >&2
+			_pf_show_log "$mnt"
+			return 1
+		fi
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			pid=$(cat "$st/$key.pid" 2>/dev/null)
+			echo "ploopfs ${pid:+(pid $pid) }on $mnt: $mnt/$name did not appear within 20 s" >&2
+			_pf_show_log "$mnt"
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# pf_wait_exit MNT [SECONDS]: wait for the daemon of MNT to exit (default
+# 60 s) and print its exit status.
+pf_wait_exit() {
+	local mnt=$1 t=${2:-60} pid st deadline
+	pid=$(pf_pid "$mnt") || return 1
+	st="$(_pf_state)/$(_pf_key "$mnt").status"
+	if ! timeout "$t" tail --pid="$pid" -f /dev/null; then
+		echo "ploopfs (pid $pid) on $mnt did not exit within $t s" >&2
+		return 1
+	fi
+	# the wrapper writes the status right after the daemon is reaped
+	deadline=$((SECONDS + 10))
+	until [ -s "$st" ]; do
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			echo "no exit status recorded for ploopfs (pid $pid) on $mnt" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+	cat "$st"
+}
+
+# pf_top_inuse DIR: the in-use state of the top delta of DIR as ploopctl
+# info reports it ("closed" or "open")
+pf_top_inuse() {
+	local out
+	out=$(timeout 60 "$PLOOPCTL" info --json "$1") || return 1
+	python3 -c 'import json,sys; print(json.loads(sys.argv[1])["deltas"][-1]["in_use"])' "$out"
+}
+
+# pf_umount MNT: unmount, wait for the daemon, require exit status 0 and
+# a closed image (in-use flag of the top delta cleared).
+pf_umount() {
+	local mnt=$1 status dir inuse
+	if ! timeout 60 fusermount3 -u "$mnt"; then
+		echo "fusermount3 -u $mnt failed" >&2
+		_pf_show_log "$mnt"
+		return 1
+	fi
+	if ! status=$(pf_wait_exit "$mnt" 60); then
+		_pf_show_log "$mnt"
+		return 1
+	fi
+	if [ "$status" != 0 ]; then
+		echo "ploopfs on $mnt exited with status $status" >&2
+		_pf_show_log "$mnt"
+		return 1
+	fi
+	dir=$(cat "$(_pf_state)/$(_pf_key "$mnt").dir")
+	inuse=$(pf_top_inuse "$dir") || return 1
+	if [ "$inuse" != closed ]; then
+		echo "after unmount the top delta of $dir is still $inuse" >&2
+		_pf_show_log "$mnt"
+		return 1
+	fi
+}
+
+# pf_kill9 MNT: SIGKILL the daemon of MNT, wait for it, clear the dead
+# mount.
+pf_kill9() {
+	local mnt=$1 pid
+	pid=$(pf_pid "$mnt") || return 1
+	kill -9 "$pid" || return 1
+	pf_wait_exit "$mnt" 30 >/dev/null || return 1
+	timeout 30 fusermount3 -u "$mnt" 2>/dev/null ||
+		timeout 30 fusermount3 -uz "$mnt" || return 1
+}
+
+# Mount points below $BATS_TEST_TMPDIR, deepest first, as "FSTYPE TARGET"
+_pf_mounts_below() {
+	local top
+	top=$(realpath -m -- "$BATS_TEST_TMPDIR")
+	awk -v top="$top/" '{
+		for (i = 7; $i != "-"; i++) ;
+		t = $5; gsub(/\\040/, " ", t);
+		if (index(t "/", top) == 1) print length(t), $(i + 1), t
+	}' /proc/self/mountinfo | sort -rn | cut -d' ' -f2-
+}
+
+# Pids of ploopfs processes whose command line names a path below
+# $BATS_TEST_TMPDIR (daemons of this test, also those mount(8) started)
+_pf_daemons_below() {
+	local top p cmd
+	top=$(realpath -m -- "$BATS_TEST_TMPDIR")
+	for p in /proc/[0-9]*; do
+		cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+		case $cmd in
+		*ploopfs\ *"$top/"*) echo "${p#/proc/}" ;;
+		esac
+	done
+}
+
+# teardown() of every test file that starts daemons: unmount what the
+# test left mounted below $BATS_TEST_TMPDIR, detach its loop devices,
+# stop its daemons; fail on sanitizer reports in the daemon logs and show
+# the logs when the test failed.
+pf_teardown() {
+	local rc=0 top fstype target dev back f pid st key deadline log
+	top=$(realpath -m -- "$BATS_TEST_TMPDIR")
+	st=$(_pf_state)
+
+	# 1. what is mounted on top of the disks (ext4 on a loop device)
+	while read -r fstype target; do
+		[ -n "$target" ] || continue
+		case $fstype in fuse | fuse.*) continue ;; esac
+		timeout 60 umount "$target" 2>/dev/null ||
+			timeout 60 umount -l "$target" || true
+	done < <(_pf_mounts_below)
+
+	# 2. loop devices backed by files below the test directory
+	while read -r dev back; do
+		case $back in
+		"$top"/*) timeout 60 losetup -d "$dev" || true ;;
+		esac
+	done < <(losetup -l -n -O NAME,BACK-FILE 2>/dev/null)
+
+	# 3. the daemons pf_mount started and their mounts
+	for f in "$st"/*.pid; do
+		[ -e "$f" ] || continue
+		key=$(basename "$f" .pid)
+		[ -e "$st/$key.status" ] && continue	# already exited
+		pid=$(cat "$f")
+		target=$(cat "$st/$key.mnt")
+		timeout 30 fusermount3 -u "$target" 2>/dev/null || true
+		if ! timeout 30 tail --pid="$pid" -f /dev/null; then
+			echo "teardown: ploopfs (pid $pid) did not exit; killing it" >&2
+			kill -9 "$pid" 2>/dev/null || true
+			timeout 10 tail --pid="$pid" -f /dev/null || true
+		fi
+	done
+
+	# 4. FUSE mounts still there (dead daemons, mount(8) mounts)
+	while read -r fstype target; do
+		[ -n "$target" ] || continue
+		timeout 30 fusermount3 -u "$target" 2>/dev/null ||
+			timeout 30 fusermount3 -uz "$target" || true
+	done < <(_pf_mounts_below)
+
+	# 5. daemons not started by pf_mount (mount -t fuse...)
+	deadline=$((SECONDS + 10))
+	while [ -n "$(_pf_daemons_below)" ] && [ "$SECONDS" -lt "$deadline" ]; do
+		sleep 0.1
+	done
+	for pid in $(_pf_daemons_below); do
+		echo "teardown: killing leftover ploopfs (pid $pid)" >&2
+		kill -9 "$pid" 2>/dev/null || true
+	done
+
+	# 6. sanitizer reports fail the test
+	for log in "$(_pf_logs)"/*; do
+		[ -f "$log" ] || continue
+		if grep -qE 'AddressSanitizer|LeakSanitizer|ThreadSanitizer|runtime error:' "$log"; then
+			echo "teardown: sanitizer report in $log" >&2
+			rc=1
+		fi
+	done
+
+	if [ "$rc" -ne 0 ] || [ -z "${BATS_TEST_COMPLETED:-}" ]; then
+		for log in "$(_pf_logs)"/*; do
+			[ -f "$log" ] || continue
+			echo "--- $log ---" >&2
+			cat "$log" >&2
+		done
+	fi
+	return "$rc"
+}

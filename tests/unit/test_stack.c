@@ -172,8 +172,11 @@ static void test_read_write_alignments(void)
 	size_t i;
 
 	check(s != NULL);
-	if (!s)
+	if (!s) {
+		free(ref);
+		free(dir);
 		return;
+	}
 	check_int(file_u32(dir, PF_BASE_NAME, 44), ==, PF_INUSE_OPEN);
 	for (i = 0; i < PF_ARRAY_SIZE(w); i++) {
 		buf = malloc(w[i].len);
