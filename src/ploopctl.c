@@ -329,6 +329,41 @@ static int validate_stack(struct image *im, struct pf_delta **v, size_t n)
 	return EXIT_OK;
 }
 
+/*
+ * Options of the commands that take only [--json] and one operand.
+ * Returns -1 to go on (operand at argv[optind]) or an exit status.
+ */
+static int parse_json_only(int argc, char **argv, void (*usage_fn)(FILE *),
+			   bool *json)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	*json = false;
+	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			*json = true;
+			break;
+		case 'h':
+			usage_fn(stdout);
+			return EXIT_OK;
+		default:
+			usage_fn(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_fn(stderr);
+		return EXIT_USAGE;
+	}
+	return -1;
+}
+
 /* init */
 
 static void usage_init(FILE *out)
@@ -487,34 +522,15 @@ static void info_delta_text(FILE *out, const struct pf_delta *d)
 
 static int cmd_info(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct pf_delta **v = NULL;
 	struct image im;
 	bool json = false;
 	size_t n = 0, i;
-	int c, rc;
+	int rc;
 
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j':
-			json = true;
-			break;
-		case 'h':
-			usage_info(stdout);
-			return EXIT_OK;
-		default:
-			usage_info(stderr);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind + 1 != argc) {
-		usage_info(stderr);
-		return EXIT_USAGE;
-	}
+	rc = parse_json_only(argc, argv, usage_info, &json);
+	if (rc >= 0)
+		return rc;
 	rc = image_open(&im, argv[optind], 0, true);
 	if (rc == EXIT_OK)
 		rc = chain_open(&im, &v, &n);
@@ -600,36 +616,17 @@ static void print_finding(void *ctx, const char *file, enum pf_finding kind,
 
 static int cmd_check(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct check_out co = { false, true };
 	struct pf_check_report r = { .emit = print_finding, .ctx = &co };
 	struct pf_delta **v = NULL;
 	struct image im;
 	size_t n = 0, i, j;
-	int c, rc, drc;
+	int rc, drc;
 	const char *verdict;
 
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j':
-			co.json = true;
-			break;
-		case 'h':
-			usage_check(stdout);
-			return EXIT_OK;
-		default:
-			usage_check(stderr);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind + 1 != argc) {
-		usage_check(stderr);
-		return EXIT_USAGE;
-	}
+	rc = parse_json_only(argc, argv, usage_check, &co.json);
+	if (rc >= 0)
+		return rc;
 	/* Shared lock: a mounted image is changing under us. */
 	rc = image_open(&im, argv[optind], 1, true);
 	if (rc != EXIT_OK) {
@@ -811,33 +808,14 @@ static void usage_snapshot_list(FILE *out)
 
 static int cmd_snapshot_list(int argc, char **argv)
 {
-	static const struct option opts[] = {
-		{ "json", no_argument, NULL, 'j' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
 	struct image im;
 	bool json = false;
 	size_t i;
-	int c, rc;
+	int rc;
 
-	while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j':
-			json = true;
-			break;
-		case 'h':
-			usage_snapshot_list(stdout);
-			return EXIT_OK;
-		default:
-			usage_snapshot_list(stderr);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind + 1 != argc) {
-		usage_snapshot_list(stderr);
-		return EXIT_USAGE;
-	}
+	rc = parse_json_only(argc, argv, usage_snapshot_list, &json);
+	if (rc >= 0)
+		return rc;
 	rc = image_open(&im, argv[optind], 0, false);
 	if (rc != EXIT_OK) {
 		image_close(&im);
