@@ -617,6 +617,26 @@ static void bounce_done(void *arg, int err)
 	free(outer);
 }
 
+/*
+ * The piece of the request [@off, @off + @len) that starts @*pos bytes in
+ * and ends at the next cluster boundary (or the request's end): its
+ * virtual cluster and offset in it.  Advances @*pos; returns the length.
+ */
+static size_t seg_at(const struct pf_header *h, uint64_t off, size_t len,
+		     size_t *pos, uint32_t *idx, uint64_t *in_off)
+{
+	uint64_t voff = off + *pos;
+	size_t seg_len;
+
+	*idx = (uint32_t)(voff >> h->cluster_shift);
+	*in_off = voff & (h->cluster_bytes - 1);
+	seg_len = (size_t)(h->cluster_bytes - *in_off);
+	if (seg_len > len - *pos)
+		seg_len = len - *pos;
+	*pos += seg_len;
+	return seg_len;
+}
+
 static bool range_ok(const struct pf_stack *s, size_t len, uint64_t off)
 {
 	return len && off < s->hdr->size_bytes &&
@@ -669,17 +689,13 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		uint64_t voff = off + pos;
-		uint32_t idx = (uint32_t)(voff >> h->cluster_shift);
-		uint64_t in_off = voff & (h->cluster_bytes - 1);
-		size_t seg_len = (size_t)(h->cluster_bytes - in_off);
-		uint8_t lvl = level_load(s, idx);
+		uint32_t idx;
+		uint64_t in_off;
 		uint8_t *dst = (uint8_t *)buf + pos;
+		size_t seg_len = seg_at(h, off, len, &pos, &idx, &in_off);
+		uint8_t lvl = level_load(s, idx);
 		uint32_t clu;
 
-		if (seg_len > len - pos)
-			seg_len = len - pos;
-		pos += seg_len;
 		clu = lvl == LEVEL_NONE ? 0 : level_clu(s, lvl, idx);
 		if (!clu) {
 			memset(dst, 0, seg_len);	/* a hole */
@@ -731,17 +747,13 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		return;
 	}
 	for (i = 0; i < n; i++) {
-		uint64_t voff = off + pos;
-		uint32_t idx = (uint32_t)(voff >> h->cluster_shift);
-		uint64_t in_off = voff & (h->cluster_bytes - 1);
-		size_t seg_len = (size_t)(h->cluster_bytes - in_off);
+		uint32_t idx;
+		uint64_t in_off;
 		const uint8_t *src = (const uint8_t *)buf + pos;
+		size_t seg_len = seg_at(h, off, len, &pos, &idx, &in_off);
 		struct seg *g = &op->segs[i];
 		uint32_t clu;
 
-		if (seg_len > len - pos)
-			seg_len = len - pos;
-		pos += seg_len;
 		g->op = op;
 		g->len = seg_len;
 		rlock_acquire(s, &g->rl, idx, round_down(in_off, s->align),
