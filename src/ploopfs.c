@@ -15,6 +15,7 @@
 #define FUSE_USE_VERSION 312
 #include <errno.h>
 #include <fuse_lowlevel.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,7 +202,13 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_clone_fd(lc, 1);
 	fuse_loop_cfg_set_max_threads(lc, cfg.threads ? cfg.threads : 16);
 	ret = fuse_session_loop_mt(se, lc);
-	rc = ret == 0 ? EXIT_OK : EXIT_FAIL;
+	/* libfuse's signal handler leaves the signal number as the loop's
+	 * result: SIGTERM, SIGINT and SIGHUP are requests to stop cleanly */
+	if (ret < 0)
+		ret = -ret;
+	rc = ret == 0 || ret == SIGTERM || ret == SIGINT || ret == SIGHUP ?
+		     EXIT_OK :
+		     EXIT_FAIL;
 
 out_unmount:
 	/* close first: it waits for replies still in flight */

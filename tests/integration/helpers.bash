@@ -81,11 +81,28 @@ make_qemu_image() {
 _pf_state() { echo "$BATS_TEST_TMPDIR/pf-state"; }
 _pf_logs() { echo "$BATS_TEST_TMPDIR/pf-logs"; }
 
+# The absolute path of a mount point without looking through it (a hung
+# daemon would hang stat): only the parent is resolved
+_pf_abs() {
+	local parent
+	parent=$(realpath -m -- "$(dirname -- "$1")")
+	echo "${parent%/}/$(basename -- "$1")"
+}
+
 # The file-name key of a mount point: its absolute path, / -> _
 _pf_key() {
 	local k
-	k=$(realpath -m -- "$1")
+	k=$(_pf_abs "$1")
 	echo "${k//\//_}"
+}
+
+# pf_is_mounted MNT: something is mounted on MNT (read from
+# /proc/self/mountinfo, without touching the file system)
+pf_is_mounted() {
+	local m
+	m=$(_pf_abs "$1")
+	awk -v m="$m" '{ t = $5; gsub(/\\040/, " ", t); if (t == m) f = 1 }
+		END { exit !f }' /proc/self/mountinfo
 }
 
 # The disk name that ploopfs arguments select (the last -o name=), or disk
@@ -112,9 +129,16 @@ _pf_disk_name() {
 	echo "$name"
 }
 
-# pf_log MNT: the log file of the latest daemon started on MNT
-pf_log() {
+# pf_logfile MNT: the log file of the latest daemon started on MNT
+pf_logfile() {
 	cat "$(_pf_state)/$(_pf_key "$1").log" 2>/dev/null
+}
+
+# pf_log MNT: what the latest daemon started on MNT logged
+pf_log() {
+	local log
+	log=$(pf_logfile "$1") || return 1
+	cat "$log"
 }
 
 # pf_pid MNT: the pid of the latest daemon started on MNT
@@ -128,7 +152,7 @@ pf_pid() {
 # Print the log of the daemon of MNT to stderr, headed by its name.
 _pf_show_log() {
 	local log
-	log=$(pf_log "$1")
+	log=$(pf_logfile "$1")
 	echo "--- ploopfs log $log ---" >&2
 	cat "$log" >&2 2>/dev/null || true
 	echo "--- end of log ---" >&2
@@ -151,11 +175,11 @@ pf_mount() {
 	rm -f "$st/$key.pid" "$st/$key.status"
 	echo "$log" >"$st/$key.log"
 	realpath -m -- "$dir" >"$st/$key.dir"
-	realpath -m -- "$mnt" >"$st/$key.mnt"
+	_pf_abs "$mnt" >"$st/$key.mnt"
 	# The wrapper records the daemon's pid and, when it ends, its exit
 	# status.  fd 3 is bats' own: a daemon holding it hangs bats.
 	(
-		"$PLOOPFS" -f "$@" "$dir" "$mnt" </dev/null >"$log" 2>&1 &
+		"$PLOOPFS" -f "$@" "$dir" "$mnt" </dev/null >>"$log" 2>&1 &
 		p=$!
 		echo "$p" >"$st/$key.pid.new" && mv "$st/$key.pid.new" "$st/$key.pid"
 		rc=0
@@ -164,7 +188,7 @@ pf_mount() {
 	) </dev/null >>"$log" 2>&1 3>&- &
 	deadline=$((SECONDS + 20))
 	while :; do
-		if [ -s "$st/$key.pid" ] && mountpoint -q "$mnt" &&
+		if [ -s "$st/$key.pid" ] && pf_is_mounted "$mnt" &&
 			timeout 5 stat -- "$mnt/$name" >/dev/null 2>&1; then
 			return 0
 		fi
@@ -306,12 +330,14 @@ pf_teardown() {
 		[ -e "$st/$key.status" ] && continue	# already exited
 		pid=$(cat "$f")
 		target=$(cat "$st/$key.mnt")
-		timeout 30 fusermount3 -u "$target" 2>/dev/null || true
-		if ! timeout 30 tail --pid="$pid" -f /dev/null; then
-			echo "teardown: ploopfs (pid $pid) did not exit; killing it" >&2
-			kill -9 "$pid" 2>/dev/null || true
-			timeout 10 tail --pid="$pid" -f /dev/null || true
+		if pf_is_mounted "$target" &&
+			timeout 30 fusermount3 -u "$target" 2>/dev/null &&
+			timeout 30 tail --pid="$pid" -f /dev/null; then
+			continue
 		fi
+		echo "teardown: ploopfs (pid $pid) on $target did not exit; killing it" >&2
+		kill -9 "$pid" 2>/dev/null || true
+		timeout 10 tail --pid="$pid" -f /dev/null || true
 	done
 
 	# 4. FUSE mounts still there (dead daemons, mount(8) mounts)
