@@ -20,6 +20,20 @@ trap cleanup EXIT
 
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
+# The daemon finishes its clean stop (in-use flag cleared) after the
+# unmount returns; it holds the image lock until then (ploopctl: exit 5).
+wait_closed() {
+	local rc
+	for _ in $(seq 100); do
+		rc=0
+		"$B/ploopctl" check "$D" >/dev/null 2>&1 || rc=$?
+		[ "$rc" -ne 5 ] && return 0
+		sleep 0.1
+	done
+	echo "ploopfs did not release $D" >&2
+	return 1
+}
+
 mkdir -p "$M" "$F"
 step "$B/ploopctl" init -s 4G "$D"
 step "$B/ploopfs" "$D" "$M"
@@ -34,13 +48,7 @@ step umount "$F"
 step losetup -d "$dev"
 dev=""
 step fusermount3 -u "$M"
-# the daemon finishes its clean stop (in-use flag cleared) after the
-# unmount returns: wait for it to release the image lock
-for _ in $(seq 100); do
-	"$B/ploopctl" check "$D" >/dev/null 2>&1 && break
-	[ $? -ne 5 ] && break
-	sleep 0.1
-done
+wait_closed
 step "$B/ploopctl" check "$D"
 step "$B/ploopctl" snapshot "$D"
 step "$B/ploopfs" "$D" "$M"
@@ -52,11 +60,7 @@ step umount "$F"
 step losetup -d "$dev"
 dev=""
 step fusermount3 -u "$M"
-for _ in $(seq 100); do
-	"$B/ploopctl" check "$D" >/dev/null 2>&1 && break
-	[ $? -ne 5 ] && break
-	sleep 0.1
-done
+wait_closed
 step "$B/ploopctl" snapshot-list "$D"
 step "$B/ploopctl" info "$D"
 step "$B/ploopctl" check "$D"

@@ -150,6 +150,18 @@ static bool disk_equals(struct pf_stack *s, const uint8_t *ref, uint64_t size)
 	return ok;
 }
 
+/* Reopen the image (synchronously: no threads) and compare it all. */
+static void reopen_and_verify(const char *dir, const uint8_t *ref,
+			      uint64_t size)
+{
+	struct pf_stack *s = open_stack(dir, false);
+
+	check_msg(s && disk_equals(s, ref, size), "%s reads back after reopen",
+		  dir);
+	if (s)
+		check_int(pf_stack_close(s), ==, 0);
+}
+
 static void test_read_write_alignments(void)
 {
 	const uint64_t size = 64 * MiB;
@@ -199,10 +211,7 @@ static void test_read_write_alignments(void)
 	/* CIF_Empty cleared once data exists */
 	check_int(file_u32(dir, PF_BASE_NAME, 52) & PF_FLAG_EMPTY, ==, 0);
 
-	s = open_stack(dir, false);	/* synchronous mode works too */
-	check(s && disk_equals(s, ref, size));
-	if (s)
-		check_int(pf_stack_close(s), ==, 0);
+	reopen_and_verify(dir, ref, size);
 	free(ref);
 	free(dir);
 }
@@ -250,10 +259,7 @@ static void test_cow_from_snapshot(void)
 		check_int(file_u32(dir, PF_BASE_NAME, 44), ==, PF_INUSE_CLOSED);
 	}
 	close(fd);
-	s = open_stack(dir, false);
-	check(s && disk_equals(s, ref, size));
-	if (s)
-		check_int(pf_stack_close(s), ==, 0);
+	reopen_and_verify(dir, ref, size);
 	free(ref);
 	free(dir);
 }
@@ -317,10 +323,7 @@ static void test_concurrent_first_writers(void)
 	check_int(st.top_clusters, ==, 1);
 	check(disk_equals(s, ref, size));
 	check_int(pf_stack_close(s), ==, 0);
-	s = open_stack(dir, false);
-	check(s && disk_equals(s, ref, size));
-	if (s)
-		check_int(pf_stack_close(s), ==, 0);
+	reopen_and_verify(dir, ref, size);
 	free(ref);
 	free(dir);
 }
@@ -376,10 +379,7 @@ static void test_discard_single_delta_and_w4(void)
 	check_int(bat_of(dir, 9), !=, clu3);	/* not reused before commit */
 	check_int(bat_of(dir, 12), ==, clu3);	/* reused after it */
 	check_int(bat_of(dir, 4), ==, clu4);
-	s = open_stack(dir, false);
-	check(s && disk_equals(s, ref, size));
-	if (s)
-		check_int(pf_stack_close(s), ==, 0);
+	reopen_and_verify(dir, ref, size);
 	free(ref);
 	free(dir);
 }
@@ -408,10 +408,7 @@ static void test_discard_over_snapshot(void)
 	pf_stack_stat(s, &st);
 	check_int(st.top_clusters, ==, 2);	/* both shadow the snapshot */
 	check_int(pf_stack_close(s), ==, 0);
-	s = open_stack(dir, false);
-	check(s && disk_equals(s, ref, size));
-	if (s)
-		check_int(pf_stack_close(s), ==, 0);
+	reopen_and_verify(dir, ref, size);
 	free(ref);
 	free(dir);
 }
