@@ -26,7 +26,7 @@ only_in 'syslog\.h' src/log.c
 
 # layer of each module; a module may include only its layer or lower
 declare -A layer=([util]=0 [log]=0 [format]=1 [descriptor]=1 [io_aio]=2
-	[io]=2 [delta]=3 [image]=3 [map]=3 [stack]=4 [writeback]=5 [check]=3
+	[io]=2 [file]=2 [delta]=3 [image]=3 [map]=3 [stack]=4 [writeback]=5 [check]=3
 	[fuse_fe]=6 [control]=6)
 for f in src/*.c src/*.h; do
 	m=$(basename "${f%.*}")

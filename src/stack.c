@@ -60,6 +60,7 @@
 #include "check.h"
 #include "delta.h"
 #include "descriptor.h"
+#include "file.h"
 #include "format.h"
 #include "io.h"
 #include "log.h"
@@ -85,7 +86,7 @@ struct rbucket {
 
 struct level {
 	struct pf_delta *d;	/* header, BAT (d->meta), metadata fd */
-	int fd;			/* data fd, O_DIRECT when possible */
+	struct pf_file *f;	/* data I/O, O_DIRECT when possible */
 	const uint8_t *meta;	/* BAT as on disk (top: s->top_meta) */
 };
 
@@ -99,6 +100,7 @@ struct pf_stack {
 	uint8_t *level_of;	/* per virtual cluster; atomic access */
 	size_t align;		/* O_DIRECT alignment of the data fds */
 	struct pf_aio *aio;
+	struct pf_file_factory factory;
 	struct rbucket rb[RLOCK_BUCKETS];
 
 	/* BAT of the top delta, page aligned, whole pages; the header
@@ -356,12 +358,9 @@ out:
 
 /* Allocation of clusters in the top file */
 
-static int punch(int fd, uint64_t off, uint64_t len)
+static int punch(struct level *lv, uint64_t off, uint64_t len)
 {
-	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		      (off_t)off, (off_t)len) < 0)
-		return -errno;
-	return 0;
+	return lv->f->ops->punch(lv->f, off, len);
 }
 
 static int free_push(struct pf_stack *s, uint32_t clu)
@@ -404,12 +403,11 @@ static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 		grow = PREALLOC_BYTES >> h->cluster_shift;
 		if (grow > max - s->file_clusters)
 			grow = max - s->file_clusters;
-		if (ftruncate(s->top->fd,
-			      (off_t)((s->file_clusters + grow)
-				      << h->cluster_shift)) < 0) {
-			ret = -errno;
+		ret = s->top->f->ops->truncate(s->top->f,
+					       (s->file_clusters + grow)
+						       << h->cluster_shift);
+		if (ret)
 			goto out;
-		}
 		s->file_clusters += grow;
 	}
 	*clu = (uint32_t)s->alloc_head++;
@@ -420,15 +418,37 @@ out:
 
 /* Synchronous data I/O in the caller's thread */
 
-static int data_pread(int fd, void *buf, size_t len, uint64_t off)
+static int data_pread(struct level *lv, void *buf, size_t len, uint64_t off)
 {
-	return pf_pread_full(fd, buf, len, off);
+	return lv->f->ops->pread(lv->f, buf, len, off);
 }
 
 static int data_pwrite(struct pf_stack *s, const void *buf, size_t len,
 		       uint64_t off)
 {
-	return pf_pwrite_full(s->top->fd, buf, len, off);
+	return s->top->f->ops->pwrite(s->top->f, buf, len, off);
+}
+
+/* Reads and writes for the completion path: through libaio where the
+ * file allows it, else synchronously with the callback run here. */
+static void data_submit(struct pf_stack *s, struct level *lv, bool write,
+			struct pf_aio_req *r, void *buf, size_t len,
+			uint64_t off, pf_aio_done_fn done, void *arg)
+{
+	int ret;
+
+	if (lv->f->aio_ok) {
+		if (write)
+			pf_aio_pwrite(s->aio, r, lv->f->fd, buf, len, off, done,
+				      arg);
+		else
+			pf_aio_pread(s->aio, r, lv->f->fd, buf, len, off, done,
+				     arg);
+		return;
+	}
+	ret = write ? lv->f->ops->pwrite(lv->f, buf, len, off) :
+		      lv->f->ops->pread(lv->f, buf, len, off);
+	done(arg, ret ? ret : (ssize_t)len);
 }
 
 /*
@@ -451,7 +471,7 @@ static int write_in_place(struct pf_stack *s, uint32_t clu, uint64_t in_off,
 	tmp = alloc_aligned(s, a1 - a0);
 	if (!tmp)
 		return -ENOMEM;
-	ret = data_pread(s->top->fd, tmp, a1 - a0, base + a0);
+	ret = data_pread(s->top, tmp, a1 - a0, base + a0);
 	if (!ret) {
 		memcpy(tmp + (in_off - a0), src, len);
 		ret = data_pwrite(s, tmp, a1 - a0, base + a0);
@@ -494,7 +514,7 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 		cbuf = alloc_aligned(s, cs);
 		ret = cbuf ? 0 : -ENOMEM;
 		if (!ret)
-			ret = data_pread(s->levels[lower].fd, cbuf, cs,
+			ret = data_pread(&s->levels[lower], cbuf, cs,
 					 pf_clu_to_off(&s->levels[lower].d->hdr,
 						       lclu));
 		if (!ret) {
@@ -704,10 +724,10 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 		op->segs[i].op = op;
 		op->segs[i].len = seg_len;
 		atomic_fetch_add(&op->pending, 1);
-		pf_aio_pread(s->aio, &op->segs[i].aio, s->levels[lvl].fd, dst,
-			     seg_len,
-			     pf_clu_to_off(&s->levels[lvl].d->hdr, clu) + in_off,
-			     read_seg_done, &op->segs[i]);
+		data_submit(s, &s->levels[lvl], false, &op->segs[i].aio, dst,
+			    seg_len,
+			    pf_clu_to_off(&s->levels[lvl].d->hdr, clu) + in_off,
+			    read_seg_done, &op->segs[i]);
 	}
 	op_put(op);
 }
@@ -762,9 +782,9 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		if (clu && aligned(s, src, in_off, seg_len)) {
 			/* in place; the range stays locked until done */
 			atomic_fetch_add(&op->pending, 1);
-			pf_aio_pwrite(s->aio, &g->aio, s->top->fd, src, seg_len,
-				      pf_clu_to_off(h, clu) + in_off,
-				      write_seg_done, g);
+			data_submit(s, s->top, true, &g->aio, (void *)src,
+				    seg_len, pf_clu_to_off(h, clu) + in_off,
+				    write_seg_done, g);
 			continue;
 		}
 		if (clu) {
@@ -858,7 +878,7 @@ static int discard_cluster(struct pf_stack *s, uint32_t idx)
 	if (clu && lower) {
 		/* Keep the entry (clearing it would expose the snapshot's
 		 * data, DIS-1); the punched cluster reads as zeros. */
-		ret = punch(s->top->fd, pf_clu_to_off(s->hdr, clu), cs);
+		ret = punch(s->top, pf_clu_to_off(s->hdr, clu), cs);
 		if (ret == -EOPNOTSUPP) {
 			zeros = alloc_aligned(s, cs);
 			ret = zeros ? 0 : -ENOMEM;
@@ -932,9 +952,7 @@ int pf_stack_discard(struct pf_stack *s, uint64_t off, uint64_t len)
 static int datasync(struct pf_stack *s)
 {
 	atomic_fetch_add(&s->datasyncs, 1);
-	if (fdatasync(s->top->fd) < 0)
-		return -errno;
-	return 0;
+	return s->top->f->ops->datasync(s->top->f);
 }
 
 /* One commit, W1-W4 (see the file comment).  @force: sync data even when
@@ -993,9 +1011,9 @@ static int commit(struct pf_stack *s, bool force)
 	}
 	/* 3. the BAT pages, then W3: durable before anyone is answered */
 	for (i = 0; i < n_pages; i++) {
-		ret = pf_pwrite_full(s->top->fd, copy + i * PF_BAT_PAGE_SIZE,
-				     PF_BAT_PAGE_SIZE,
-				     (uint64_t)pages[i] * PF_BAT_PAGE_SIZE);
+		ret = data_pwrite(s, copy + i * PF_BAT_PAGE_SIZE,
+				  PF_BAT_PAGE_SIZE,
+				  (uint64_t)pages[i] * PF_BAT_PAGE_SIZE);
 		if (ret) {
 			set_failed(s, "BAT write", ret);
 			goto out;
@@ -1013,7 +1031,7 @@ static int commit(struct pf_stack *s, bool force)
 	for (i = 0; i < n_freeing; i++) {
 		uint32_t clu = freeing[i];
 
-		if (punch(s->top->fd, pf_clu_to_off(s->hdr, clu),
+		if (punch(s->top, pf_clu_to_off(s->hdr, clu),
 			  s->hdr->cluster_bytes))
 			continue;	/* cannot make it read zeros: leak */
 		pthread_mutex_lock(&s->alloc_lock);
@@ -1114,8 +1132,10 @@ static int open_data_fd(struct pf_stack *s, struct level *lv, bool write,
 		close(fd);
 		return -ESTALE;	/* replaced under us */
 	}
-	lv->fd = fd;
-	return 0;
+	if (s->factory.wrap)
+		return s->factory.wrap(s->factory.ctx, fd, lv->d->name, write,
+				       &lv->f);
+	return pf_file_posix(fd, &lv->f);
 }
 
 /* O_DIRECT alignment of @fd: statx's dio alignment, else 4096. */
@@ -1185,15 +1205,15 @@ static int recover_top(struct pf_stack *s)
 			continue;
 		leaked++;
 		/* W4: a reused cluster reads as zeros */
-		if (punch(top->fd, pf_clu_to_off(h, clu), h->cluster_bytes) ||
+		if (punch(top, pf_clu_to_off(h, clu), h->cluster_bytes) ||
 		    free_push(s, clu))
 			continue;	/* stays a leak */
 	}
 	free(used);
 	if (n > s->alloc_head || top->d->file_bytes % h->cluster_bytes) {
 		leaked += n > s->alloc_head ? n - s->alloc_head : 0;
-		if (ftruncate(top->fd, (off_t)pf_clu_to_off(h, (uint32_t)s->alloc_head)) < 0)
-			ret = -errno;
+		ret = top->f->ops->truncate(top->f,
+					    pf_clu_to_off(h, (uint32_t)s->alloc_head));
 	}
 	s->file_clusters = s->alloc_head;
 	if (leaked)
@@ -1231,7 +1251,6 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		const char *name = dd->images[chain[i]].file;
 		bool is_top = i + 1 == depth;
 
-		s->levels[i].fd = -1;
 		ret = pf_delta_open(s->dirfd, name, is_top ? PF_DELTA_WRITE : 0,
 				    &s->levels[i].d, &w);
 		s->n_levels = (unsigned)i + (ret == 0);
@@ -1318,7 +1337,7 @@ static int top_prepare(struct pf_stack *s)
 	s->top_hdr.in_use = PF_INUSE_OPEN;
 	s->top_hdr.ext_sectors = 0;
 	pf_header_encode(&s->top_hdr, s->top_meta);
-	ret = pf_pwrite_full(s->top->fd, s->top_meta, PF_BAT_PAGE_SIZE, 0);
+	ret = data_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
 	if (!ret)
 		ret = datasync(s);
 	return ret;
@@ -1331,8 +1350,8 @@ static void stack_free(struct pf_stack *s)
 	if (!s)
 		return;
 	for (i = 0; i < s->n_levels; i++) {
-		if (s->levels[i].fd >= 0)
-			close(s->levels[i].fd);
+		if (s->levels[i].f)
+			s->levels[i].f->ops->close(s->levels[i].f);
 		pf_delta_close(s->levels[i].d);
 	}
 	free(s->levels);
@@ -1363,6 +1382,8 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	s->dirfd = -1;
 	s->dir = strdup(o->dir);
 	s->commit_ms = o->commit_ms ? o->commit_ms : 1000;
+	if (o->factory)
+		s->factory = *o->factory;
 	pthread_mutex_init(&s->bat_lock, NULL);
 	pthread_mutex_init(&s->alloc_lock, NULL);
 	pthread_mutex_init(&s->epoch_lock, NULL);
@@ -1401,7 +1422,7 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	ret = stack_load(s, o, why);
 	if (ret)
 		goto err;
-	s->align = dio_align(s->top->fd);
+	s->align = dio_align(s->top->f->fd);
 	ret = top_prepare(s);
 	if (ret) {
 		if (!why || !why->msg[0])
@@ -1473,11 +1494,14 @@ int pf_stack_close(struct pf_stack *s)
 	if (ret)
 		goto out;
 	/* Trim the preallocated tail; clusters past alloc_head are unused. */
-	if (s->file_clusters > s->alloc_head &&
-	    ftruncate(s->top->fd,
-		      (off_t)pf_clu_to_off(s->hdr, (uint32_t)s->alloc_head)) < 0)
-		pf_log(PF_LOG_WARNING, "%s: cannot trim preallocated space: %s",
-		       s->dir, strerror(errno));
+	if (s->file_clusters > s->alloc_head) {
+		r = s->top->f->ops->truncate(
+			s->top->f, pf_clu_to_off(s->hdr, (uint32_t)s->alloc_head));
+		if (r)
+			pf_log(PF_LOG_WARNING,
+			       "%s: cannot trim preallocated space: %s", s->dir,
+			       strerror(-r));
+	}
 	/* Clean close: the committed BAT is durable; clear the flag. */
 	pthread_mutex_lock(&s->bat_lock);
 	mapped = s->top_mapped;
@@ -1487,7 +1511,7 @@ int pf_stack_close(struct pf_stack *s)
 		s->top_hdr.flags &= ~PF_FLAG_EMPTY;
 	pf_header_encode(&s->top_hdr, s->top_meta);
 	pthread_mutex_unlock(&s->bat_lock);
-	r = pf_pwrite_full(s->top->fd, s->top_meta, PF_BAT_PAGE_SIZE, 0);
+	r = data_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
 	if (!r)
 		r = datasync(s);
 	if (r) {

@@ -17,10 +17,15 @@
 
 struct pf_stack;
 
+struct pf_file_factory;
+
 struct pf_stack_opts {
 	const char *dir;	/* image directory */
 	unsigned commit_ms;	/* periodic commit interval; 0 = 1000 */
 	bool no_direct;		/* do not use O_DIRECT on the deltas */
+	/* how delta files are accessed; NULL: plain descriptors (tests
+	 * pass crash-simulating or fault-injecting files) */
+	const struct pf_file_factory *factory;
 };
 
 /* Completion of a read or write: @err is 0 or -errno. */
