@@ -54,12 +54,14 @@ PROGS     := $(B)/ploopctl $(B)/ploopfs
 
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
-TAP_OBJ   := $(B)/tests/tap.o
+# test support linked into every unit test: TAP, test I/O backends
+TSUP_SRCS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
+TAP_OBJ   := $(TSUP_SRCS:tests/unit/%.c=$(B)/tests/%.o)
 
 .SECONDARY:
 
 .PHONY: demo all deps check check-unit check-integration check-asan check-tsan \
-	lint man-lint install clean help bench
+	lint man-lint install clean help bench crash-soak
 
 all: $(PROGS)
 
@@ -75,6 +77,7 @@ help:
 	@echo "  check-tsan         'check' built with ThreadSanitizer"
 	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
 	@echo "  install            install programs and man pages (PREFIX, DESTDIR)"
+	@echo "  crash-soak         CRASH_SCENARIOS=N random power-cut scenarios (default 10000)"
 	@echo "  bench              benchmarks (tests/bench)"
 	@echo "  clean              remove build/"
 
@@ -132,6 +135,13 @@ lint:
 
 man-lint:
 	scripts/lint.sh --man-only
+
+CRASH_SCENARIOS ?= 10000
+CRASH_SEED      ?= 1
+crash-soak: $(B)/tests/test_crash
+	@echo "crash-soak: $(CRASH_SCENARIOS) scenarios from seed $(CRASH_SEED)"
+	@$(B)/tests/test_crash -n $(CRASH_SCENARIOS) -s $(CRASH_SEED) 2>/dev/null | \
+		grep -v '^ok '
 
 bench: all
 	@if [ -x tests/bench/run.sh ]; then tests/bench/run.sh $(B); \
