@@ -423,7 +423,26 @@ static int data_pread(struct level *lv, void *buf, size_t len, uint64_t off)
 	return lv->f->ops->pread(lv->f, buf, len, off);
 }
 
+/* A data write that fails for any reason but lack of space or memory
+ * leaves the image in an unknown state: fail it (W7). */
+static void data_write_failed(struct pf_stack *s, int err)
+{
+	if (err != -ENOSPC && err != -ENOMEM)
+		set_failed(s, "data write", err);
+}
+
 static int data_pwrite(struct pf_stack *s, const void *buf, size_t len,
+		       uint64_t off)
+{
+	int ret = s->top->f->ops->pwrite(s->top->f, buf, len, off);
+
+	if (ret)
+		data_write_failed(s, ret);
+	return ret;
+}
+
+/* BAT pages and the header: the caller decides what a failure means. */
+static int meta_pwrite(struct pf_stack *s, const void *buf, size_t len,
 		       uint64_t off)
 {
 	return s->top->f->ops->pwrite(s->top->f, buf, len, off);
@@ -736,10 +755,12 @@ static void write_seg_done(void *arg, ssize_t res)
 {
 	struct seg *g = arg;
 
-	if (res < 0)
+	if (res >= 0 && (size_t)res != g->len)
+		res = -EIO;
+	if (res < 0) {
 		op_error(g->op, (int)res);
-	else if ((size_t)res != g->len)
-		op_error(g->op, -EIO);
+		data_write_failed(g->op->s, (int)res);
+	}
 	rlock_release(g->op->s, &g->rl);
 	op_put(g->op);
 }
@@ -1011,7 +1032,7 @@ static int commit(struct pf_stack *s, bool force)
 	}
 	/* 3. the BAT pages, then W3: durable before anyone is answered */
 	for (i = 0; i < n_pages; i++) {
-		ret = data_pwrite(s, copy + i * PF_BAT_PAGE_SIZE,
+		ret = meta_pwrite(s, copy + i * PF_BAT_PAGE_SIZE,
 				  PF_BAT_PAGE_SIZE,
 				  (uint64_t)pages[i] * PF_BAT_PAGE_SIZE);
 		if (ret) {
@@ -1337,7 +1358,7 @@ static int top_prepare(struct pf_stack *s)
 	s->top_hdr.in_use = PF_INUSE_OPEN;
 	s->top_hdr.ext_sectors = 0;
 	pf_header_encode(&s->top_hdr, s->top_meta);
-	ret = data_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
+	ret = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
 	if (!ret)
 		ret = datasync(s);
 	return ret;
@@ -1511,7 +1532,7 @@ int pf_stack_close(struct pf_stack *s)
 		s->top_hdr.flags &= ~PF_FLAG_EMPTY;
 	pf_header_encode(&s->top_hdr, s->top_meta);
 	pthread_mutex_unlock(&s->bat_lock);
-	r = data_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
+	r = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
 	if (!r)
 		r = datasync(s);
 	if (r) {
