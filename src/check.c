@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define EXT_MAGIC	0xAB234CEF23DCEA87ull
 
@@ -282,4 +283,118 @@ void pf_check_stack(const struct pf_dd *dd, struct pf_delta *const *chain,
 				     h->size_sectors,
 				     chain[i + 1]->hdr.size_sectors);
 	}
+}
+
+/* Repair */
+
+static void PF_PRINTF(3, 4)
+	repaired(struct file_ctx *f, unsigned *fixes, const char *fmt, ...)
+{
+	char msg[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	(*fixes)++;
+	finding(f, PF_FIND_NOTE, "repaired: %s", msg);
+}
+
+int pf_repair_delta(struct pf_delta *d, bool force, struct pf_check_report *r,
+		    unsigned *fixes)
+{
+	struct pf_header *h = &d->hdr;
+	struct file_ctx f = { .r = r, .file = d->name };
+	uint64_t *bitmap, max_used = 0, keep;
+	uint32_t idx, clu, raw;
+	bool bat_changed = false, corrupt = false;
+	uint8_t hdr[PF_HEADER_SIZE];
+	struct pf_why why;
+	int ret = 0;
+
+	*fixes = 0;
+	if (d->file_clusters < h->hdr_clusters) {
+		finding(&f, PF_FIND_CORRUPT,
+			"file is shorter than its header and BAT clusters (not repairable)");
+		summarize_suppressed(&f);
+		return 0;
+	}
+	bitmap = calloc(pf_div_round_up(d->file_clusters, 64), sizeof(*bitmap));
+	if (!bitmap)
+		return -ENOMEM;
+	for (idx = 0; idx < h->bat_entries; idx++) {
+		raw = pf_delta_bat_raw(d, idx);
+		if (!raw)
+			continue;
+		if (pf_bat_decode(h, idx, raw, d->file_clusters, &clu, &why)) {
+			pf_bat_raw_set(d->meta, idx, 0);
+			bat_changed = true;
+			repaired(&f, fixes, "dropped: %s", why.msg);
+			continue;
+		}
+		if (bitmap[clu / 64] & (1ull << (clu % 64))) {
+			uint32_t owner = first_owner(d, clu, idx);
+
+			if (!force) {
+				finding(&f, PF_FIND_CORRUPT,
+					"BAT entries %" PRIu32 " and %" PRIu32
+					" both point to cluster %" PRIu32
+					" (left as is: repair with --force drops the later one)",
+					owner, idx, clu);
+				corrupt = true;
+				continue;
+			}
+			pf_bat_raw_set(d->meta, idx, 0);
+			bat_changed = true;
+			repaired(&f, fixes,
+				 "dropped BAT entry %" PRIu32
+				 ", which shared cluster %" PRIu32
+				 " with entry %" PRIu32,
+				 idx, clu, owner);
+			continue;
+		}
+		bitmap[clu / 64] |= 1ull << (clu % 64);
+		if (clu > max_used)
+			max_used = clu;
+	}
+	free(bitmap);
+
+	if (bat_changed) {
+		/* the BAT without the header: entries 0.. from byte 64 */
+		ret = pf_pwrite_full(d->fd, d->meta + PF_HEADER_SIZE,
+				     pf_idx_entry_off(h->bat_entries) -
+					     PF_HEADER_SIZE,
+				     PF_HEADER_SIZE);
+		if (!ret && fsync(d->fd) < 0)
+			ret = -errno;
+		if (ret)
+			return ret;
+	}
+
+	keep = max_used ? max_used + 1 : h->hdr_clusters;
+	if (h->in_use != PF_INUSE_CLOSED_V21 &&
+	    d->file_bytes > pf_clu_to_off(h, (uint32_t)keep)) {
+		if (ftruncate(d->fd, (off_t)pf_clu_to_off(h, (uint32_t)keep)) < 0 ||
+		    fsync(d->fd) < 0)
+			return -errno;
+		repaired(&f, fixes,
+			 "truncated %" PRIu64 " bytes of leaked clusters at the end",
+			 d->file_bytes - pf_clu_to_off(h, (uint32_t)keep));
+		d->file_bytes = pf_clu_to_off(h, (uint32_t)keep);
+		d->file_clusters = keep;
+	}
+
+	if (h->in_use == PF_INUSE_OPEN && !corrupt) {
+		h->in_use = PF_INUSE_CLOSED;
+		h->ext_sectors = 0;
+		pf_header_encode(h, hdr);
+		ret = pf_pwrite_full(d->fd, hdr, sizeof(hdr), 0);
+		if (!ret && fsync(d->fd) < 0)
+			ret = -errno;
+		if (ret)
+			return ret;
+		repaired(&f, fixes, "cleared the in-use flag");
+	}
+	summarize_suppressed(&f);
+	return 0;
 }

@@ -60,6 +60,24 @@ PF_MUST_CHECK int pf_check_delta(const struct pf_delta *d,
 void pf_check_stack(const struct pf_dd *dd, struct pf_delta *const *chain,
 		    size_t n, struct pf_check_report *r);
 
+/*
+ * Repair delta @d, opened writable, in place; every change is reported as
+ * a NOTE "repaired: ..." and counted in *@fixes.  In this order:
+ *   1. BAT entries that break I2 (reserved value, misaligned, inside the
+ *      header and BAT, past the end of the file) are dropped;
+ *   2. of entries sharing a cluster (I3) the later ones are dropped, only
+ *      with @force (the data cannot tell which is right); without it they
+ *      are reported as CORRUPT and left;
+ *   3. the BAT is written and synced;
+ *   4. clusters past the last referenced one (and a partial tail) are
+ *      truncated away, unless a format extension lives there;
+ *   5. if nothing corrupt remains, a set in-use flag is cleared (synced).
+ * Returns 0 or -errno (I/O failure: the image may be partly repaired, and
+ * a later check says what is left).
+ */
+PF_MUST_CHECK int pf_repair_delta(struct pf_delta *d, bool force,
+				  struct pf_check_report *r, unsigned *fixes);
+
 /* Report a finding (used by callers for problems found outside these
  * functions, e.g. a delta that does not open). */
 void pf_check_add(struct pf_check_report *r, const char *file,

@@ -43,6 +43,7 @@ enum exit_code {
 	EXIT_CORRUPT = 4,	/* image or descriptor invalid or corrupt */
 	EXIT_BUSY = 5,		/* locked by ploopfs or another command */
 	EXIT_LEAKS = 6,		/* check: leaked clusters only */
+	EXIT_REPAIRED = 7,	/* check --repair: repaired, now consistent */
 };
 
 static const char *prog = "ploopctl";
@@ -582,7 +583,14 @@ out:
 
 static void usage_check(FILE *out)
 {
-	fprintf(out, "usage: ploopctl check [--json] (<dir> | <delta-file>)\n");
+	fprintf(out,
+		"usage: ploopctl check [--json] [--repair [--force]] (<dir> | <delta-file>)\n"
+		"  --json      machine-readable output\n"
+		"  --repair    fix what can be fixed without guessing: drop BAT entries\n"
+		"              outside the file or inside the header, truncate leaked\n"
+		"              clusters at the end, clear a stale in-use flag\n"
+		"  --force     with --repair: also drop the later of BAT entries that\n"
+		"              share a cluster\n");
 }
 
 static const char *kind_name[PF_FIND_KINDS] = {
@@ -614,21 +622,101 @@ static void print_finding(void *ctx, const char *file, enum pf_finding kind,
 	co->first = false;
 }
 
+/*
+ * The repair pass of check --repair: every delta opened writable and
+ * repaired in place, its fixes printed as findings.  The check pass that
+ * follows reports what is left.  Returns an exit code.
+ */
+/* The repair pass prints only its fixes; what is left is the check
+ * pass's to report. */
+static void print_fix(void *ctx, const char *file, enum pf_finding kind,
+		      const char *msg)
+{
+	if (kind == PF_FIND_NOTE)
+		print_finding(ctx, file, kind, msg);
+}
+
+static int repair_all(struct image *im, size_t n, bool force,
+		      struct check_out *co, unsigned *fixes)
+{
+	struct pf_check_report rr = { .emit = print_fix, .ctx = co };
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		const char *name = im->is_dir ? im->dd->images[i].file : NULL;
+		struct pf_why why = { "" };
+		struct pf_delta *d = NULL;
+		unsigned f = 0;
+		char *path;
+		int ret;
+
+		path = im->is_dir ? path_join(im->dir, name) : strdup(im->arg);
+		ret = pf_delta_open(im->is_dir ? im->dirfd : AT_FDCWD,
+				    im->is_dir ? name : im->arg, PF_DELTA_WRITE,
+				    &d, &why);
+		if (ret < 0) {	/* the check pass reports it */
+			free(path);
+			continue;
+		}
+		free(d->name);
+		d->name = path;
+		ret = pf_repair_delta(d, force, &rr, &f);
+		*fixes += f;
+		if (ret < 0) {
+			err_line(d->name, "repair failed: %s", strerror(-ret));
+			pf_delta_close(d);
+			return EXIT_FAIL;
+		}
+		pf_delta_close(d);
+	}
+	return EXIT_OK;
+}
+
 static int cmd_check(int argc, char **argv)
 {
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "repair", no_argument, NULL, 'r' },
+		{ "force", no_argument, NULL, 'f' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
 	struct check_out co = { false, true };
 	struct pf_check_report r = { .emit = print_finding, .ctx = &co };
 	struct pf_delta **v = NULL;
 	struct image im;
 	size_t n = 0, i, j;
-	int rc, drc;
+	bool repair = false, force = false;
+	unsigned fixes = 0;
+	int c, rc, drc;
 	const char *verdict;
 
-	rc = parse_json_only(argc, argv, usage_check, &co.json);
-	if (rc >= 0)
-		return rc;
-	/* Shared lock: a mounted image is changing under us. */
-	rc = image_open(&im, argv[optind], 1, true);
+	while ((c = getopt_long(argc, argv, "jrfh", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			co.json = true;
+			break;
+		case 'r':
+			repair = true;
+			break;
+		case 'f':
+			force = true;
+			break;
+		case 'h':
+			usage_check(stdout);
+			return EXIT_OK;
+		default:
+			usage_check(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc || (force && !repair)) {
+		usage_check(stderr);
+		return EXIT_USAGE;
+	}
+	/* Shared lock: a mounted image is changing under us; exclusive
+	 * to repair. */
+	rc = image_open(&im, argv[optind], repair ? 2 : 1, true);
 	if (rc != EXIT_OK) {
 		image_close(&im);
 		return rc;
@@ -644,6 +732,11 @@ static int cmd_check(int argc, char **argv)
 	}
 	if (co.json)
 		printf("{\"findings\":[");
+	if (repair) {
+		rc = repair_all(&im, n, force, &co, &fixes);
+		if (rc != EXIT_OK)
+			goto out;
+	}
 	for (i = 0; i < n; i++) {
 		const char *name = im.is_dir ? im.dd->images[i].file : NULL;
 		struct pf_why why = { "" };
@@ -684,7 +777,11 @@ static int cmd_check(int argc, char **argv)
 
 	if (r.count[PF_FIND_CORRUPT]) {
 		drc = EXIT_CORRUPT;
-		verdict = "corruption found";
+		verdict = fixes ? "corruption remains after repair" :
+				  "corruption found";
+	} else if (fixes) {
+		drc = EXIT_REPAIRED;
+		verdict = "repaired";
 	} else if (r.count[PF_FIND_UNCLEAN]) {
 		drc = EXIT_UNCLEAN;
 		verdict = "not closed cleanly";
@@ -701,10 +798,10 @@ static int cmd_check(int argc, char **argv)
 		       ",\"leaks\":%" PRIu64 ",\"notes\":%" PRIu64
 		       ",\"leaked_clusters\":%" PRIu64
 		       ",\"allocated_clusters\":%" PRIu64
-		       ",\"deltas\":%zu,\"verdict\":\"%s\"}\n",
+		       ",\"deltas\":%zu,\"repairs\":%u,\"verdict\":\"%s\"}\n",
 		       r.count[PF_FIND_CORRUPT], r.count[PF_FIND_UNCLEAN],
 		       r.count[PF_FIND_LEAK], r.count[PF_FIND_NOTE],
-		       r.leaked_clusters, r.mapped, n, verdict);
+		       r.leaked_clusters, r.mapped, n, fixes, verdict);
 	} else {
 		printf("%s: %zu delta%s, %" PRIu64 " allocated clusters, %" PRIu64
 		       " leaked, %" PRIu64 " corruptions: %s\n",

@@ -8,6 +8,10 @@ setup() {
 	make_qemu_image "$Q"
 }
 
+teardown() {
+	pf_teardown
+}
+
 @test "clean image: exit 0" {
 	run_ok ploopctl check "$Q"
 	[[ "$output" == *"2 allocated clusters, 0 leaked, 0 corruptions: clean"* ]]
@@ -93,4 +97,83 @@ setup() {
 	run -4 ploopctl check "$D"
 	[[ "$output" == *"differs from Blocksize 2048"* ]]
 	run -4 ploopctl info "$D"
+}
+
+# check --repair (exit 7: repaired; 4: corruption remains)
+
+@test "repair: leaked tail clusters are truncated; qemu agrees" {
+	truncate -s 5M "$Q"
+	run -7 ploopctl check --repair "$Q"
+	[[ "$output" == *"repaired: truncated 2097152 bytes of leaked clusters"* ]]
+	[ "$(stat -c %s "$Q")" -eq $((3 * 1048576)) ]
+	run_ok ploopctl check "$Q"
+	run_ok qemu-img check -f parallels "$Q"
+	run_ok qemu-io -r -f parallels -c 'read -P 0x55 5M 1M' "$Q"
+	[[ "$output" != *"Pattern verification failed"* ]]
+}
+
+@test "repair: a stale in-use flag is cleared after the image verifies" {
+	poke "$Q" 44 "$(le32 0x746F6E59)"
+	run -7 ploopctl check --repair "$Q"
+	[[ "$output" == *"repaired: cleared the in-use flag"* ]]
+	[ "$(peek "$Q" 44 4)" = 00000000 ]
+	run_ok ploopctl check "$Q"
+	run_ok qemu-img check -f parallels "$Q"
+}
+
+@test "repair: BAT entries outside the file or in the header are dropped, each reported" {
+	poke "$Q" $((64 + 4 * 7)) "$(le32 50)"
+	poke "$Q" $((64 + 4 * 8)) ffffffff
+	run -7 ploopctl check --json --repair "$Q"
+	[ "$(json_get "$output" 'j["repairs"]')" = 2 ]
+	[ "$(json_get "$output" 'j["verdict"]')" = repaired ]
+	[[ "$output" == *"dropped: BAT entry 7 points to cluster 50 beyond the end"* ]]
+	[[ "$output" == *"dropped: BAT entry 8 holds the reserved value"* ]]
+	[ "$(peek "$Q" $((64 + 4 * 7)) 8)" = 0000000000000000 ]
+	run_ok ploopctl check "$Q"
+	run_ok qemu-img check -f parallels "$Q"
+	run_ok qemu-io -r -f parallels -c 'read -P 0x11 0 1M' -c 'read -P 0x55 5M 1M' "$Q"
+	[[ "$output" != *"Pattern verification failed"* ]]
+}
+
+@test "repair: shared clusters are left without --force, dropped with it" {
+	poke "$Q" 44 "$(le32 0x746F6E59)"
+	poke "$Q" $((64 + 4 * 9)) "$(le32 1)"
+	before=$(sha256sum <"$Q")
+	run -4 ploopctl check --repair "$Q"
+	[[ "$output" == *"BAT entries 0 and 9 both point to cluster 1"* ]]
+	[[ "$output" == *"corruption"* ]]
+	[ "$(sha256sum <"$Q")" = "$before" ]	# in-use flag kept too
+	run -7 ploopctl check --repair --force "$Q"
+	[[ "$output" == *"repaired: dropped BAT entry 9, which shared cluster 1 with entry 0"* ]]
+	[[ "$output" == *"repaired: cleared the in-use flag"* ]]
+	run_ok ploopctl check "$Q"
+	run_ok qemu-io -r -f parallels -c 'read -P 0x11 0 1M' "$Q"
+	[[ "$output" != *"Pattern verification failed"* ]]
+}
+
+@test "repair: a damaged header is not guessed at; a clean image is left alone" {
+	cp "$Q" "$BATS_TEST_TMPDIR/clean.hds"
+	before=$(sha256sum <"$BATS_TEST_TMPDIR/clean.hds")
+	run_ok ploopctl check --repair "$BATS_TEST_TMPDIR/clean.hds"
+	[ "$(sha256sum <"$BATS_TEST_TMPDIR/clean.hds")" = "$before" ]
+	poke "$Q" 28 "$(le32 7)"
+	before=$(sha256sum <"$Q")
+	run -4 ploopctl check --repair "$Q"
+	[ "$(sha256sum <"$Q")" = "$before" ]
+	run -2 ploopctl check --force "$Q"
+}
+
+@test "repair of a directory image, and of a crashed one after kill -9" {
+	D=$BATS_TEST_TMPDIR/img
+	M=$BATS_TEST_TMPDIR/mnt
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	timeout 60 dd if=/dev/urandom of="$M/disk" bs=1M count=4 oflag=direct conv=fsync,notrunc status=none
+	run -5 ploopctl check --repair "$D"	# mounted: busy
+	pf_kill9 "$M"
+	run -3 ploopctl check "$D"
+	run -7 ploopctl check --repair "$D"
+	run_ok ploopctl check "$D"
+	run_ok qemu-img check -f parallels "$D/root.hds"
 }
