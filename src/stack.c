@@ -1330,6 +1330,9 @@ static int top_prepare(struct pf_stack *s)
 	memset(s->top_meta, 0, s->meta_pages * PF_BAT_PAGE_SIZE);
 	memcpy(s->top_meta, d->meta, bat_end);
 	s->top->meta = s->top_meta;
+	/* one copy of the top BAT is enough (64 MiB at 16 TiB) */
+	free(d->meta);
+	d->meta = NULL;
 	s->top_hdr = d->hdr;
 	s->hdr = &s->top_hdr;
 
