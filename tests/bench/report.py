@@ -1,0 +1,333 @@
+#!/usr/bin/python3
+"""Turn the records of tests/bench/run.sh into a table, JSON and a PNG chart.
+
+usage: report.py RESULTS.tsv OUT.json OUT.png
+
+RESULTS.tsv has one record a line: KIND <tab> KEY <tab> TARGET <tab> VALUE,
+KIND one of meta, job, detail, extra, problem, failed.  Runs on Debian 12's
+python3 (3.11) with python3-matplotlib.
+"""
+
+import json
+import sys
+
+TARGETS = ["raw", "ploopfs", "loop-ploopfs", "loop-raw", "qsd"]
+OURS = ["ploopfs", "loop-ploopfs"]
+
+# name, unit, goal (ratio to raw, design targets), reference job of raw
+# and qsd for the ratios (None: the job itself)
+JOBS = [
+    ("seqwrite_1M_qd8", "MiB/s", 0.7, None),
+    ("seqread_1M_qd8", "MiB/s", 0.9, None),
+    ("randread_4k_qd32", "IOPS", 0.6, None),
+    ("randread_4k_qd1", "IOPS", None, None),
+    ("randwrite_4k_qd32", "IOPS", 0.6, None),
+    ("randwrite_4k_qd1_fsync", "IOPS", 0.8, None),
+    ("cow_randwrite_4k_qd32", "MiB/s", None, "randwrite_4k_qd32"),
+    ("randread_4k_qd32_3deltas", "IOPS", None, "randread_4k_qd32"),
+]
+WRITE_JOBS = {"seqwrite_1M_qd8", "randwrite_4k_qd32",
+              "randwrite_4k_qd1_fsync", "cow_randwrite_4k_qd32"}
+UNITS = {name: unit for name, unit, _, _ in JOBS}
+
+NOTES = [
+    "qsd: qemu-storage-daemon 7.2 corrupts data under concurrent O_DIRECT "
+    "writes (peers.md 3.2); its write figures (marked +) are reported but "
+    "not trustworthy.",
+    "seqwrite_1M_qd8: whole allocating passes, each into a fresh file or "
+    "image, until the runtime is used up; bytes of all passes over fio's "
+    "time.",
+    "cow_randwrite_4k_qd32 and randread_4k_qd32_3deltas: ploopfs only; "
+    "their ratios use raw randwrite_4k_qd32 (in MiB/s) and raw "
+    "randread_4k_qd32.  qsd has no cow row: QEMU 7.2's parallels driver "
+    "takes no backing node.",
+    "cow_randwrite_4k_qd32 is time based: once every cluster has been "
+    "copied up the rest of the run overwrites; the copy ratio says how "
+    "much was copied.",
+]
+
+
+def load(path):
+    recs = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != 4:
+                raise SystemExit(f"report: bad record: {line!r}")
+            recs.append(parts)
+    return recs
+
+
+def number(v):
+    try:
+        x = float(v)
+    except ValueError:
+        return v
+    return int(x) if x.is_integer() and "." not in v else x
+
+
+def value_in(jobs, name, target, want_unit):
+    """A job's figure for a target, converted to want_unit (MiB/s<->IOPS at
+    4 KiB), or None."""
+    v = jobs.get(name, {}).get(target)
+    if v is None:
+        return None
+    have = UNITS[name]
+    if have == want_unit:
+        return v
+    if have == "IOPS" and want_unit == "MiB/s":
+        return v * 4 / 1024
+    return v * 1024 / 4
+
+
+def build(recs):
+    meta, jobs, details, extras = {}, {}, {}, {}
+    problems, failed = [], []
+    for kind, key, target, value in recs:
+        if kind == "meta":
+            if key == "warning":
+                problems.append(value)
+            else:
+                meta[key] = number(value)
+        elif kind == "job":
+            jobs.setdefault(key, {})[target] = float(value)
+        elif kind == "detail":
+            details.setdefault(key, {})[target] = number(value)
+        elif kind == "extra":
+            extras.setdefault(target, {})[key] = number(value)
+        elif kind == "problem":
+            problems.append(f"{key} ({target})" if target != "all" else key)
+        elif kind == "failed":
+            failed.append(key)
+
+    out_jobs = {}
+    for name, unit, goal, ref in JOBS:
+        refname = ref or name
+        vals = jobs.get(name, {})
+        entry = {"unit": unit, "values": {t: vals.get(t) for t in TARGETS},
+                 "goal_ratio_to_raw": goal,
+                 "ratio_to_raw": {}, "ratio_to_qsd": {}}
+        if ref:
+            entry["reference_job"] = ref
+        raw = value_in(jobs, refname, "raw", unit)
+        qsd = value_in(jobs, refname, "qsd", unit) if not ref else None
+        for t in TARGETS:
+            v = vals.get(t)
+            if v is None:
+                continue
+            if t != "raw" and raw:
+                entry["ratio_to_raw"][t] = round(v / raw, 3)
+            if t in OURS and qsd:
+                entry["ratio_to_qsd"][t] = round(v / qsd, 3)
+        if name in WRITE_JOBS:
+            entry["qsd_untrustworthy"] = True
+        out_jobs[name] = entry
+
+    fsync = {}
+    mount = {}
+    for label, d in extras.items():
+        if "fdatasync" in d:
+            fsync[label] = d
+        else:
+            mount[label] = d
+    cow = {k[len("cow_"):]: v.get("ploopfs")
+           for k, v in details.items() if k.startswith("cow_")}
+    problems = list(dict.fromkeys(problems))    # once each, in order
+    return {
+        "meta": meta,
+        "targets": TARGETS,
+        "jobs": out_jobs,
+        "seqwrite_passes": details.get("seqwrite_passes", {}),
+        "cow_ploopfs": cow,
+        "mount": mount,
+        "fsync": fsync,
+        "problems": problems,
+        "failed": failed,
+        "notes": NOTES,
+    }
+
+
+def fmt(v, unit):
+    if v is None:
+        return "-"
+    if unit == "IOPS" or v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def table(res):
+    lines = []
+    m = res["meta"]
+    lines.append(
+        f"ploopfs benchmarks {m.get('timestamp', '')}: "
+        f"{m.get('size_mb')} MiB, {m.get('runtime_s')} s per job, "
+        f"{m.get('work_fs')}, {m.get('cpus')} CPUs, kernel {m.get('kernel')}, "
+        f"{m.get('fio')}, {m.get('qemu')}, ploopfs {m.get('ploopfs_commit')}")
+    lines.append("")
+    head = ["job", "unit"] + TARGETS + [
+        "pfs/raw", "pfs/qsd", "loop-pfs/raw", "loop-pfs/qsd", "goal"]
+    rows = [head]
+    for name, unit, goal, _ in JOBS:
+        e = res["jobs"][name]
+        row = [name, unit]
+        for t in TARGETS:
+            s = fmt(e["values"][t], unit)
+            if t == "qsd" and name in WRITE_JOBS and e["values"][t] is not None:
+                s += "+"
+            row.append(s)
+        for t in OURS:
+            for kind in ("ratio_to_raw", "ratio_to_qsd"):
+                r = e[kind].get(t)
+                s = "-" if r is None else f"{r:.2f}"
+                if kind == "ratio_to_raw" and goal and r is not None \
+                        and r < goal:
+                    if float(s) >= goal:    # 0.597 is not "0.60"
+                        s = f"{r:.3f}"
+                    s += "*"
+                if kind == "ratio_to_qsd" and r is not None \
+                        and name in WRITE_JOBS:
+                    s += "+"
+                row.append(s)
+        row.append(f">={goal}" if goal else "")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for i, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:])]
+        lines.append("  ".join(cells))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("")
+    lines.append("pfs = ploopfs.  Ratios: ploopfs and loop-ploopfs over raw "
+                 "and over qsd; goal = design target for the ratio to raw; "
+                 "* below the goal.")
+    lines.append("+ qsd write figure: not trustworthy, qemu-storage-daemon "
+                 "7.2 corrupts data under concurrent O_DIRECT writes.")
+    for n in NOTES[1:]:
+        lines.append("- " + n)
+
+    lines.append("")
+    passes = res["seqwrite_passes"]
+    if passes:
+        lines.append("seqwrite fresh passes: " + ", ".join(
+            f"{t} {passes[t]}" for t in TARGETS if t in passes))
+    cow = res["cow_ploopfs"]
+    if cow:
+        lines.append(
+            "cow (ploopfs): {} bytes written, {} clusters copied up = {} "
+            "bytes; {} bytes copied per byte written".format(
+                cow.get("bytes_written"), cow.get("clusters_copied"),
+                cow.get("bytes_copied"), cow.get("copied_per_written")))
+    for label, d in res["mount"].items():
+        extra = ""
+        if "allocated_clusters" in d:
+            extra = (f", {d['allocated_clusters']} clusters allocated "
+                     f"in {d.get('prep_ms')} ms")
+        if "init_ms" in d:
+            extra = f", ploopctl init {d['init_ms']} ms"
+        lines.append(
+            f"mount {label}: {d.get('mount_ms')} ms (median of "
+            f"{d.get('mount_ms_all')} ms); daemon VmRSS {d.get('mount_rss_kib')}"
+            f" KiB after mount, {d.get('reads_rss_kib')} KiB after 4096 "
+            f"reads (VmHWM {d.get('reads_hwm_kib')} KiB){extra}")
+    for label, d in res["fsync"].items():
+        lines.append(
+            f"fsync into {label.replace('_', ' ')}: {d.get('fdatasync')} "
+            f"fdatasync for {d.get('client_fsyncs')} client fsyncs = "
+            f"{d.get('fdatasync_per_fsync')} per fsync "
+            f"(and {d.get('fsync_calls')} fsync)")
+    if res["problems"]:
+        lines.append("")
+        lines.append("PROBLEMS SEEN:")
+        lines += ["  " + p for p in res["problems"]]
+    if res["failed"]:
+        lines.append("")
+        lines.append("NOT MEASURED:")
+        lines += ["  " + f for f in res["failed"]]
+    return "\n".join(lines)
+
+
+def chart(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    bars = ["ploopfs", "loop-ploopfs", "loop-raw", "qsd"]
+    colors = {"ploopfs": "#1f77b4", "loop-ploopfs": "#2ca02c",
+              "loop-raw": "#7f7f7f", "qsd": "#ff7f0e"}
+    names = [j[0] for j in JOBS]
+    width = 0.2
+    fig, ax = plt.subplots(figsize=(16, 7.5), dpi=100)
+    top = 1.2
+    for gi, (name, _, goal, ref) in enumerate(JOBS):
+        e = res["jobs"][name]
+        for bi, t in enumerate(bars):
+            r = e["ratio_to_raw"].get(t)
+            if r is None:
+                continue
+            x = gi + (bi - 1.5) * width
+            untrusted = t == "qsd" and name in WRITE_JOBS
+            ax.bar(x, r, width, color=colors[t],
+                   alpha=0.45 if untrusted else 1.0,
+                   hatch="//" if untrusted else None, edgecolor="black",
+                   linewidth=0.4)
+            ax.text(x, r + 0.02, f"{r:.2f}", ha="center", va="bottom",
+                    fontsize=7, rotation=90)
+            top = max(top, r + 0.25)
+        if goal:
+            ax.plot([gi - 2.3 * width, gi + 2.3 * width], [goal, goal],
+                    color="red", linestyle="--", linewidth=1.5)
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.text(len(JOBS) - 0.45, 1.0, "raw = 1.0", fontsize=8, va="bottom",
+            ha="right")
+    labels = []
+    for name, _, goal, ref in JOBS:
+        label = name
+        if ref:
+            label += f"\n(vs raw {ref})"
+        if goal:
+            label += f"\ngoal >= {goal}"
+        labels.append(label)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylim(0, top)
+    ax.set_xlim(-0.6, len(JOBS) - 0.3)
+    ax.set_ylabel("ratio to raw file (same job, same run)")
+    m = res["meta"]
+    ax.set_title(
+        f"ploopfs, loop devices and qemu-storage-daemon: throughput as a "
+        f"ratio to the raw file's (fio, direct I/O, {m.get('size_mb')} MiB, {m.get('runtime_s')} s "
+        f"per job, {m.get('timestamp', '')})", fontsize=10)
+    handles = [Patch(facecolor=colors[t], edgecolor="black", label=t)
+               for t in bars]
+    handles.append(Patch(facecolor=colors["qsd"], alpha=0.45, hatch="//",
+                         edgecolor="black",
+                         label="qsd writes: not trustworthy (QEMU 7.2 "
+                               "corrupts concurrent O_DIRECT writes)"))
+    handles.append(plt.Line2D([], [], color="red", linestyle="--",
+                              label="goal for ploopfs (ratio to raw)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main():
+    if len(sys.argv) != 4:
+        raise SystemExit("usage: report.py RESULTS.tsv OUT.json OUT.png")
+    res = build(load(sys.argv[1]))
+    with open(sys.argv[2], "w", encoding="utf-8") as f:
+        json.dump(res, f, indent=2, sort_keys=False)
+        f.write("\n")
+    print(table(res))
+    chart(res, sys.argv[3])
+
+
+if __name__ == "__main__":
+    main()

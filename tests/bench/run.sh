@@ -1,0 +1,672 @@
+#!/bin/bash
+# Benchmarks of ploopfs (`make bench`): one run of the same fio jobs against
+#   raw           a plain file on the host file system (the limit)
+#   ploopfs       the disk file of a ploopfs mount of a fresh image
+#   loop-ploopfs  a loop device (direct I/O) over that file
+#   loop-raw      a loop device (direct I/O) over the raw file
+#   qsd           qemu-storage-daemon's FUSE export of a fresh parallels image
+# all in one work directory, plus mount time and daemon RSS for large
+# images and fdatasync calls per client fsync.  Prints a table, writes
+# JSON and a PNG chart (tests/bench/report.py).  See tests/bench/README.
+#
+# usage: run.sh BUILD_DIR        (root: FUSE mounts, loop devices, strace)
+# env:   BENCH_RUNTIME  seconds per timed job (10)
+#        BENCH_SIZE_MB  size of the file or disk under test (1024)
+#        BENCH_DIR      where the work directory goes (/var/tmp); all
+#                       targets live on this one file system
+#        BENCH_TARGETS  subset of the targets, for debugging (all)
+#        BENCH_EXTRA    0: skip mount time, RSS and fsync counts (1)
+#        BENCH_FSYNC_N  fsync'd writes per fdatasync count (256)
+#        BENCH_WAIT_IDLE  seconds to wait for running test suites (600)
+#
+# Not a test: no figure is judged.  The exit status is non-zero when a
+# target or a measurement could not be taken.
+set -uo pipefail
+export LC_ALL=C
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+[ $# -eq 1 ] || { echo "usage: $0 BUILD_DIR" >&2; exit 2; }
+B=$(cd "$1" && pwd) || exit 2
+PLOOPFS=$B/ploopfs
+PLOOPCTL=$B/ploopctl
+
+RT=${BENCH_RUNTIME:-10}
+SIZE=${BENCH_SIZE_MB:-1024}
+BASE=${BENCH_DIR:-/var/tmp}
+ALL_TARGETS="raw ploopfs loop-ploopfs loop-raw qsd"
+TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
+EXTRA=${BENCH_EXTRA:-1}
+FSYNC_N=${BENCH_FSYNC_N:-256}
+WAIT_IDLE=${BENCH_WAIT_IDLE:-600}
+OUT=$(dirname "$B")/bench		# timestamped results: build/bench/
+LATEST=$top/tests/bench/results		# latest.json, latest.png
+
+FIO_LIMIT=$((RT + 600))		# any single fio run
+DAEMON_LIMIT=$((RT * 120 + 1800))	# a daemon outlives no whole run
+CMD_LIMIT=120			# ploopctl, qemu-img, losetup, fusermount3
+
+for v in RT SIZE FSYNC_N WAIT_IDLE; do
+	case ${!v} in
+	'' | *[!0-9]*) echo "bench: $v must be a whole number" >&2; exit 2 ;;
+	esac
+done
+if [ "$RT" -lt 1 ] || [ "$SIZE" -lt 64 ] || [ "$FSYNC_N" -lt 1 ]; then
+	echo "bench: BENCH_RUNTIME >= 1, BENCH_SIZE_MB >= 64, BENCH_FSYNC_N >= 1" >&2
+	exit 2
+fi
+
+W=""
+RES=""
+FAILED=()		# "target: reason" for every measurement not taken
+LOOPS=()		# loop devices we attached
+TPIDS=()		# timeout(1) wrappers of our daemons
+PF_TPID="" PF_PID="" PF_MNT="" PF_DIR="" MOUNT_US=0
+Q_TPID="" Q_PID=""
+LOOP="" TFILE=""
+FIO_LINE=""
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+fail() { log "FAILED: $*"; FAILED+=("$*"); }
+now_us() { echo "${EPOCHREALTIME/./}"; }
+record() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$RES"; }	# kind key target value
+
+# ---------------------------------------------------------------- cleanup
+
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+	local d m t i
+	trap '' INT TERM
+	for d in "${LOOPS[@]}"; do
+		timeout 30 losetup -d "$d" 2>/dev/null
+	done
+	if [ -n "$W" ]; then
+		# every FUSE mount we made is under $W (ploopfs dirs, qsd file)
+		while read -r m; do
+			timeout 30 fusermount3 -u "$m" 2>/dev/null ||
+				timeout 30 umount -l "$m" 2>/dev/null
+		done < <(findmnt -rn -o TARGET | grep -F "$W/" | sort -r)
+	fi
+	for t in "${TPIDS[@]}"; do
+		kill -0 "$t" 2>/dev/null && kill -TERM "$t" 2>/dev/null
+	done
+	for t in "${TPIDS[@]}"; do
+		for ((i = 0; i < 300; i++)); do
+			kill -0 "$t" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -0 "$t" 2>/dev/null && kill -KILL "$t" 2>/dev/null
+		wait "$t" 2>/dev/null
+	done
+	if [ -n "$W" ] && [ -d "$W" ]; then
+		if findmnt -rn -o TARGET | grep -qF "$W/"; then
+			log "left $W in place: something is still mounted there"
+		else
+			rm -rf "$W"
+		fi
+	fi
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+
+# Run fio with the common options; FIO_LINE gets the terse (v3) line.
+# Terse fields: 5 error, 6 read KiB, 7 read KiB/s, 8 read IOPS,
+# 9 read ms, 47 write KiB, 48 write KiB/s, 49 write IOPS, 50 write ms.
+# usage: run_fio NAME FILE RW BS IODEPTH [fio options]
+run_fio() {
+	local out rc
+	out=$(timeout --foreground -k 10 "$FIO_LIMIT" fio --thread \
+		--output-format=terse --terse-version=3 --ioengine=libaio \
+		--direct=1 --group_reporting --name="$1" --filename="$2" \
+		--rw="$3" --bs="$4" --iodepth="$5" "${@:6}" 2>>"$W/fio.err")
+	rc=$?
+	FIO_LINE=$(printf '%s\n' "$out" | grep '^3;' | tail -n 1)
+	if [ $rc -ne 0 ] || [ -z "$FIO_LINE" ] || [ "$(fld 5)" != 0 ]; then
+		log "fio $1 on $2: exit $rc, error field '$(fld 5)'"
+		tail -n 5 "$W/fio.err" >&2
+		return 1
+	fi
+}
+fld() { cut -d';' -f"$1" <<<"$FIO_LINE"; }
+# KiB/s -> MiB/s, and a plain number with one decimal
+mibs() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+num() { awk -v k="$1" 'BEGIN { printf "%.1f", k }'; }
+
+# Timed job: TIMED_FIO NAME FILE RW BS QD [options]; sets FIO_LINE.
+timed_fio() {
+	run_fio "$@" --size="${SIZE}M" --time_based --runtime="$RT"
+}
+
+# One untimed sequential write over the whole file: real data everywhere.
+fill() {
+	run_fio fill "$1" write 1M 8 --size="${SIZE}M" "${@:2}"
+}
+
+# Wait until no test suite (bats, unit tests) runs: they would skew the
+# figures and the benchmarks would slow them down.
+wait_quiet() {
+	local t0=$SECONDS said=0
+	while pgrep '^bats' >/dev/null || pgrep '^test_' >/dev/null; do
+		if [ $said -eq 0 ]; then
+			log "test suites are running; waiting (at most ${WAIT_IDLE}s)"
+			said=1
+		fi
+		if [ $((SECONDS - t0)) -ge "$WAIT_IDLE" ]; then
+			log "still running after ${WAIT_IDLE}s: measuring anyway"
+			record meta warning all "measured while test suites ran"
+			return 0
+		fi
+		sleep 2
+	done
+}
+
+# ---------------------------------------------------------------- ploopfs
+
+# pf_mount DIR MNT: start ploopfs in the foreground (-f) in the background,
+# so that we know its pid; MOUNT_US is the time from the start to the
+# first successful lookup of MNT/disk.  The poll uses bash builtins only
+# (EPOCHREALTIME, test -e): no fork blurs the figure.  A daemon that
+# hangs is ended by its own timeout.
+pf_mount() {
+	local t0 deadline
+	PF_DIR=$1 PF_MNT=$2
+	mkdir -p "$PF_MNT"
+	t0=${EPOCHREALTIME/./}
+	timeout -k 10 "$DAEMON_LIMIT" "$PLOOPFS" -f "$PF_DIR" "$PF_MNT" \
+		2>>"$W/ploopfs.log" &
+	PF_TPID=$!
+	TPIDS+=("$PF_TPID")
+	deadline=$((SECONDS + 60))
+	until [ -e "$PF_MNT/disk" ]; do
+		if ! kill -0 "$PF_TPID" 2>/dev/null; then
+			wait "$PF_TPID"
+			log "ploopfs $PF_DIR exited ($?) before serving:"
+			tail -n 5 "$W/ploopfs.log" >&2
+			PF_TPID=""
+			return 1
+		fi
+		if [ $SECONDS -ge $deadline ]; then
+			log "ploopfs $PF_DIR: $PF_MNT/disk not there after 60 s"
+			return 1
+		fi
+		sleep 0.001
+	done
+	MOUNT_US=$((${EPOCHREALTIME/./} - t0))
+	PF_PID=$(pgrep -P "$PF_TPID" | head -n 1)
+	[ -n "$PF_PID" ] || { log "ploopfs: no daemon pid"; return 1; }
+}
+
+# Clean stop: unmount, wait for the daemon to exit and for the image lock
+# to go (ploopctl check stops answering "busy", exit status 5); the
+# daemon's exit status and the check's verdict are recorded if not clean.
+pf_umount() {
+	local i rc
+	[ -n "$PF_TPID" ] || return 0
+	for ((i = 0; i < 50; i++)); do
+		timeout "$CMD_LIMIT" fusermount3 -u "$PF_MNT" 2>/dev/null && break
+		findmnt -rn -M "$PF_MNT" >/dev/null || break
+		sleep 0.1	# the loop device may still hold the file
+	done
+	for ((i = 0; i < 1200; i++)); do
+		kill -0 "$PF_TPID" 2>/dev/null || break
+		sleep 0.05
+	done
+	if kill -0 "$PF_TPID" 2>/dev/null; then
+		log "ploopfs $PF_DIR did not stop within 60 s"
+		return 1
+	fi
+	wait "$PF_TPID"
+	rc=$?
+	PF_TPID="" PF_PID=""
+	if [ $rc -ne 0 ]; then
+		log "ploopfs $PF_DIR exited with status $rc"
+		record problem "ploopfs exit status $rc" "$PF_DIR" 1
+	fi
+	for ((i = 0; i < 600; i++)); do
+		rc=0
+		timeout "$CMD_LIMIT" "$PLOOPCTL" check "$PF_DIR" >"$W/check.out" 2>&1 ||
+			rc=$?
+		[ $rc -ne 5 ] && break
+		sleep 0.05
+	done
+	if [ $rc -ne 0 ]; then
+		log "ploopctl check $PF_DIR after a clean stop: status $rc"
+		cat "$W/check.out" >&2
+		record problem "check status $rc after clean stop" "$PF_DIR" 1
+	fi
+	[ $rc -ne 5 ]
+}
+
+pf_init() {	# pf_init DIR SIZE [ploopctl init options]
+	rm -rf "$1"
+	timeout "$CMD_LIMIT" "$PLOOPCTL" init -s "$2" "${@:3}" "$1" >/dev/null
+}
+
+pf_snapshot() {
+	timeout "$CMD_LIMIT" "$PLOOPCTL" snapshot "$1" >/dev/null
+}
+
+# "allocated_clusters cluster_size" of the top delta of an image
+pf_top_alloc() {
+	timeout "$CMD_LIMIT" "$PLOOPCTL" info --json "$1" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)["deltas"][-1]
+print(d["allocated_clusters"], d["cluster_size"])'
+}
+
+vmrss() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
+vmhwm() { awk '$1 == "VmHWM:" { print $2 }' "/proc/$1/status"; }
+
+# ---------------------------------------------------------------- loop, qsd
+
+loop_attach() {
+	LOOP=$(timeout "$CMD_LIMIT" losetup -f --show --direct-io=on "$1") ||
+		return 1
+	LOOPS+=("$LOOP")
+	TFILE=$LOOP
+}
+
+loop_detach() {
+	local i d rest=()
+	[ -n "$LOOP" ] || return 0
+	timeout "$CMD_LIMIT" losetup -d "$LOOP" || return 1
+	for d in "${LOOPS[@]}"; do
+		[ "$d" = "$LOOP" ] || rest+=("$d")
+	done
+	LOOPS=("${rest[@]}")
+	for ((i = 0; i < 100; i++)); do	# detach completes asynchronously
+		[ -z "$(losetup -n -O BACK-FILE "$LOOP" 2>/dev/null)" ] && break
+		sleep 0.05
+	done
+	LOOP=""
+}
+
+qsd_start() {	# a fresh parallels image in $W/q, exported at $W/q/export
+	local i
+	rm -rf "$W/q"
+	mkdir -p "$W/q"
+	timeout "$CMD_LIMIT" qemu-img create -q -f parallels "$W/q/root.hds" \
+		"${SIZE}M" || return 1
+	: >"$W/q/export"
+	timeout -k 10 "$DAEMON_LIMIT" qemu-storage-daemon \
+		--blockdev "driver=file,node-name=f0,filename=$W/q/root.hds,cache.direct=on,aio=native" \
+		--blockdev driver=parallels,node-name=p0,file=f0 \
+		--export "type=fuse,id=e0,node-name=p0,mountpoint=$W/q/export,writable=on" \
+		>>"$W/qsd.log" 2>&1 &
+	Q_TPID=$!
+	TPIDS+=("$Q_TPID")
+	for ((i = 0; i < 600; i++)); do
+		findmnt -rn -M "$W/q/export" >/dev/null && break
+		if ! kill -0 "$Q_TPID" 2>/dev/null; then
+			log "qemu-storage-daemon exited:"
+			tail -n 5 "$W/qsd.log" >&2
+			Q_TPID=""
+			return 1
+		fi
+		sleep 0.05
+	done
+	Q_PID=$(pgrep -P "$Q_TPID" | head -n 1)
+	findmnt -rn -M "$W/q/export" >/dev/null || {
+		log "qemu-storage-daemon: no export after 30 s"
+		return 1
+	}
+	TFILE=$W/q/export
+}
+
+qsd_stop() {
+	local i
+	[ -n "$Q_TPID" ] || return 0
+	[ -n "$Q_PID" ] && kill -TERM "$Q_PID" 2>/dev/null
+	for ((i = 0; i < 600; i++)); do
+		kill -0 "$Q_TPID" 2>/dev/null || break
+		sleep 0.05
+	done
+	kill -0 "$Q_TPID" 2>/dev/null && kill -KILL "$Q_TPID" 2>/dev/null
+	wait "$Q_TPID" 2>/dev/null
+	Q_TPID="" Q_PID=""
+	if findmnt -rn -M "$W/q/export" >/dev/null; then
+		timeout "$CMD_LIMIT" fusermount3 -u "$W/q/export" || return 1
+	fi
+}
+
+# ---------------------------------------------------------------- targets
+
+# target_up T: a fresh (empty, sparse) file or disk of SIZE MiB for T in
+# TFILE; target_down T removes it again.
+target_up() {
+	case $1 in
+	raw | loop-raw)
+		rm -f "$W/raw.img"
+		truncate -s "${SIZE}M" "$W/raw.img" || return 1
+		TFILE=$W/raw.img
+		[ "$1" = raw ] || loop_attach "$W/raw.img"
+		;;
+	ploopfs | loop-ploopfs)
+		pf_init "$W/pimg" "${SIZE}M" || return 1
+		pf_mount "$W/pimg" "$W/pmnt" || return 1
+		TFILE=$W/pmnt/disk
+		[ "$1" = ploopfs ] || loop_attach "$W/pmnt/disk"
+		;;
+	qsd) qsd_start ;;
+	*) log "unknown target $1"; return 1 ;;
+	esac
+}
+
+target_down() {
+	case $1 in
+	raw) rm -f "$W/raw.img" ;;
+	loop-raw) loop_detach && rm -f "$W/raw.img" ;;
+	ploopfs) pf_umount && rm -rf "$W/pimg" ;;
+	loop-ploopfs) loop_detach && pf_umount && rm -rf "$W/pimg" ;;
+	qsd) qsd_stop && rm -rf "$W/q" ;;
+	esac
+}
+
+# seqwrite_1M_qd8 allocates: every pass goes into a fresh file or image.
+# A time-based job would wrap around after one pass (about a second at
+# 1 GiB) and measure overwrites for the rest of the run, so the job runs
+# whole fresh passes until BENCH_RUNTIME seconds have gone by and reports
+# the bytes of all passes over fio's time of all passes.
+bench_seqwrite() {
+	local t=$1 kib=0 ms=0 passes=0 t0=$SECONDS left
+	while :; do
+		left=$((RT - (SECONDS - t0)))
+		[ $left -ge 1 ] || left=1
+		target_up "$t" || return 1
+		run_fio seqwrite_1M_qd8 "$TFILE" write 1M 8 --size="${SIZE}M" \
+			--runtime="$left" || return 1
+		kib=$((kib + $(fld 47)))
+		ms=$((ms + $(fld 50)))
+		passes=$((passes + 1))
+		target_down "$t" || return 1
+		if [ $((SECONDS - t0)) -ge "$RT" ] || [ $passes -ge 1000 ]; then
+			break
+		fi
+	done
+	[ $ms -gt 0 ] || { log "seqwrite: no time measured"; return 1; }
+	record job seqwrite_1M_qd8 "$t" \
+		"$(awk -v k=$kib -v m=$ms 'BEGIN { printf "%.1f", k / 1024 / (m / 1000) }')"
+	record detail seqwrite_passes "$t" "$passes"
+}
+
+bench_target() {
+	local t=$1
+	log "== $t"
+	bench_seqwrite "$t" || return 1
+	target_up "$t" || return 1
+	fill "$TFILE" || return 1
+	timed_fio seqread_1M_qd8 "$TFILE" read 1M 8 || return 1
+	record job seqread_1M_qd8 "$t" "$(mibs "$(fld 7)")"
+	timed_fio randread_4k_qd32 "$TFILE" randread 4k 32 || return 1
+	record job randread_4k_qd32 "$t" "$(num "$(fld 8)")"
+	timed_fio randread_4k_qd1 "$TFILE" randread 4k 1 || return 1
+	record job randread_4k_qd1 "$t" "$(num "$(fld 8)")"
+	timed_fio randwrite_4k_qd32 "$TFILE" randwrite 4k 32 || return 1
+	record job randwrite_4k_qd32 "$t" "$(num "$(fld 49)")"
+	timed_fio randwrite_4k_qd1_fsync "$TFILE" randwrite 4k 1 --fsync=1 ||
+		return 1
+	record job randwrite_4k_qd1_fsync "$t" "$(num "$(fld 49)")"
+	target_down "$t"
+}
+
+# Copy-on-write: fill the disk, snapshot it (offline), then random 4 KiB
+# writes: the first write into each cluster copies it up from the
+# snapshot.  Copied bytes = the top delta's allocated clusters times the
+# cluster size after the run, over the bytes fio wrote.
+bench_cow() {
+	local d=$W/cow m=$W/cowmnt wkib alloc cs
+	log "== ploopfs: cow_randwrite_4k_qd32"
+	pf_init "$d" "${SIZE}M" || return 1
+	pf_mount "$d" "$m" || return 1
+	fill "$m/disk" || return 1
+	pf_umount || return 1
+	pf_snapshot "$d" || return 1
+	pf_mount "$d" "$m" || return 1
+	timed_fio cow_randwrite_4k_qd32 "$m/disk" randwrite 4k 32 || return 1
+	record job cow_randwrite_4k_qd32 ploopfs "$(mibs "$(fld 48)")"
+	wkib=$(fld 47)
+	pf_umount || return 1
+	read -r alloc cs < <(pf_top_alloc "$d") || return 1
+	[ -n "$cs" ] || return 1
+	record detail cow_bytes_written ploopfs $((wkib * 1024))
+	record detail cow_clusters_copied ploopfs "$alloc"
+	record detail cow_bytes_copied ploopfs $((alloc * cs))
+	record detail cow_copied_per_written ploopfs \
+		"$(awk -v a="$alloc" -v c="$cs" -v w="$wkib" \
+			'BEGIN { printf "%.3f", a * c / (w * 1024) }')"
+	rm -rf "$d"
+}
+
+# Random reads over a disk whose data is spread over three deltas: all of
+# it in the base, every third cluster (from 1) in the middle delta, every
+# third cluster (from 2) in the top delta.
+bench_3deltas() {
+	local d=$W/d3 m=$W/d3mnt cs n
+	log "== ploopfs: randread_4k_qd32_3deltas"
+	pf_init "$d" "${SIZE}M" || return 1
+	read -r _ cs < <(pf_top_alloc "$d") || return 1
+	[ -n "$cs" ] || return 1
+	pf_mount "$d" "$m" || return 1
+	fill "$m/disk" || return 1
+	pf_umount && pf_snapshot "$d" && pf_mount "$d" "$m" || return 1
+	# fio's size counts from the offset (past the end fio would try to
+	# re-create the file); with a skip ("write:<skip>") fio wraps around
+	# until it has done "size" bytes of I/O, so number_ios ends the pass.
+	n=$((SIZE * 1048576 / cs))
+	run_fio level1 "$m/disk" "write:$((2 * cs))" "$cs" 8 \
+		--offset="$cs" --size=$((SIZE * 1048576 - cs)) \
+		--number_ios=$(((n + 1) / 3)) || return 1
+	pf_umount && pf_snapshot "$d" && pf_mount "$d" "$m" || return 1
+	run_fio level2 "$m/disk" "write:$((2 * cs))" "$cs" 8 \
+		--offset=$((2 * cs)) --size=$((SIZE * 1048576 - 2 * cs)) \
+		--number_ios=$((n / 3)) || return 1
+	timed_fio randread_4k_qd32_3deltas "$m/disk" randread 4k 32 || return 1
+	record job randread_4k_qd32_3deltas ploopfs "$(num "$(fld 8)")"
+	pf_umount || return 1
+	rm -rf "$d"
+}
+
+# ---------------------------------------------------------------- extras
+
+# Mount time and RSS of an image: three mounts, each timed from the start
+# of ploopfs to the first successful lookup of the disk file (the median
+# is reported); RSS right after the third mount and after 4096 random
+# 4 KiB reads.
+measure_mount() {
+	local label=$1 d=$2 m=$W/mmnt i times=()
+	for i in 1 2 3; do
+		pf_mount "$d" "$m" || return 1
+		times+=("$MOUNT_US")
+		if [ $i -eq 3 ]; then
+			record extra mount_rss_kib "$label" "$(vmrss "$PF_PID")"
+			run_fio rss "$m/disk" randread 4k 8 --number_ios=4096 \
+				--runtime=60 --size=100% || return 1
+			record extra reads_rss_kib "$label" "$(vmrss "$PF_PID")"
+			record extra reads_hwm_kib "$label" "$(vmhwm "$PF_PID")"
+		fi
+		pf_umount || return 1
+	done
+	record extra mount_ms "$label" "$(printf '%s\n' "${times[@]}" | sort -n |
+		awk 'NR == 2 { printf "%.1f", $1 / 1e3 }')"
+	record extra mount_ms_all "$label" "$(printf '%s\n' "${times[@]}" |
+		awk '{ printf "%s%.1f", (NR > 1 ? " " : ""), $1 / 1e3 }')"
+}
+
+bench_mount() {
+	local d=$W/big t0 alloc cs
+	log "== mount time and RSS: 16 TiB sparse"
+	t0=$(now_us)
+	pf_init "$d" 16T || return 1
+	record extra init_ms 16TiB_sparse "$((($(now_us) - t0) / 1000))"
+	measure_mount 16TiB_sparse "$d" || return 1
+	rm -rf "$d"
+
+	# 10% of the clusters of a 1 TiB disk: one 4 KiB write at the start
+	# of every 10th cluster through the mount (fio's "write:<skip>"
+	# strides 10 clusters per write; number_ios stops it after one
+	# pass).  A fresh cluster is allocated sparsely, so this writes
+	# ~400 MiB in about 15 s, and it goes through the daemon's own
+	# allocation path instead of forging a BAT.
+	log "== mount time and RSS: 1 TiB, 10% allocated"
+	pf_init "$d" 1T || return 1
+	read -r _ cs < <(pf_top_alloc "$d") || return 1
+	[ -n "$cs" ] || return 1
+	pf_mount "$d" "$W/mmnt" || return 1
+	t0=$(now_us)
+	run_fio alloc10 "$W/mmnt/disk" "write:$((10 * cs - 4096))" 4k 32 \
+		--size=100% --number_ios=$(((1048576 * 1048576 / cs + 9) / 10)) ||
+		return 1
+	pf_umount || return 1
+	record extra prep_ms 1TiB_10pct "$((($(now_us) - t0) / 1000))"
+	read -r alloc _ < <(pf_top_alloc "$d") || return 1
+	record extra allocated_clusters 1TiB_10pct "$alloc"
+	measure_mount 1TiB_10pct "$d" || return 1
+	rm -rf "$d"
+}
+
+# fdatasync calls of the daemon (all threads, strace -f -p) while fio makes
+# FSYNC_N writes of 4 KiB, each followed by fsync, one per cluster: first
+# into fresh clusters (allocating: the BAT changes), then the same writes
+# again (the clusters are mapped: data only).
+count_syncs() {	# count_syncs LABEL CLUSTER_SIZE
+	local label=$1 cs=$2 st=$W/strace.$1 i stpid spid n rc
+	timeout -k 5 $((RT + 600)) strace -f -e trace=fdatasync,fsync \
+		-o "$st" -p "$PF_PID" 2>"$st.err" &
+	stpid=$!
+	for ((i = 0; i < 200; i++)); do	# until it has attached
+		grep -q attached "$st.err" 2>/dev/null && break
+		sleep 0.05
+	done
+	sleep 0.3
+	spid=$(pgrep -P "$stpid" | head -n 1)
+	run_fio "fsync_$label" "$W/smnt/disk" "write:$((cs - 4096))" 4k 1 \
+		--fsync=1 --number_ios="$FSYNC_N" --size=100% --runtime=600
+	rc=$?
+	sleep 0.3
+	[ -n "$spid" ] && kill -INT "$spid" 2>/dev/null
+	wait "$stpid"
+	[ $rc -eq 0 ] || return 1
+	grep -q attached "$st.err" || { log "strace did not attach"; return 1; }
+	n=$(grep -c 'fdatasync(' "$st")
+	record extra fdatasync "$label" "$n"
+	record extra fsync_calls "$label" "$(grep -c ' fsync(' "$st")"
+	record extra client_fsyncs "$label" "$FSYNC_N"
+	record extra fdatasync_per_fsync "$label" \
+		"$(awk -v n="$n" -v f="$FSYNC_N" 'BEGIN { printf "%.2f", n / f }')"
+}
+
+bench_fsync() {
+	local d=$W/simg cs
+	log "== fdatasync per client fsync"
+	pf_init "$d" "${SIZE}M" || return 1
+	read -r _ cs < <(pf_top_alloc "$d") || return 1
+	[ -n "$cs" ] || return 1
+	if [ "$FSYNC_N" -gt $((SIZE * 1048576 / cs)) ]; then
+		FSYNC_N=$((SIZE * 1048576 / cs))	# one write per cluster
+		log "fsync'd writes: $FSYNC_N (the disk has no more clusters)"
+	fi
+	pf_mount "$d" "$W/smnt" || return 1
+	count_syncs new_clusters "$cs" || return 1
+	count_syncs allocated_clusters "$cs" || return 1
+	pf_umount || return 1
+	rm -rf "$d"
+}
+
+# ---------------------------------------------------------------- main
+
+[ "$(id -u)" -eq 0 ] || { log "run as root (FUSE mounts, loop devices)"; exit 1; }
+missing=""
+for c in fio qemu-img qemu-storage-daemon losetup strace fusermount3 \
+	findmnt timeout pgrep; do
+	command -v "$c" >/dev/null || missing="$missing $c"
+done
+[ -x "$PLOOPFS" ] && [ -x "$PLOOPCTL" ] || missing="$missing $B/ploopfs,ploopctl"
+# Debian's python3 (a pyenv or venv python3 first on the PATH may lack
+# matplotlib)
+PY=""
+for p in ${BENCH_PYTHON:-} /usr/bin/python3 python3; do
+	if command -v "$p" >/dev/null && "$p" -c 'import matplotlib' 2>/dev/null; then
+		PY=$p
+		break
+	fi
+done
+[ -n "$PY" ] || missing="$missing python3-matplotlib"
+if [ -n "$missing" ]; then
+	log "missing:$missing (make deps; make)"
+	exit 1
+fi
+
+mkdir -p "$BASE" "$OUT" "$LATEST" || exit 1
+avail=$(df -Pk "$BASE" | awk 'NR == 2 { print int($4 / 1024) }')
+if [ "$avail" -lt $((SIZE * 3 + 2048)) ]; then
+	log "$BASE has ${avail} MiB free; need $((SIZE * 3 + 2048))"
+	exit 1
+fi
+W=$(mktemp -d "$BASE/ploopfs-bench.XXXXXX") || exit 1
+RES=$W/results.tsv
+: >"$RES"
+stamp=$(date +%Y%m%d-%H%M%S)
+
+record meta timestamp all "$(date -Iseconds)"
+record meta runtime_s all "$RT"
+record meta size_mb all "$SIZE"
+record meta work_fs all "$(stat -f -c %T "$W") on $(df -P "$W" | awk 'NR == 2 { print $1 }')"
+record meta kernel all "$(uname -r)"
+record meta cpus all "$(nproc)"
+record meta fio all "$(fio --version)"
+record meta qemu all "$(qemu-storage-daemon --version | head -n 1)"
+record meta ploopfs_commit all "$(git -C "$top" describe --always --dirty 2>/dev/null || echo unknown)"
+record meta targets all "$TARGETS"
+record meta fsync_n all "$FSYNC_N"
+
+log "work dir $W, ${SIZE} MiB, ${RT} s per job, targets: $TARGETS"
+t_start=$SECONDS
+for t in $TARGETS; do
+	wait_quiet
+	if ! bench_target "$t"; then
+		fail "$t: main jobs"
+		target_down "$t" 2>/dev/null
+	fi
+	if [ "$t" = ploopfs ]; then
+		wait_quiet
+		bench_cow || { fail "ploopfs: cow_randwrite_4k_qd32"; pf_umount; }
+		bench_3deltas || { fail "ploopfs: randread_4k_qd32_3deltas"; pf_umount; }
+	fi
+done
+if [ "$EXTRA" = 1 ]; then
+	wait_quiet
+	bench_mount || { fail "ploopfs: mount time and RSS"; pf_umount; }
+	bench_fsync || { fail "ploopfs: fdatasync per fsync"; pf_umount; }
+fi
+record meta duration_s all $((SECONDS - t_start))
+for f in "${FAILED[@]}"; do
+	record failed "$f" all 1
+done
+if [ -s "$W/ploopfs.log" ] &&
+	grep -viE 'serving on|closed cleanly' "$W/ploopfs.log" >"$W/ploopfs.odd"; then
+	log "ploopfs logged:"
+	sort "$W/ploopfs.odd" | uniq -c | sort -rn | head -n 20 >&2
+	while read -r line; do
+		record problem "ploopfs log: $line" all 1
+	done < <(sort -u "$W/ploopfs.odd" | head -n 20)
+fi
+
+cp "$RES" "$OUT/bench-$stamp.tsv"
+"$PY" "$top/tests/bench/report.py" "$RES" "$OUT/bench-$stamp.json" \
+	"$OUT/bench-$stamp.png"
+rc=$?
+log "results: $OUT/bench-$stamp.{json,png}"
+# only a complete run at the default settings replaces the latest results
+if [ $rc -eq 0 ] && [ ${#FAILED[@]} -eq 0 ] && [ "$EXTRA" = 1 ] &&
+	[ "$TARGETS" = "$ALL_TARGETS" ] && [ "$RT" = 10 ] && [ "$SIZE" = 1024 ]; then
+	cp "$OUT/bench-$stamp.json" "$LATEST/latest.json"
+	cp "$OUT/bench-$stamp.png" "$LATEST/latest.png"
+	log "copied to $LATEST/latest.{json,png}"
+fi
+if [ ${#FAILED[@]} -gt 0 ]; then
+	log "NOT MEASURED:"
+	printf '  %s\n' "${FAILED[@]}" >&2
+	exit 1
+fi
+exit $rc
