@@ -38,6 +38,7 @@
 #include "io_crash.h"
 #include "stack.h"
 #include "tap.h"
+#include "testutil.h"
 #include "util.h"
 
 #define SECTOR		512u
@@ -312,46 +313,6 @@ static bool deltas_ok(struct scenario *sc, bool clean, const char *when)
 	return ok;
 }
 
-static void make_image(struct scenario *sc)
-{
-	struct pf_why why = { "" };
-	struct pf_header h;
-	int fd;
-
-	mkdir(sc->dir, 0700);
-	fd = open(sc->dir, O_RDONLY | O_DIRECTORY);
-	if (pf_header_init(&h, sc->size, sc->cluster, &why) ||
-	    pf_image_create(fd, &h, &why)) {
-		fprintf(stderr, "%s: %s\n", sc->dir, why.msg);
-		abort();
-	}
-	close(fd);
-}
-
-static void snapshot(struct scenario *sc)
-{
-	struct pf_why why = { "" };
-	struct pf_delta *top = NULL;
-	struct pf_dd *dd = NULL;
-	char guid[PF_GUID_LEN + 1], *name = NULL;
-	size_t *chain = NULL, n;
-	int fd = open(sc->dir, O_RDONLY | O_DIRECTORY);
-
-	pf_guid_new(guid);
-	if (pf_dd_load(fd, &dd, &why) || pf_dd_chain(dd, &chain, &n, &why) ||
-	    pf_delta_open(fd, dd->images[chain[n - 1]].file, 0, &top, &why) ||
-	    pf_image_snapshot(fd, dd, &top->hdr, dd->images[chain[0]].file,
-			      guid, &name, &why)) {
-		fprintf(stderr, "%s: snapshot: %s\n", sc->dir, why.msg);
-		abort();
-	}
-	free(name);
-	free(chain);
-	pf_delta_close(top);
-	pf_dd_free(dd);
-	close(fd);
-}
-
 /* Runs scenario @seed; returns 0 ok, 1 violation; *crashed: mid-run. */
 static int run_scenario(uint64_t seed, bool *crashed)
 {
@@ -387,7 +348,7 @@ static int run_scenario(uint64_t seed, bool *crashed)
 		sc.hot[2 * k + 1] = c + 1;
 	}
 	sc.st = calloc((size_t)N_HOT * sc.spc, sizeof(*sc.st));
-	make_image(&sc);
+	tu_make_image(sc.dir, sc.size, sc.cluster);
 
 	/* Earlier history: data in lower deltas, made durable. */
 	snaps = (int)rnd_below(3);
@@ -405,7 +366,7 @@ static int run_scenario(uint64_t seed, bool *crashed)
 		note_flushed(&sc);
 		if (pf_stack_close(s))
 			goto fail;
-		snapshot(&sc);
+		tu_snapshot(sc.dir);
 	}
 
 	/* The run the power cut interrupts. */

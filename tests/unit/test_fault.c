@@ -23,6 +23,7 @@
 #include "io_fault.h"
 #include "stack.h"
 #include "tap.h"
+#include "testutil.h"
 #include "util.h"
 
 #define MiB (1024ull * 1024)
@@ -160,16 +161,13 @@ static bool run(enum fault_kind kind, unsigned nth)
 	struct pf_stack *s;
 	char dir[300];
 	uint8_t probe[4096];
-	int fd, err, ret;
+	int err, ret;
 	bool fired;
 
 	snprintf(dir, sizeof(dir), "%s/i%d", tmp_root, n_dirs++);
-	mkdir(dir, 0700);
-	fd = open(dir, O_RDONLY | O_DIRECTORY);
-	if (pf_header_init(&h, SIZE, 1 * MiB, &why) ||
-	    pf_image_create(fd, &h, &why))
+	tu_make_image(dir, SIZE, 1 * MiB);
+	if (pf_header_init(&h, SIZE, 1 * MiB, &why))
 		abort();
-	close(fd);
 
 	/* committed history: clusters 0-3 */
 	s = open_with(dir, NULL, &err);

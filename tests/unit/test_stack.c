@@ -24,6 +24,7 @@
 #include "image.h"
 #include "stack.h"
 #include "tap.h"
+#include "testutil.h"
 #include "util.h"
 
 #define KiB (1024ull)
@@ -53,50 +54,12 @@ static void fill(uint8_t *buf, size_t len, unsigned seed, uint64_t off)
 
 static char *new_image(uint64_t size, uint32_t cluster)
 {
-	struct pf_why why = { "" };
-	struct pf_header h;
 	char *dir;
-	int fd;
 
 	if (asprintf(&dir, "%s/img%d", tmp_root, n_dirs++) < 0)
 		abort();
-	mkdir(dir, 0700);
-	fd = open(dir, O_RDONLY | O_DIRECTORY);
-	if (pf_header_init(&h, size, cluster, &why) ||
-	    pf_image_create(fd, &h, &why)) {
-		tap_diag("cannot create %s: %s", dir, why.msg);
-		abort();
-	}
-	close(fd);
+	tu_make_image(dir, size, cluster);
 	return dir;
-}
-
-/* Offline snapshot, as ploopctl snapshot does it. */
-static void snapshot(const char *dir)
-{
-	struct pf_why why = { "" };
-	struct pf_delta *top;
-	struct pf_dd *dd;
-	char guid[PF_GUID_LEN + 1], *name;
-	size_t *chain, n;
-	int fd = open(dir, O_RDONLY | O_DIRECTORY);
-
-	if (pf_dd_load(fd, &dd, &why) || pf_dd_chain(dd, &chain, &n, &why) ||
-	    pf_delta_open(fd, dd->images[chain[n - 1]].file, 0, &top, &why)) {
-		tap_diag("snapshot %s: %s", dir, why.msg);
-		abort();
-	}
-	pf_guid_new(guid);
-	if (pf_image_snapshot(fd, dd, &top->hdr, dd->images[chain[0]].file,
-			      guid, &name, &why)) {
-		tap_diag("snapshot %s: %s", dir, why.msg);
-		abort();
-	}
-	free(name);
-	free(chain);
-	pf_delta_close(top);
-	pf_dd_free(dd);
-	close(fd);
 }
 
 static struct pf_stack *open_stack(const char *dir, bool start)
@@ -228,7 +191,7 @@ static void test_cow_from_snapshot(void)
 	fill(ref + 2 * MiB, 2 * MiB, 7, 2 * MiB);
 	check_int(pf_stack_pwrite(s, ref + 2 * MiB, 2 * MiB, 2 * MiB), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
-	snapshot(dir);
+	tu_snapshot(dir);
 	snprintf(path, sizeof(path), "%s/%s", dir, PF_BASE_NAME);
 	fd = open(path, O_RDONLY);
 	check_int(pread(fd, base_before, 64, 2 * MiB), ==, 64);
@@ -301,7 +264,7 @@ static void test_concurrent_first_writers(void)
 	fill(ref + c5, 1 * MiB, 3, c5);
 	check_int(pf_stack_pwrite(s, ref + c5, 1 * MiB, c5), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
-	snapshot(dir);
+	tu_snapshot(dir);
 	s = open_stack(dir, true);
 	if (!s) {
 		check(0);
@@ -396,7 +359,7 @@ static void test_discard_over_snapshot(void)
 	fill(ref, 4 * MiB, 21, 0);
 	check_int(pf_stack_pwrite(s, ref, 4 * MiB, 0), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
-	snapshot(dir);
+	tu_snapshot(dir);
 	s = open_stack(dir, true);
 	/* cluster 1: only in the lower delta; cluster 2: also in the top */
 	fill(ref + 2 * MiB, 4096, 22, 0);
