@@ -45,7 +45,7 @@ int pf_delta_open(int dirfd, const char *name, int flags,
 	uint8_t raw[PF_HEADER_SIZE];
 	struct pf_delta *d;
 	struct stat st;
-	uint64_t bat_end;
+	uint64_t bat_end, meta_len;
 	int ret;
 
 	*out = NULL;
@@ -107,11 +107,16 @@ int pf_delta_open(int dirfd, const char *name, int flags,
 		goto err;
 	}
 	d->file_clusters = d->file_bytes >> d->hdr.cluster_shift;
-	d->meta = malloc(bat_end);
-	if (!d->meta) {
+	/* Whole, page-aligned BAT pages: the writer adopts this buffer as
+	 * the one it writes pages from (no second copy); the tail of the
+	 * last page is zero, like the padding on disk. */
+	meta_len = pf_div_round_up(bat_end, PF_BAT_PAGE_SIZE) * PF_BAT_PAGE_SIZE;
+	if (posix_memalign((void **)&d->meta, PF_BAT_PAGE_SIZE, meta_len)) {
+		d->meta = NULL;
 		ret = -ENOMEM;
 		goto err;
 	}
+	memset(d->meta + bat_end, 0, meta_len - bat_end);
 	ret = pf_pread_full(d->fd, d->meta, bat_end, 0);
 	if (ret < 0) {
 		pf_why_fmt(why, "cannot read BAT: %s", strerror(-ret));

@@ -19,7 +19,8 @@ struct pf_delta {
 	char *name;		/* as given, for messages */
 	bool writable;
 	struct pf_header hdr;
-	uint8_t *meta;		/* file bytes [0, pf_idx_entry_off(bat_entries)) */
+	uint8_t *meta;		/* file bytes [0, pf_idx_entry_off(bat_entries)),
+				 * in whole 4 KiB-aligned pages, zero-padded */
 	uint64_t file_bytes;	/* size at open */
 	uint64_t file_clusters;	/* whole clusters in the file at open */
 };

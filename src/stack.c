@@ -1321,18 +1321,16 @@ static int top_prepare(struct pf_stack *s)
 	int ret;
 
 	s->meta_pages = pf_div_round_up(bat_end, PF_BAT_PAGE_SIZE);
-	s->top_meta = alloc_aligned(s, s->meta_pages * PF_BAT_PAGE_SIZE);
 	s->page_dirty = calloc(s->meta_pages, 1);
 	s->dirty_list = calloc(s->meta_pages, sizeof(*s->dirty_list));
 	s->level_of = malloc(s->hdr->bat_entries);
-	if (!s->top_meta || !s->page_dirty || !s->dirty_list || !s->level_of)
+	if (!s->page_dirty || !s->dirty_list || !s->level_of)
 		return -ENOMEM;
-	memset(s->top_meta, 0, s->meta_pages * PF_BAT_PAGE_SIZE);
-	memcpy(s->top_meta, d->meta, bat_end);
-	s->top->meta = s->top_meta;
-	/* one copy of the top BAT is enough (64 MiB at 16 TiB) */
-	free(d->meta);
+	/* Adopt the delta's BAT buffer (whole aligned pages): one copy of
+	 * the top BAT, 64 MiB at 16 TiB. */
+	s->top_meta = d->meta;
 	d->meta = NULL;
+	s->top->meta = s->top_meta;
 	s->top_hdr = d->hdr;
 	s->hdr = &s->top_hdr;
 
