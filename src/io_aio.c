@@ -31,7 +31,6 @@ _Static_assert(sizeof(struct iocb) <= sizeof(((struct pf_aio_req *)0)->iocb),
 struct pf_aio {
 	io_context_t ctx;
 	bool async;		/* false: run requests in the caller */
-	unsigned depth;
 	sem_t slots;		/* free submission slots */
 	pthread_t thread;
 	bool started;
@@ -46,7 +45,6 @@ int pf_aio_create(unsigned depth, struct pf_aio **out)
 
 	if (!a)
 		return -ENOMEM;
-	a->depth = depth;
 	/* depth 0, or no context from the kernel: synchronous */
 	ret = depth ? io_setup((int)depth, &a->ctx) : -EINVAL;
 	a->async = ret == 0;

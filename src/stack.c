@@ -588,13 +588,17 @@ struct op {
 	atomic_int pending;	/* segments in flight + the submitter */
 	atomic_int err;
 	unsigned epoch;
-	/* unaligned reads: read @bounce, copy out to @user */
-	uint8_t *bounce;
-	void *user;
-	size_t user_len, bounce_skip;
-	pf_stack_done_fn user_done;
-	void *user_arg;
 	struct seg segs[];
+};
+
+/* An unaligned read: the aligned range around it is read into @buf,
+ * then @len bytes from @skip are copied out to @user. */
+struct bounce {
+	uint8_t *buf;
+	void *user;
+	size_t len, skip;
+	pf_stack_done_fn done;
+	void *arg;
 };
 
 static void op_error(struct op *op, int err)
@@ -646,14 +650,13 @@ static void read_seg_done(void *arg, ssize_t res)
 
 static void bounce_done(void *arg, int err)
 {
-	struct op *outer = arg;	/* not an op in flight: just the carrier */
+	struct bounce *b = arg;
 
 	if (!err)
-		memcpy(outer->user, outer->bounce + outer->bounce_skip,
-		       outer->user_len);
-	free(outer->bounce);
-	outer->user_done(outer->user_arg, err);
-	free(outer);
+		memcpy(b->user, b->buf + b->skip, b->len);
+	free(b->buf);
+	b->done(b->arg, err);
+	free(b);
 }
 
 /*
@@ -699,28 +702,23 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 		 * alignment (<= cluster) stays inside the last cluster. */
 		uint64_t a0 = round_down(off, s->align);
 		uint64_t a1 = round_up(off + len, s->align);
-		struct op *carrier = calloc(1, sizeof(*carrier));
-		uint8_t *b = alloc_aligned(s, a1 - a0);
+		struct bounce *b = malloc(sizeof(*b));
+		uint8_t *bbuf = alloc_aligned(s, a1 - a0);
 
-		if (!carrier || !b) {
-			free(carrier);
+		if (!b || !bbuf) {
 			free(b);
+			free(bbuf);
 			done(arg, -ENOMEM);
 			return;
 		}
-		carrier->bounce = b;
-		carrier->user = buf;
-		carrier->user_len = len;
-		carrier->bounce_skip = off - a0;
-		carrier->user_done = done;
-		carrier->user_arg = arg;
+		*b = (struct bounce){ bbuf, buf, len, off - a0, done, arg };
 		/* a1 may pass the virtual size inside the last cluster:
 		 * read it through the map directly, without range_ok. */
 		len = a1 - a0;
 		off = a0;
-		buf = b;
+		buf = bbuf;
 		done = bounce_done;
-		arg = carrier;
+		arg = b;
 	}
 	op = op_new(s, len, off, done, arg, &n);
 	if (!op) {
