@@ -40,6 +40,7 @@ static void fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
 	st->st_uid = getuid();
 	st->st_gid = getgid();
 	st->st_blksize = 4096;
+	st->st_atime = st->st_mtime = st->st_ctime = fe->mounted;
 	if (ino == FUSE_ROOT_ID) {
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;

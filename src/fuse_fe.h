@@ -7,6 +7,8 @@
 #ifndef PF_FUSE_FE_H
 #define PF_FUSE_FE_H
 
+#include <time.h>
+
 #include "stack.h"
 
 #define PF_FE_DEFAULT_NAME	"disk"
@@ -16,6 +18,7 @@ struct pf_fe {
 	struct pf_stack *stack;
 	const char *name;	/* file name of the disk in the mount */
 	bool read_only;
+	time_t mounted;		/* shown as the file times */
 };
 
 struct fuse_lowlevel_ops;

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fuse_fe.h"
 #include "log.h"
@@ -169,6 +170,7 @@ int main(int argc, char **argv)
 	fe.stack = stack;
 	fe.name = cfg.name ? cfg.name : PF_FE_DEFAULT_NAME;
 	fe.read_only = cfg.ro;
+	fe.mounted = time(NULL);
 
 	if (asprintf(&fsopt, "-ofsname=ploopfs:%s,subtype=ploopfs,max_read=%u",
 		     cfg.image_dir, PF_FE_MAX_IO) < 0 ||
