@@ -108,3 +108,18 @@ setup() {
 	[[ "$output" == *"$NONE   $g root.hds"* ]]
 	[[ "$output" == *"$g * $TOP root.hds.{"* ]]
 }
+
+# W6: a new delta is written and synced (file and directory entry) before
+# DiskDescriptor.xml names it; the descriptor is replaced by tmp + fsync +
+# rename + directory fsync.  Checked on the system calls themselves.
+@test "W6 ordering of init and snapshot, seen in strace" {
+	command -v strace >/dev/null
+	run_ok strace -o "$BATS_TEST_TMPDIR/init.trace" \
+		-e trace=openat,fsync,fdatasync,renameat,renameat2 "$PLOOPCTL" init -s 64M "$D"
+	run_ok "$BATS_TEST_DIRNAME/w6_order.py" "$BATS_TEST_TMPDIR/init.trace"
+	[[ "$output" == "W6 order ok: root.hds" ]]
+	run_ok strace -o "$BATS_TEST_TMPDIR/snap.trace" \
+		-e trace=openat,fsync,fdatasync,renameat,renameat2 "$PLOOPCTL" snapshot "$D"
+	run_ok "$BATS_TEST_DIRNAME/w6_order.py" "$BATS_TEST_TMPDIR/snap.trace"
+	[[ "$output" == "W6 order ok: root.hds."* ]]
+}
