@@ -213,6 +213,25 @@ const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 	return i < 0 ? NULL : &dd->shots[i];
 }
 
+size_t pf_dd_children(const struct pf_dd *dd, const char *guid)
+{
+	size_t i, n = 0;
+
+	if (!dd || !guid)
+		return 0;
+	for (i = 0; i < dd->n_shots; i++)
+		if (!strcasecmp(dd->shots[i].parent, guid))
+			n++;
+	return n;
+}
+
+const char *pf_dd_parent(const struct pf_dd *dd, const char *guid)
+{
+	const struct pf_dd_shot *s = pf_dd_find_shot(dd, guid);
+
+	return s ? s->parent : NULL;
+}
+
 int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 		struct pf_why *why)
 {
@@ -1155,7 +1174,7 @@ out_doc:
 	return ret;
 }
 
-int pf_dd_store(int dirfd, const struct pf_dd *dd)
+int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 {
 	size_t len;
 	char *buf;
@@ -1169,13 +1188,13 @@ int pf_dd_store(int dirfd, const struct pf_dd *dd)
 	 * Rule W6: a new top delta is fully written and synced before
 	 * DiskDescriptor.xml names it, and the descriptor is replaced
 	 * atomically.  The new text goes to a tmp file that is synced
-	 * before the rename, so a crash leaves either the old or the new
-	 * descriptor, never a torn one; the directory sync makes the
-	 * rename itself durable.
+	 * before the rename (pf_dd_commit_tmp), so a crash leaves either
+	 * the old or the new descriptor, never a torn one.
 	 */
 	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_TRUNC | O_WRONLY |
 		    O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
+		/* not ours to remove: we did not create it */
 		ret = -errno;
 		goto out_free;
 	}
@@ -1187,17 +1206,40 @@ int pf_dd_store(int dirfd, const struct pf_dd *dd)
 		ret = -errno;
 	if (ret)
 		goto out_unlink;
-	if (renameat(dirfd, PF_DD_TMP_NAME, dirfd, PF_DD_NAME) < 0) {
-		ret = -errno;
-		goto out_unlink;
-	}
-	ret = pf_fsync_dir(dirfd);
 	goto out_free;
 
 out_unlink:
-	unlinkat(dirfd, PF_DD_TMP_NAME, 0);
+	pf_dd_drop_tmp(dirfd);
 out_free:
 	free(buf);
+	return ret;
+}
+
+int pf_dd_commit_tmp(int dirfd)
+{
+	/* W6: the rename is the commit point ... */
+	if (renameat(dirfd, PF_DD_TMP_NAME, dirfd, PF_DD_NAME) < 0)
+		return -errno;
+	/* ... and the directory sync makes it durable. */
+	return pf_fsync_dir(dirfd);
+}
+
+void pf_dd_drop_tmp(int dirfd)
+{
+	/* nothing reads a tmp file: one that stays is only clutter */
+	(void)unlinkat(dirfd, PF_DD_TMP_NAME, 0);
+}
+
+int pf_dd_store(int dirfd, const struct pf_dd *dd)
+{
+	int ret;
+
+	ret = pf_dd_store_tmp(dirfd, dd);
+	if (ret)
+		return ret;
+	ret = pf_dd_commit_tmp(dirfd);
+	if (ret)
+		pf_dd_drop_tmp(dirfd);
 	return ret;
 }
 
@@ -1329,4 +1371,154 @@ int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
 err_file:
 	free(file);
 	return -ENOMEM;
+}
+
+/* Drop entry @i of dd->images or dd->shots, keeping document order.  The
+ * arrays keep their size; the caller owns the file name of a dropped
+ * image. */
+static void remove_image(struct pf_dd *dd, size_t i)
+{
+	memmove(&dd->images[i], &dd->images[i + 1],
+		(dd->n_images - i - 1) * sizeof(*dd->images));
+	dd->n_images--;
+}
+
+static void remove_shot(struct pf_dd *dd, size_t i)
+{
+	memmove(&dd->shots[i], &dd->shots[i + 1],
+		(dd->n_shots - i - 1) * sizeof(*dd->shots));
+	dd->n_shots--;
+}
+
+int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
+{
+	ssize_t i;
+
+	if (!pf_guid_valid(guid))
+		return -EINVAL;
+	i = shot_index(dd, guid);
+	if (i < 0)
+		return -ENOENT;
+	/* a temporary shot is a merge in progress, never a writable top */
+	if (on && !strcasecmp(dd->shots[i].guid, dd->top_guid))
+		return -EINVAL;
+	dd->shots[i].temporary = on;
+	return 0;
+}
+
+int pf_dd_delete_snapshot(struct pf_dd *dd, const char *guid,
+			  bool child_takes_file, char **gone_file)
+{
+	ssize_t img, shot, child_img = -1;
+	size_t i, kids = 0, child_shot = 0;
+	char *file;
+
+	*gone_file = NULL;
+	if (!pf_guid_valid(guid))
+		return -EINVAL;
+	shot = shot_index(dd, guid);
+	img = image_index(dd, guid);
+	if (shot < 0 || img < 0)
+		return -ENOENT;
+	if (!strcasecmp(dd->shots[shot].guid, dd->top_guid))
+		return -EINVAL;
+	for (i = 0; i < dd->n_shots; i++) {
+		if (!strcasecmp(dd->shots[i].parent, dd->shots[shot].guid)) {
+			kids++;
+			child_shot = i;
+		}
+	}
+	/* a branch point: which child would take its data? ploop defers
+	 * this case; we refuse it */
+	if (kids > 1)
+		return -EMLINK;
+	if (kids == 1) {
+		child_img = image_index(dd, dd->shots[child_shot].guid);
+		if (child_img < 0)	/* not in a validated descriptor */
+			return -EINVAL;
+	}
+
+	/* Nothing is allocated: file names change owners and the arrays
+	 * only shrink, so nothing below can fail half way. */
+	file = dd->images[img].file;
+	if (kids == 1) {
+		memcpy(dd->shots[child_shot].parent, dd->shots[shot].parent,
+		       sizeof(dd->shots[child_shot].parent));
+		if (child_takes_file) {
+			*gone_file = dd->images[child_img].file;
+			dd->images[child_img].file = file;
+		} else {
+			*gone_file = file;
+		}
+	} else {
+		*gone_file = file;
+	}
+	remove_image(dd, (size_t)img);
+	remove_shot(dd, (size_t)shot);
+	return 0;
+}
+
+int pf_dd_switch(struct pf_dd *dd, const char *guid, const char *new_file,
+		 char **old_top_file)
+{
+	char parent[PF_GUID_LEN + 1];
+	ssize_t shot, top_img, top_shot;
+	size_t i;
+	char *file;
+
+	*old_top_file = NULL;
+	if (!pf_guid_valid(guid))
+		return -EINVAL;
+	shot = shot_index(dd, guid);
+	if (shot < 0)
+		return -ENOENT;
+	memcpy(parent, dd->shots[shot].guid, sizeof(parent));
+	/* ploop: "Nothing to do" for the top; a temporary shot is being
+	 * deleted and may be gone after the next merge */
+	if (!strcasecmp(parent, dd->top_guid) || dd->shots[shot].temporary)
+		return -EINVAL;
+	top_img = image_index(dd, dd->top_guid);
+	top_shot = shot_index(dd, dd->top_guid);
+	if (top_img < 0 || top_shot < 0)
+		return -EINVAL;
+	if (!pf_dd_file_name_valid(new_file))
+		return -EINVAL;
+	/* the old top's file included: the caller unlinks that one */
+	for (i = 0; i < dd->n_images; i++)
+		if (!strcmp(dd->images[i].file, new_file))
+			return -EINVAL;
+	/* a shot below the top would lose its parent */
+	if (pf_dd_children(dd, dd->top_guid))
+		return -EINVAL;
+	/* old format: another delta may hold the GUID the new top takes */
+	for (i = 0; i < dd->n_shots; i++)
+		if (i != (size_t)top_shot &&
+		    !strcasecmp(dd->shots[i].guid, PF_TOP_GUID))
+			return -EINVAL;
+	for (i = 0; i < dd->n_images; i++)
+		if (i != (size_t)top_img &&
+		    !strcasecmp(dd->images[i].guid, PF_TOP_GUID))
+			return -EINVAL;
+
+	/* the only allocation, before anything changes */
+	file = strdup(new_file);
+	if (!file)
+		return -ENOMEM;
+
+	*old_top_file = dd->images[top_img].file;
+	remove_image(dd, (size_t)top_img);
+	remove_shot(dd, (size_t)top_shot);
+	/* the slots just freed take the new top, last as ploop adds it */
+	memcpy(dd->images[dd->n_images].guid, PF_TOP_GUID,
+	       sizeof(dd->images[dd->n_images].guid));
+	dd->images[dd->n_images].file = file;
+	dd->n_images++;
+	memcpy(dd->shots[dd->n_shots].guid, PF_TOP_GUID,
+	       sizeof(dd->shots[dd->n_shots].guid));
+	memcpy(dd->shots[dd->n_shots].parent, parent,
+	       sizeof(dd->shots[dd->n_shots].parent));
+	dd->shots[dd->n_shots].temporary = false;
+	dd->n_shots++;
+	memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
+	return 0;
 }

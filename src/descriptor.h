@@ -84,8 +84,34 @@ PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
  * DiskDescriptor.xml.tmp, fsync it, rename it over DiskDescriptor.xml,
  * fsync the directory.  On error the old descriptor is intact and the tmp
  * file is removed.  Returns 0 or -errno.
+ * The same as pf_dd_store_tmp() then pf_dd_commit_tmp(), with
+ * pf_dd_drop_tmp() if the commit fails.
  */
 PF_MUST_CHECK int pf_dd_store(int dirfd, const struct pf_dd *dd);
+
+/*
+ * First half of pf_dd_store(), for callers that prepare the new
+ * descriptor before a step that must be short (a freeze) and commit it
+ * inside: write @dd to DiskDescriptor.xml.tmp in @dirfd (created or
+ * truncated, mode 0600, never through a symbolic link) and fsync it.
+ * DiskDescriptor.xml is not touched.  On error the tmp file is removed.
+ * Returns 0; -ENOMEM; other -errno from open, write, fsync or close.
+ */
+PF_MUST_CHECK int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd);
+
+/*
+ * Second half of pf_dd_store(): rename DiskDescriptor.xml.tmp (written by
+ * pf_dd_store_tmp()) over DiskDescriptor.xml, then fsync the directory so
+ * that the rename is durable (W6).  The rename is the commit point.
+ * Returns: 0; -errno of renameat (nothing changed, the tmp file is still
+ * there: retry, or pf_dd_drop_tmp()); -errno of the directory fsync (the
+ * new descriptor is in place but may not survive a crash).  So on failure
+ * the tmp file still exists if and only if the rename did not happen.
+ */
+PF_MUST_CHECK int pf_dd_commit_tmp(int dirfd);
+
+/* Remove DiskDescriptor.xml.tmp of @dirfd, if any; errors are ignored. */
+void pf_dd_drop_tmp(int dirfd);
 
 void pf_dd_free(struct pf_dd *dd);
 
@@ -105,11 +131,67 @@ PF_MUST_CHECK int pf_dd_new(uint64_t size_sectors, uint32_t blocksize,
 PF_MUST_CHECK int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
 				     const char *new_file);
 
+/*
+ * Set (@on) or clear the <Temporary/> mark of shot @guid.  ploop marks a
+ * snapshot that is being deleted so that an interrupted merge can be
+ * completed later.  Returns: 0; -EINVAL (@guid malformed, or @on for the
+ * shot named by TopGUID: the top is never temporary); -ENOENT (no shot
+ * @guid).  On error @dd is unchanged.
+ */
+PF_MUST_CHECK int pf_dd_set_temporary(struct pf_dd *dd, const char *guid,
+				      bool on);
+
+/*
+ * Delete snapshot @guid, which is not the top (ploop-format.md 4.3).
+ * If it has one child C, C is merged into it: C's shot takes @guid's
+ * parent and @guid's image and shot are removed.  With @child_takes_file
+ * C's image is re-pointed to @guid's file (the data was merged down into
+ * @guid's file: ploop's offline merge) and *gone_file is C's old file;
+ * otherwise C keeps its file (@guid's data was copied up into C) and
+ * *gone_file is @guid's file.  If it has no child (a leaf on a side
+ * branch), its image and shot are removed and *gone_file is its file,
+ * as ploop's snapshot-delete does.  *gone_file (malloc'ed) is for the
+ * caller to unlink only after the new descriptor is committed (W5, W6).
+ * Returns: 0; -EINVAL (@guid malformed, or the top); -ENOENT (no shot
+ * @guid); -EMLINK (@guid has more than one child: a branch point, refused).
+ * On error @dd is unchanged and *gone_file is NULL.
+ */
+PF_MUST_CHECK int pf_dd_delete_snapshot(struct pf_dd *dd, const char *guid,
+					bool child_takes_file,
+					char **gone_file);
+
+/*
+ * Switch to snapshot @guid, as ploop's snapshot-switch (ploop-format.md
+ * 4.4): the old top's image and shot are removed and a new top @new_file
+ * under PF_TOP_GUID, with @guid as parent, is added at the end.  The
+ * shots between @guid and the old top stay, as a side branch.
+ * *old_top_file (malloc'ed) is the old top's file, for the caller to
+ * unlink only after the new descriptor is committed (W6); whatever it
+ * held that no snapshot holds is discarded.
+ * Returns: 0; -ENOENT (no shot @guid); -EINVAL (@guid malformed, the
+ * top, or temporary: a snapshot being deleted; @new_file not a valid
+ * name or already used by an image, the old top included; a shot has
+ * the old top as parent; a shot other than the old top holds
+ * PF_TOP_GUID); -ENOMEM.  On error @dd is unchanged and *old_top_file
+ * is NULL.
+ */
+PF_MUST_CHECK int pf_dd_switch(struct pf_dd *dd, const char *guid,
+			       const char *new_file, char **old_top_file);
+
 /* Lookup */
+
+/* Number of shots whose parent is @guid (0 for NULL or an unknown GUID). */
+size_t pf_dd_children(const struct pf_dd *dd, const char *guid);
+
+/* The parent GUID of shot @guid (PF_NONE_GUID for a base), or NULL if
+ * there is no such shot.  Points into @dd. */
+const char *pf_dd_parent(const struct pf_dd *dd, const char *guid);
 
 /*
  * The active chain from the base to the top: *out is a malloc'ed array of
- * indices into dd->images, *n its length.  Returns 0, -ENOMEM or -EINVAL.
+ * indices into dd->images, *n its length.  Only the shots from TopGUID
+ * down are visited: images on other branches (left by snapshot-switch)
+ * are valid and simply not in the chain.  Returns 0, -ENOMEM or -EINVAL.
  */
 PF_MUST_CHECK int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 			      struct pf_why *why);

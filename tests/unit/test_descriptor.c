@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * Unit tests of descriptor.c: the ploop-format.md examples, round trips,
- * snapshots, atomic store/load, hostile documents (inline and the corpus
- * in $PF_CORPUS_DIR, default tests/corpus/dd).
+ * snapshots, atomic store/load (whole and split in tmp + commit), the
+ * snapshot edits (temporary mark, delete/merge, switch) and the branches
+ * they leave, hostile documents (inline and the corpus in $PF_CORPUS_DIR,
+ * default tests/corpus/dd); and pf_image_switch of image.c on real files.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -14,8 +16,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "delta.h"
 #include "descriptor.h"
+#include "image.h"
 #include "tap.h"
+#include "testutil.h"
 
 #define GA	"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}"
 #define GB	"{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}"
@@ -909,6 +914,650 @@ static void test_corpus(void)
 		  "corpus has %zu good and %zu bad files", n_good, n_bad);
 }
 
+/* Snapshot edits */
+
+#define GD	"{3d4e5f60-7182-4394-a5b6-c7d8e9f0a1b2}"
+#define GA_UP	"{0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11}"
+
+/* base a (GA) <- b (GB) <- top t (GT) */
+static const char chain3[] =
+	DOC(DP ST(IMG(GA, "a") IMG(GB, "b") IMG(GT, "t"))
+	    SN(GT, SHOT(GA, GN) SHOT(GB, GA) SHOT(GT, GB)));
+/* a side branch: a <- b <- t active, a <- c off the chain */
+static const char tree4[] =
+	DOC(DP ST(IMG(GA, "a") IMG(GB, "b") IMG(GC, "c") IMG(GT, "t"))
+	    SN(GT, SHOT(GA, GN) SHOT(GB, GA) SHOT(GC, GA) SHOT(GT, GB)));
+
+/* pf_dd_format of @dd, malloc'ed (NULL on failure). */
+static char *text_of(const struct pf_dd *dd)
+{
+	size_t len;
+	char *buf;
+
+	return pf_dd_format(dd, &buf, &len) ? NULL : buf;
+}
+
+/* @dd formats to @before: an edit that failed changed nothing. */
+static bool unchanged(const struct pf_dd *dd, const char *before)
+{
+	char *now = text_of(dd);
+	bool same = now && before && !strcmp(now, before);
+
+	free(now);
+	return same;
+}
+
+/* The files of the active chain, base first, joined by ' '. */
+static const char *chain_files(const struct pf_dd *dd)
+{
+	static char buf[512];
+	struct pf_why why;
+	size_t *chain = NULL, n = 0, i;
+
+	memset(&why, 0, sizeof(why));
+	buf[0] = '\0';
+	if (pf_dd_chain(dd, &chain, &n, &why)) {
+		snprintf(buf, sizeof(buf), "error: %s", why.msg);
+		return buf;
+	}
+	for (i = 0; i < n; i++) {
+		size_t l = strlen(buf);
+
+		snprintf(buf + l, sizeof(buf) - l, "%s%s", i ? " " : "",
+			 dd->images[chain[i]].file);
+	}
+	free(chain);
+	return buf;
+}
+
+static void test_set_temporary(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	char *before, *text;
+
+	check_int(parse_str(chain3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check_int(pf_dd_set_temporary(dd, GB, true), ==, 0);
+	check(pf_dd_find_shot(dd, GB)->temporary);
+	check(!pf_dd_find_shot(dd, GA)->temporary);
+	text = text_of(dd);
+	check(text && strstr(text, "<ParentGUID>" GA "</ParentGUID>\n"
+				   "      <Temporary/>\n"));
+	free(text);
+	check(round_trip(dd, NULL));
+	/* idempotent, and any case of the GUID */
+	check_int(pf_dd_set_temporary(dd, "{1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0}",
+				      true), ==, 0);
+	check(pf_dd_find_shot(dd, GB)->temporary);
+	check_int(pf_dd_set_temporary(dd, GA, true), ==, 0);
+	/* the chain is still the chain: a temporary shot is part of it */
+	check_str(chain_files(dd), "a b t");
+
+	/* refusals leave the descriptor as it was */
+	before = text_of(dd);
+	check_int(pf_dd_set_temporary(dd, GT, true), ==, -EINVAL);
+	check_int(pf_dd_set_temporary(dd, GC, true), ==, -ENOENT);
+	check_int(pf_dd_set_temporary(dd, GN, true), ==, -ENOENT);
+	check_int(pf_dd_set_temporary(dd, "{nope}", true), ==, -EINVAL);
+	check_int(pf_dd_set_temporary(dd, NULL, false), ==, -EINVAL);
+	check_int(pf_dd_set_temporary(dd, GC, false), ==, -ENOENT);
+	check(unchanged(dd, before));
+	free(before);
+
+	/* clearing is always allowed, also on the top (a no-op there) */
+	check_int(pf_dd_set_temporary(dd, GT, false), ==, 0);
+	check_int(pf_dd_set_temporary(dd, GB, false), ==, 0);
+	check_int(pf_dd_set_temporary(dd, GA, false), ==, 0);
+	check(!pf_dd_find_shot(dd, GA)->temporary &&
+	      !pf_dd_find_shot(dd, GB)->temporary);
+	text = text_of(dd);
+	check(text && !strstr(text, "Temporary"));
+	free(text);
+	pf_dd_free(dd);
+}
+
+static void test_children_parent(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+
+	check_int(parse_str(tree4, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check_int(pf_dd_children(dd, GA), ==, 2);
+	check_int(pf_dd_children(dd, GA_UP), ==, 2);
+	check_int(pf_dd_children(dd, GB), ==, 1);
+	check_int(pf_dd_children(dd, GC), ==, 0);
+	check_int(pf_dd_children(dd, GT), ==, 0);
+	check_int(pf_dd_children(dd, GN), ==, 1);	/* one base */
+	check_int(pf_dd_children(dd, GD), ==, 0);
+	check_int(pf_dd_children(dd, NULL), ==, 0);
+	check_int(pf_dd_children(NULL, GA), ==, 0);
+	check_str(pf_dd_parent(dd, GA), GN);
+	check_str(pf_dd_parent(dd, GB), GA);
+	check_str(pf_dd_parent(dd, GC), GA);
+	check_str(pf_dd_parent(dd, GT), GB);
+	check_str(pf_dd_parent(dd, GA_UP), GN);
+	check(pf_dd_parent(dd, GD) == NULL);
+	check(pf_dd_parent(dd, NULL) == NULL);
+	check(pf_dd_parent(NULL, GA) == NULL);
+	pf_dd_free(dd);
+}
+
+static void test_delete_snapshot(void)
+{
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	char *gone = NULL, *before;
+
+	/* merged down: the child (the top) takes the parent's file */
+	check_int(parse_str(chain3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check_int(pf_dd_delete_snapshot(dd, GB, true, &gone), ==, 0);
+	check_str(gone, "t");
+	free(gone);
+	check_int(dd->n_images, ==, 2);
+	check_int(dd->n_shots, ==, 2);
+	check(pf_dd_find_shot(dd, GB) == NULL &&
+	      pf_dd_find_image(dd, GB) == NULL);
+	check_str(pf_dd_find_image(dd, GT)->file, "b");
+	check_str(pf_dd_parent(dd, GT), GA);
+	check_str(dd->top_guid, GT);
+	check_str(chain_files(dd), "a b");
+	check(round_trip(dd, NULL));
+	/* and the base, given in upper case: the top becomes the base */
+	check_int(pf_dd_delete_snapshot(dd, GA_UP, true, &gone), ==, 0);
+	check_str(gone, "b");
+	free(gone);
+	check_str(pf_dd_find_image(dd, GT)->file, "a");
+	check_str(pf_dd_parent(dd, GT), GN);
+	check_int(dd->n_images, ==, 1);
+	check_str(chain_files(dd), "a");
+	check(round_trip(dd, NULL));
+	pf_dd_free(dd);
+
+	/* copied up: the child keeps its file, the parent's goes */
+	check_int(parse_str(chain3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check_int(pf_dd_delete_snapshot(dd, GB, false, &gone), ==, 0);
+	check_str(gone, "b");
+	free(gone);
+	check_str(pf_dd_find_image(dd, GT)->file, "t");
+	check_str(pf_dd_parent(dd, GT), GA);
+	check_str(chain_files(dd), "a t");
+	check(round_trip(dd, NULL));
+	/* a snapshot below the top: its child is not the top */
+	pf_dd_free(dd);
+	check_int(parse_str(chain3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	check_int(pf_dd_delete_snapshot(dd, GA, true, &gone), ==, 0);
+	check_str(gone, "b");
+	free(gone);
+	check_str(pf_dd_find_image(dd, GB)->file, "a");
+	check_str(pf_dd_parent(dd, GB), GN);
+	check_str(chain_files(dd), "a t");
+	check(round_trip(dd, NULL));
+	pf_dd_free(dd);
+
+	/* refusals leave the descriptor as it was */
+	check_int(parse_str(tree4, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	before = text_of(dd);
+	gone = (char *)1;
+	check_int(pf_dd_delete_snapshot(dd, GA, true, &gone), ==, -EMLINK);
+	check(gone == NULL);
+	check_int(pf_dd_delete_snapshot(dd, GA, false, &gone), ==, -EMLINK);
+	check_int(pf_dd_delete_snapshot(dd, GT, true, &gone), ==, -EINVAL);
+	check_int(pf_dd_delete_snapshot(dd, GT, false, &gone), ==, -EINVAL);
+	check_int(pf_dd_delete_snapshot(dd, GD, true, &gone), ==, -ENOENT);
+	check_int(pf_dd_delete_snapshot(dd, GN, true, &gone), ==, -ENOENT);
+	check_int(pf_dd_delete_snapshot(dd, "{bad}", true, &gone), ==,
+		  -EINVAL);
+	check_int(pf_dd_delete_snapshot(dd, NULL, true, &gone), ==, -EINVAL);
+	check(gone == NULL);
+	check(unchanged(dd, before));
+	free(before);
+
+	/* a leaf off the chain is simply removed, as ploop does */
+	check_int(pf_dd_set_temporary(dd, GC, true), ==, 0);
+	check_int(pf_dd_delete_snapshot(dd, GC, true, &gone), ==, 0);
+	check_str(gone, "c");
+	free(gone);
+	check_int(dd->n_images, ==, 3);
+	check_int(pf_dd_children(dd, GA), ==, 1);
+	check_str(chain_files(dd), "a b t");
+	check(round_trip(dd, NULL));
+	/* a temporary snapshot (an interrupted delete) can be completed */
+	check_int(pf_dd_set_temporary(dd, GB, true), ==, 0);
+	check_int(pf_dd_delete_snapshot(dd, GB, true, &gone), ==, 0);
+	check_str(gone, "t");
+	free(gone);
+	check_str(chain_files(dd), "a b");
+	check(round_trip(dd, NULL));
+	pf_dd_free(dd);
+}
+
+static void test_switch(void)
+{
+	struct pf_dd *dd = NULL, *back = NULL;
+	struct pf_why why;
+	char *old = NULL, *before, *text = NULL;
+	char g[PF_GUID_LEN + 1], file[64], mid[PF_GUID_LEN + 1];
+	size_t i;
+	int ret;
+
+	check_int(parse_str(chain3, &dd, &why), ==, 0);
+	if (!dd)
+		return;
+	/* back to the base: b stays as a side branch */
+	check_int(pf_dd_switch(dd, GA_UP, "n1", &old), ==, 0);
+	check_str(old, "t");
+	free(old);
+	check_int(dd->n_images, ==, 3);
+	check_int(dd->n_shots, ==, 3);
+	check_str(dd->top_guid, GT);
+	check_str(dd->images[2].guid, GT);	/* appended, as ploop does */
+	check_str(dd->images[2].file, "n1");
+	check_str(dd->shots[2].guid, GT);
+	check_str(pf_dd_parent(dd, GT), GA);
+	check_str(pf_dd_parent(dd, GB), GA);
+	check_str(pf_dd_find_image(dd, GB)->file, "b");
+	check(!pf_dd_find_shot(dd, GT)->temporary);
+	check_int(pf_dd_children(dd, GA), ==, 2);
+	/* the branch is valid: the chain skips b, format/parse keeps it */
+	check_str(chain_files(dd), "a n1");
+	check(round_trip(dd, &text));
+	pf_dd_free(back);
+	back = NULL;
+	check_int(parse_str(text, &back, &why), ==, 0);
+	if (back)
+		check_str(chain_files(back), "a n1");
+	pf_dd_free(back);
+	free(text);
+
+	/* over to the side branch: n1 is discarded, the chain is a b n2 */
+	check_int(pf_dd_switch(dd, GB, "n2", &old), ==, 0);
+	check_str(old, "n1");
+	free(old);
+	check_str(chain_files(dd), "a b n2");
+	check_int(dd->n_images, ==, 3);
+	check(round_trip(dd, NULL));
+
+	/* refusals leave the descriptor as it was */
+	check_int(pf_dd_set_temporary(dd, GA, true), ==, 0);
+	before = text_of(dd);
+	old = (char *)1;
+	check_int(pf_dd_switch(dd, GA, "n3", &old), ==, -EINVAL);
+	check(old == NULL);
+	check_int(pf_dd_switch(dd, GT, "n3", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GC, "n3", &old), ==, -ENOENT);
+	check_int(pf_dd_switch(dd, GN, "n3", &old), ==, -ENOENT);
+	check_int(pf_dd_switch(dd, "{bad}", "n3", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, NULL, "n3", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GB, "../n3", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GB, "", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GB, NULL, &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GB, "a", &old), ==, -EINVAL);
+	check_int(pf_dd_switch(dd, GB, "n2", &old), ==, -EINVAL);
+	check(old == NULL);
+	check(unchanged(dd, before));
+	free(before);
+	pf_dd_free(dd);
+
+	/* a shot hanging below the top would be orphaned */
+	check_int(parse_str(DOC(DP ST(IMG(GA, "a") IMG(GT, "t") IMG(GC, "c"))
+				SN(GT, SHOT(GA, GN) SHOT(GT, GA)
+				       SHOT(GC, GT))), &dd, &why), ==, 0);
+	if (dd) {
+		before = text_of(dd);
+		check_int(pf_dd_switch(dd, GA, "n", &old), ==, -EINVAL);
+		check(unchanged(dd, before));
+		free(before);
+	}
+	pf_dd_free(dd);
+
+	/* old format: the top takes PF_TOP_GUID, unless a snapshot has it */
+	check_int(parse_str(DOC(DP ST(IMG(GA, "a") IMG(GB, "b"))
+				SN(GB, SHOT(GA, GN) SHOT(GB, GA))), &dd, &why),
+		  ==, 0);
+	if (dd) {
+		check_int(pf_dd_switch(dd, GA, "n", &old), ==, 0);
+		check_str(old, "b");
+		free(old);
+		check_str(dd->top_guid, PF_TOP_GUID);
+		check(pf_dd_find_shot(dd, GB) == NULL);
+		check_str(chain_files(dd), "a n");
+		check(round_trip(dd, NULL));
+	}
+	pf_dd_free(dd);
+	check_int(parse_str(DOC(DP ST(IMG(GT, "a") IMG(GA, "b") IMG(GB, "c"))
+				SN(GB, SHOT(GT, GN) SHOT(GA, GT)
+				       SHOT(GB, GA))), &dd, &why), ==, 0);
+	if (dd) {
+		before = text_of(dd);
+		check_int(pf_dd_switch(dd, GA, "n", &old), ==, -EINVAL);
+		check_int(pf_dd_switch(dd, GT, "n", &old), ==, -EINVAL);
+		check(unchanged(dd, before));
+		free(before);
+	}
+	pf_dd_free(dd);
+
+	/* a full descriptor: a switch keeps the count, so it still works */
+	check_int(pf_dd_new(20971520, 2048, 16, 40960, "root.hds", &dd), ==, 0);
+	if (!dd)
+		return;
+	for (i = 1, ret = 0; i < PF_MAX_DELTAS && !ret; i++) {
+		pf_guid_new(g);
+		if (i == 100)
+			memcpy(mid, g, sizeof(mid));
+		snprintf(file, sizeof(file), "root.hds.%zu", i);
+		ret = pf_dd_add_snapshot(dd, g, file);
+	}
+	check_int(ret, ==, 0);
+	check_int(dd->n_images, ==, PF_MAX_DELTAS);
+	check_int(pf_dd_switch(dd, mid, "fresh", &old), ==, 0);
+	check_str(old, "root.hds.252");
+	free(old);
+	check_int(dd->n_images, ==, PF_MAX_DELTAS);
+	check(round_trip(dd, NULL));
+	pf_dd_free(dd);
+}
+
+/* Read file @name of @dirfd into a malloc'ed buffer. */
+static int read_file_at(int dirfd, const char *name, char **buf,
+			size_t *len)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dirfd, name);
+	return read_file(path, buf, len);
+}
+
+/* Split store: tmp + fsync, then rename + directory fsync. */
+static void test_store_split(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	struct pf_dd *dd = NULL, *back = NULL;
+	char *want = NULL, *got = NULL;
+	struct pf_why why;
+	struct stat st;
+	size_t len = 0;
+	int dirfd;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	check(dirfd >= 0);
+	if (dirfd < 0)
+		return;
+	check_int(pf_dd_new(20971520, 2048, 16, 40960, PF_BASE_NAME, &dd), ==,
+		  0);
+	if (!dd)
+		goto out_dir;
+	check_int(pf_dd_store(dirfd, dd), ==, 0);
+
+	/* prepared, not committed: the old descriptor is what loads */
+	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
+	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
+	check(fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	      S_ISREG(st.st_mode) && (st.st_mode & 0777) == 0600);
+	want = text_of(dd);
+	check_int(read_file_at(dirfd, PF_DD_TMP_NAME, &got, &len), ==, 0);
+	check(want && got && len == strlen(want) && !memcmp(got, want, len));
+	free(got);
+	got = NULL;
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && back->n_images == 1);
+	pf_dd_free(back);
+	back = NULL;
+	/* a second prepare replaces the first */
+	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
+	check_int(pf_dd_commit_tmp(dirfd), ==, 0);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	      errno == ENOENT);
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && dd_equal(dd, back));
+	pf_dd_free(back);
+	back = NULL;
+
+	/* nothing to commit: -ENOENT and no change */
+	check_int(pf_dd_commit_tmp(dirfd), ==, -ENOENT);
+	check_int(read_file_at(dirfd, PF_DD_NAME, &got, &len), ==, 0);
+	check(want && got && len == strlen(want) && !memcmp(got, want, len));
+	free(got);
+	got = NULL;
+
+	/* dropped: the tmp goes, the descriptor stays */
+	check_int(pf_dd_add_snapshot(dd, GB, "root.hds.2"), ==, 0);
+	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
+	pf_dd_drop_tmp(dirfd);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	      errno == ENOENT);
+	pf_dd_drop_tmp(dirfd);	/* nothing there: harmless */
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && back->n_images == 2);
+	pf_dd_free(back);
+	back = NULL;
+
+	/* a tmp that cannot be written: an error, nothing changes, and
+	 * what is in the way is not ours to remove */
+	check(symlinkat("elsewhere.xml", dirfd, PF_DD_TMP_NAME) == 0);
+	check(pf_dd_store_tmp(dirfd, dd) < 0);
+	check(faccessat(dirfd, "elsewhere.xml", F_OK, 0) < 0);
+	check(fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	      S_ISLNK(st.st_mode));
+	check(unlinkat(dirfd, PF_DD_TMP_NAME, 0) == 0);
+	/* a rename that fails leaves the tmp and the old descriptor */
+	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+	check(mkdirat(dirfd, PF_DD_NAME, 0700) == 0);
+	check(pf_dd_commit_tmp(dirfd) < 0);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0);
+	check(fstatat(dirfd, PF_DD_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	      S_ISDIR(st.st_mode));
+	/* pf_dd_store drops the tmp when the commit fails */
+	check(pf_dd_store(dirfd, dd) < 0);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	      errno == ENOENT);
+	check(unlinkat(dirfd, PF_DD_NAME, AT_REMOVEDIR) == 0);
+	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && dd_equal(dd, back));
+	pf_dd_free(back);
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+out_dir:
+	free(want);
+	pf_dd_free(dd);
+	close(dirfd);
+	check(rmdir(tmpl) == 0);
+}
+
+/* Whether @name exists in @dirfd (not following a symbolic link). */
+static bool exists_at(int dirfd, const char *name)
+{
+	return faccessat(dirfd, name, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* Load the descriptor of @dirfd and open its top delta. */
+static int load_top(int dirfd, struct pf_dd **dd, struct pf_delta **top)
+{
+	struct pf_why why;
+	size_t *chain = NULL, n = 0;
+	int ret;
+
+	memset(&why, 0, sizeof(why));
+	*top = NULL;
+	ret = pf_dd_load(dirfd, dd, &why);
+	if (!ret)
+		ret = pf_dd_chain(*dd, &chain, &n, &why);
+	if (!ret)
+		ret = pf_delta_open(dirfd, (*dd)->images[chain[n - 1]].file, 0,
+				    top, &why);
+	if (ret)
+		tap_diag("load_top: %s", why.msg);
+	free(chain);
+	return ret;
+}
+
+/* pf_image_switch on real files: W6 order, failure paths, refusals. */
+static void test_image_switch(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	char snap1[PF_GUID_LEN + 1], snap2[PF_GUID_LEN + 1];
+	char *old_top = NULL, *new_file = NULL, *before = NULL;
+	struct pf_delta *top = NULL, *d = NULL;
+	struct pf_dd *dd = NULL;
+	struct pf_why why;
+	struct stat st;
+	int dirfd;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	rmdir(tmpl);
+	tu_make_image(tmpl, 64 << 20, 1 << 20);
+	tu_snapshot(tmpl);
+	tu_snapshot(tmpl);
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	check(dirfd >= 0);
+	if (dirfd < 0)
+		return;
+	if (load_top(dirfd, &dd, &top))
+		goto out;
+	/* root.hds (snap1) <- snap2 <- top */
+	memcpy(snap1, dd->images[0].guid, sizeof(snap1));
+	memcpy(snap2, dd->images[1].guid, sizeof(snap2));
+	old_top = strdup(dd->images[2].file);
+
+	/* refusals: no file appears, nothing changes */
+	before = text_of(dd);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_switch(dirfd, dd, &top->hdr, GD, &new_file, &why),
+		  ==, -ENOENT);
+	check(strstr(why.msg, "no snapshot " GD) != NULL);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_switch(dirfd, dd, &top->hdr, GT, &new_file, &why),
+		  ==, -EINVAL);
+	check(strstr(why.msg, "is the current top") != NULL);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_switch(dirfd, dd, &top->hdr, "{x}", &new_file,
+				  &why), ==, -EINVAL);
+	check(why.msg[0] != '\0');
+	check_int(pf_dd_set_temporary(dd, snap1, true), ==, 0);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_switch(dirfd, dd, &top->hdr, snap1, &new_file,
+				  &why), ==, -EINVAL);
+	check(strstr(why.msg, "being deleted") != NULL);
+	check_int(pf_dd_set_temporary(dd, snap1, false), ==, 0);
+	check(new_file == NULL);
+	check(unchanged(dd, before));
+	free(before);
+	pf_dd_free(dd);
+	dd = NULL;
+
+	/* the descriptor cannot be written: the new file is removed, the
+	 * old top and descriptor stay */
+	check(pf_dd_load(dirfd, &dd, &why) == 0);
+	check(mkdirat(dirfd, PF_DD_TMP_NAME, 0700) == 0);
+	memset(&why, 0, sizeof(why));
+	check(pf_image_switch(dirfd, dd, &top->hdr, snap1, &new_file, &why) <
+	      0);
+	check(strstr(why.msg, "cannot update") != NULL);
+	check(new_file == NULL);
+	check(unlinkat(dirfd, PF_DD_TMP_NAME, AT_REMOVEDIR) == 0);
+	check(exists_at(dirfd, old_top));
+	pf_dd_free(dd);
+	dd = NULL;
+	check_int(pf_dd_load(dirfd, &dd, &why), ==, 0);
+	check(dd && dd->n_images == 3);
+	check(dd && !strcmp(dd->images[2].file, old_top));
+	pf_dd_free(dd);
+	dd = NULL;
+	{
+		/* only the three deltas and the descriptor are there */
+		int n = 0;
+		DIR *dir = opendir(tmpl);
+		struct dirent *de;
+
+		while (dir && (de = readdir(dir)))
+			n += de->d_name[0] != '.';
+		if (dir)
+			closedir(dir);
+		check_int(n, ==, 4);
+	}
+
+	/* switch back to snap1: the new top is an empty delta with the
+	 * old top's geometry, the old top's file is gone */
+	check(pf_dd_load(dirfd, &dd, &why) == 0);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_switch(dirfd, dd, &top->hdr, snap1, &new_file,
+				  &why), ==, 0);
+	check_msg(new_file && !strncmp(new_file, "root.hds.{", 10) &&
+		  strlen(new_file) == 9 + PF_GUID_LEN,
+		  "new file %s", new_file ? new_file : "(null)");
+	check(!exists_at(dirfd, old_top));
+	check(!exists_at(dirfd, PF_DD_TMP_NAME));
+	/* @dd is what was stored */
+	before = text_of(dd);
+	pf_dd_free(dd);
+	dd = NULL;
+	pf_delta_close(top);
+	top = NULL;
+	check_int(load_top(dirfd, &dd, &top), ==, 0);
+	check(dd && unchanged(dd, before));
+	free(before);
+	if (dd && top && new_file) {
+		char want[PF_GUID_LEN * 2 + 32];
+
+		snprintf(want, sizeof(want), "root.hds %s", new_file);
+		check_str(chain_files(dd), want);
+		check_str(pf_dd_parent(dd, PF_TOP_GUID), snap1);
+		/* snap2 stays, on a side branch */
+		check_str(pf_dd_parent(dd, snap2), snap1);
+		check_int(dd->n_images, ==, 3);
+		check_int(top->hdr.in_use, ==, PF_INUSE_CLOSED);
+		check_int(top->hdr.flags, ==, PF_FLAG_EMPTY);
+		check_u64(top->hdr.size_sectors, ==, (64 << 20) >> 9);
+		check_int(top->hdr.cluster_sectors, ==, 2048);
+		check_u64(pf_delta_mapped_count(top), ==, 0);
+		check(fstatat(dirfd, new_file, &st, 0) == 0 &&
+		      st.st_size == 1 << 20);
+		/* the side branch's delta is untouched and still opens */
+		memset(&why, 0, sizeof(why));
+		check_int(pf_delta_open(dirfd,
+					pf_dd_find_image(dd, snap2)->file, 0,
+					&d, &why), ==, 0);
+		pf_delta_close(d);
+	}
+out:
+	free(new_file);
+	free(old_top);
+	pf_delta_close(top);
+	pf_dd_free(dd);
+	if (dirfd >= 0) {
+		DIR *dir = opendir(tmpl);
+		struct dirent *de;
+
+		while (dir && (de = readdir(dir)))
+			if (de->d_name[0] != '.')
+				unlinkat(dirfd, de->d_name, 0);
+		if (dir)
+			closedir(dir);
+		close(dirfd);
+	}
+	check(rmdir(tmpl) == 0);
+}
+
 int main(void)
 {
 	test_example_2_2();
@@ -919,6 +1568,12 @@ int main(void)
 	test_guids_and_names();
 	test_snapshots();
 	test_store_load();
+	test_store_split();
+	test_set_temporary();
+	test_children_parent();
+	test_delete_snapshot();
+	test_switch();
+	test_image_switch();
 	test_corpus();
 	return tap_done();
 }
