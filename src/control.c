@@ -1,0 +1,1335 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * The control socket and the events ring (see control.h for the
+ * protocol).  Transport only: commands are the daemon's, passed in as a
+ * table, and this module includes nothing above util.h.
+ *
+ * Threads.  pf_ctl_start() starts one accept thread.  It checks each
+ * peer (SO_PEERCRED) and the connection limit itself, answering a refused
+ * peer at once and closing, and starts one thread per admitted
+ * connection, which reads its requests and runs their handlers.  Finished
+ * connection threads are joined by the accept thread at its next accept
+ * and by pf_ctl_stop().  All of them run with every signal blocked.
+ *
+ * Stopping.  pf_ctl_stop() sets stopping and writes one byte into the
+ * wake pipe that is never read: every poll() of the server includes the
+ * pipe's read end, so whatever waits -- accept, a request read, a send to
+ * a client that does not read -- wakes and sees it.  Handlers that wait
+ * for something else poll pf_ctl_stopping() or pf_ctl_cancelled().
+ *
+ * Sends are non-blocking with MSG_NOSIGNAL: a client that has gone is
+ * -EPIPE, never SIGPIPE; one that does not read is waited for with
+ * poll() until the server stops.
+ *
+ * Crash safety: a daemon that dies leaves its socket file; connecting to
+ * it is refused, which is how pf_ctl_start() tells it from a live one.
+ * Two daemons never race for it: the daemon holds the image lock first.
+ *
+ * Locking: pf_ctl.conns_lock protects the connection list and each
+ * connection's finished flag; pf_events.lock protects the ring, the
+ * sequence counter and the totals.  Both are leaves, and neither is held
+ * across a send, a handler or a stop predicate.
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CTL_MAGIC	"ploopfs-ctl"
+#define ERRNO_MAX	4095	/* largest errno an end line may carry */
+#define STOP_POLL_MS	100	/* pf_events_wait() checks @stop this often */
+#define STOP_GRACE_MS	1000	/* a stopping server waits this long for a
+				   client to take a line */
+
+/* Lines */
+
+/* Input of one connection: bytes received, and the line handed out last. */
+struct line_buf {
+	size_t len;			/* bytes in buf */
+	size_t used;			/* length of the last line, '\n' included */
+	char buf[PF_CTL_LINE_MAX];
+};
+
+/*
+ * Wait until @fd (may be -1) has @events or @wake_fd (may be -1) is
+ * readable, at most @timeout_ms (-1: no limit).
+ * Returns: 0 (@fd ready); -ESHUTDOWN (@wake_fd readable); -ETIMEDOUT;
+ * other -errno.
+ */
+static int wait_fd(int fd, short events, int wake_fd, int timeout_ms)
+{
+	struct pollfd p[2] = {
+		{ .fd = fd, .events = events },
+		{ .fd = wake_fd, .events = POLLIN },
+	};
+	int n;
+
+	do {
+		n = poll(p, 2, timeout_ms);
+	} while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return -errno;
+	if (p[1].revents)
+		return -ESHUTDOWN;
+	return n ? 0 : -ETIMEDOUT;
+}
+
+/*
+ * Read the next '\n'-terminated line of @fd into @b; *@line is it without
+ * the '\n', valid until the next call.  With @wake_fd >= 0 the socket is
+ * non-blocking and the wait ends when @wake_fd turns readable.
+ * Returns: 1 (a line); 0 (end of file; @b->len says whether a partial
+ * line came before it); -EMSGSIZE (line longer than PF_CTL_LINE_MAX);
+ * -ESHUTDOWN (woken); other -errno.
+ */
+static int line_read(struct line_buf *b, int fd, int wake_fd, char **line)
+{
+	size_t scanned;
+
+	if (b->used) {
+		memmove(b->buf, b->buf + b->used, b->len - b->used);
+		b->len -= b->used;
+		b->used = 0;
+	}
+	scanned = 0;
+	for (;;) {
+		char *nl = memchr(b->buf + scanned, '\n', b->len - scanned);
+		ssize_t n;
+		int ret;
+
+		if (nl) {
+			*nl = '\0';
+			b->used = (size_t)(nl - b->buf) + 1;
+			*line = b->buf;
+			return 1;
+		}
+		scanned = b->len;
+		if (b->len == sizeof(b->buf))
+			return -EMSGSIZE;
+		if (wake_fd >= 0) {
+			ret = wait_fd(fd, POLLIN, wake_fd, -1);
+			if (ret < 0)
+				return ret;
+		}
+		n = recv(fd, b->buf + b->len, sizeof(b->buf) - b->len,
+			 wake_fd >= 0 ? MSG_DONTWAIT : 0);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN ||
+			    errno == EWOULDBLOCK)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return 0;
+		b->len += (size_t)n;
+	}
+}
+
+/* Drop the bytes of an incomplete UTF-8 sequence at the end of @s[0..n)
+ * when the text was cut before @next; returns the new length. */
+static size_t utf8_cut(const char *s, size_t n, size_t floor, char next)
+{
+	if (((unsigned char)next & 0xc0) != 0x80)
+		return n;	/* cut at a character boundary */
+	while (n > floor && ((unsigned char)s[n - 1] & 0xc0) == 0x80)
+		n--;
+	if (n > floor && ((unsigned char)s[n - 1] & 0xc0) == 0xc0)
+		n--;
+	return n;
+}
+
+static bool needs_escape(unsigned char ch)
+{
+	return ch <= 0x20 || ch == 0x7f || ch == '%';
+}
+
+static int hex_val(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Decode the %XX escapes of @s in place.  Returns 0 or -EINVAL (bad
+ * escape, or %00). */
+static int pct_decode(char *s)
+{
+	char *w = s;
+
+	for (; *s; s++) {
+		int hi, lo;
+
+		if (*s != '%') {
+			*w++ = *s;
+			continue;
+		}
+		hi = hex_val(s[1]);
+		lo = hi < 0 ? -1 : hex_val(s[2]);
+		if (lo < 0 || (hi | lo) == 0)
+			return -EINVAL;
+		*w++ = (char)(hi << 4 | lo);
+		s += 2;
+	}
+	*w = '\0';
+	return 0;
+}
+
+/* Server */
+
+struct ctl_conn {
+	struct pf_ctl *ctl;
+	struct ctl_conn *next;		/* protected by ctl->conns_lock */
+	bool finished;			/* protected by ctl->conns_lock */
+	pthread_t thread;
+	int fd;				/* non-blocking */
+	struct line_buf in;
+};
+
+struct pf_ctl_reply {
+	struct ctl_conn *conn;
+	bool gone;			/* a send failed: nothing more goes out */
+};
+
+struct pf_ctl {
+	const struct pf_ctl_cmd *cmds;
+	void *ctx;
+	int dirfd;			/* our duplicate of the image directory */
+	int lfd;			/* listening socket, non-blocking */
+	dev_t sock_dev;			/* the socket file we bound */
+	ino_t sock_ino;
+	uid_t euid;
+	int wake[2];			/* written once, by pf_ctl_stop() */
+	atomic_bool stopping;
+	pthread_t accept_thread;
+	pthread_mutex_t conns_lock;
+	struct ctl_conn *conns;		/* protected by conns_lock */
+};
+
+/*
+ * Send all of @buf to the client of @cn.  A client that does not read is
+ * waited for; once the server stops, for STOP_GRACE_MS more at most, so
+ * that a reading client still gets its end line.
+ * Returns: 0; -EPIPE (client gone, or not reading while the server
+ * stops); other -errno.
+ */
+static int conn_send(struct ctl_conn *cn, const char *buf, size_t len)
+{
+	struct pf_ctl *c = cn->ctl;
+	struct timespec now;
+	long grace_end = -1;	/* ms, CLOCK_MONOTONIC; -1: not stopping */
+
+	while (len) {
+		ssize_t n = send(cn->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		long left;
+		int ret;
+
+		if (n >= 0) {
+			buf += n;
+			len -= (size_t)n;
+			continue;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return errno == ECONNRESET ? -EPIPE : -errno;
+		if (!atomic_load(&c->stopping)) {
+			ret = wait_fd(cn->fd, POLLOUT, c->wake[0], -1);
+			if (ret < 0 && ret != -ESHUTDOWN)
+				return ret;
+			continue;
+		}
+		/* The wake pipe stays readable now: wait on the socket
+		 * alone, for a bounded time. */
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		left = now.tv_sec * 1000 + now.tv_nsec / 1000000;
+		if (grace_end < 0)
+			grace_end = left + STOP_GRACE_MS;
+		left = grace_end - left;
+		if (left <= 0)
+			return -EPIPE;
+		ret = wait_fd(cn->fd, POLLOUT, -1, (int)left);
+		if (ret == -ETIMEDOUT)
+			return -EPIPE;
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+static char printable(char ch)
+{
+	unsigned char u = (unsigned char)ch;
+
+	return (u < 0x20 && ch != '\t') || u == 0x7f ? '?' : ch;
+}
+
+/* Send @head followed by @text as one line, cut to fit.  Returns 0 or
+ * -EPIPE (nothing more can be sent to this client). */
+static int reply_line(struct pf_ctl_reply *r, const char *head,
+		      const char *text)
+{
+	char line[PF_CTL_LINE_MAX];
+	size_t hlen = strlen(head), n, i;
+
+	if (r->gone)
+		return -EPIPE;
+	memcpy(line, head, hlen);
+	n = hlen;
+	for (i = 0; text[i] && n < sizeof(line) - 1; i++)
+		line[n++] = printable(text[i]);
+	if (text[i])
+		n = utf8_cut(line, n, hlen, text[i]);
+	line[n++] = '\n';
+	if (conn_send(r->conn, line, n) < 0) {
+		r->gone = true;
+		return -EPIPE;
+	}
+	return 0;
+}
+
+int pf_ctl_data(struct pf_ctl_reply *r, const char *fmt, ...)
+{
+	char text[PF_CTL_LINE_MAX];
+	va_list ap;
+
+	if (r->gone)
+		return -EPIPE;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	return reply_line(r, "data ", text);
+}
+
+static int reply_end(struct pf_ctl_reply *r, int err, const char *fmt, ...)
+	PF_PRINTF(3, 4);
+
+static int reply_end(struct pf_ctl_reply *r, int err, const char *fmt, ...)
+{
+	char head[32], text[PF_CTL_LINE_MAX], ebuf[64];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (err && !text[0])
+		snprintf(text, sizeof(text), "%s",
+			 strerror_r(err, ebuf, sizeof(ebuf)));
+	snprintf(head, sizeof(head), "end %d ", err);
+	return reply_line(r, head, text);
+}
+
+bool pf_ctl_stopping(const struct pf_ctl_reply *r)
+{
+	return atomic_load(&r->conn->ctl->stopping);
+}
+
+bool pf_ctl_cancelled(void *reply)
+{
+	struct pf_ctl_reply *r = reply;
+	struct pollfd p = { .fd = r->conn->fd, .events = POLLRDHUP };
+
+	if (r->gone || pf_ctl_stopping(r))
+		return true;
+	return poll(&p, 1, 0) > 0 &&
+	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+static const struct pf_ctl_cmd *find_cmd(const struct pf_ctl *c,
+					 const char *name)
+{
+	const struct pf_ctl_cmd *cmd;
+
+	for (cmd = c->cmds; cmd && cmd->name; cmd++)
+		if (!strcmp(cmd->name, name))
+			return cmd;
+	return NULL;
+}
+
+/* Is @s a decimal number equal to @want? */
+static bool is_number(const char *s, unsigned want)
+{
+	unsigned v = 0;
+
+	if (!*s)
+		return false;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return false;
+		if (v > want)
+			continue;	/* too large already; keep checking */
+		v = v * 10 + (unsigned)(*s - '0');
+	}
+	return v == want;
+}
+
+static bool all_digits(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (*s < '0' || *s > '9')
+			return false;
+	return true;
+}
+
+/* Answer the request @line (decoded here, in place). */
+static void serve_request(struct ctl_conn *cn, char *line,
+			  struct pf_ctl_reply *r)
+{
+	struct pf_ctl *c = cn->ctl;
+	const struct pf_ctl_cmd *cmd;
+	struct pf_why why = { "" };
+	size_t ntok = 1, i;
+	char **tok, *p;
+	int ret;
+
+	for (p = line; *p; p++) {
+		unsigned char u = (unsigned char)*p;
+
+		if (u < 0x20 || u == 0x7f) {
+			reply_end(r, EINVAL, "malformed request: control character 0x%02x",
+				  u);
+			return;
+		}
+		ntok += *p == ' ';
+	}
+	tok = calloc(ntok + 1, sizeof(*tok));
+	if (!tok) {
+		reply_end(r, ENOMEM, "out of memory for the request");
+		return;
+	}
+	for (i = 0, p = line; i < ntok; i++) {
+		tok[i] = strsep(&p, " ");
+		if (!*tok[i]) {
+			reply_end(r, EINVAL, "malformed request: empty field %zu",
+				  i + 1);
+			goto out;
+		}
+	}
+	if (strcmp(tok[0], CTL_MAGIC)) {
+		reply_end(r, EINVAL, "malformed request: it does not start with \"%s\"",
+			  CTL_MAGIC);
+		goto out;
+	}
+	if (ntok < 2 || !all_digits(tok[1])) {
+		reply_end(r, EINVAL, "malformed request: no protocol version");
+		goto out;
+	}
+	if (!is_number(tok[1], PF_CTL_VERSION)) {
+		reply_end(r, EPROTO, "unsupported control protocol version %.20s (daemon speaks %d)",
+			  tok[1], PF_CTL_VERSION);
+		goto out;
+	}
+	if (ntok < 3) {
+		reply_end(r, EINVAL, "malformed request: no command");
+		goto out;
+	}
+	for (i = 2; i < ntok; i++) {
+		if (pct_decode(tok[i]) < 0) {
+			reply_end(r, EINVAL, "malformed request: bad %% escape in argument %zu",
+				  i - 2);
+			goto out;
+		}
+	}
+	cmd = find_cmd(c, tok[2]);
+	if (!cmd) {
+		reply_end(r, EOPNOTSUPP, "unknown command %.64s", tok[2]);
+		goto out;
+	}
+	ret = cmd->fn(c->ctx, (int)(ntok - 2), tok + 2, r, &why);
+	if (ret > 0)
+		ret = 0;	/* handlers return 0 or -errno */
+	if (ret < -ERRNO_MAX)
+		ret = -EIO;
+	reply_end(r, -ret, "%s", why.msg);
+out:
+	free(tok);
+}
+
+static void *conn_main(void *arg)
+{
+	struct ctl_conn *cn = arg;
+	struct pf_ctl *c = cn->ctl;
+
+	while (!atomic_load(&c->stopping)) {
+		struct pf_ctl_reply r = { .conn = cn };
+		char *line = NULL;
+		int ret = line_read(&cn->in, cn->fd, c->wake[0], &line);
+
+		if (ret == -EMSGSIZE) {
+			/* The framing is lost: answer and hang up. */
+			reply_end(&r, EINVAL, "malformed request: line longer than %d bytes",
+				  PF_CTL_LINE_MAX);
+			break;
+		}
+		if (ret <= 0)
+			break;
+		serve_request(cn, line, &r);
+		if (r.gone)
+			break;
+	}
+	close(cn->fd);
+	pthread_mutex_lock(&c->conns_lock);
+	cn->finished = true;
+	pthread_mutex_unlock(&c->conns_lock);
+	return NULL;
+}
+
+/* Answer a connection that is not served with one end line, close it. */
+static void refuse(int fd, const char *end_line)
+{
+	ssize_t n;
+
+	/* A fresh socket has room for one line; if not, the peer gets EOF. */
+	n = send(fd, end_line, strlen(end_line), MSG_NOSIGNAL | MSG_DONTWAIT);
+	(void)n;
+	close(fd);
+}
+
+/* Join and free finished connection threads; with @all, every one (the
+ * accept thread has stopped). */
+static void reap(struct pf_ctl *c, bool all)
+{
+	struct ctl_conn *done = NULL, **pp, *cn;
+
+	pthread_mutex_lock(&c->conns_lock);
+	for (pp = &c->conns; (cn = *pp);) {
+		if (all || cn->finished) {
+			*pp = cn->next;
+			cn->next = done;
+			done = cn;
+		} else {
+			pp = &cn->next;
+		}
+	}
+	pthread_mutex_unlock(&c->conns_lock);
+	while ((cn = done)) {
+		done = cn->next;
+		pthread_join(cn->thread, NULL);
+		free(cn);
+	}
+}
+
+static unsigned count_open(struct pf_ctl *c)
+{
+	struct ctl_conn *cn;
+	unsigned n = 0;
+
+	pthread_mutex_lock(&c->conns_lock);
+	for (cn = c->conns; cn; cn = cn->next)
+		n += !cn->finished;
+	pthread_mutex_unlock(&c->conns_lock);
+	return n;
+}
+
+unsigned pf_ctl_connections(struct pf_ctl *c)
+{
+	return count_open(c);
+}
+
+static void admit(struct pf_ctl *c, int fd)
+{
+	struct ctl_conn *cn;
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+	    (cred.uid != 0 && cred.uid != c->euid)) {
+		refuse(fd, "end 13 permission denied\n");
+		return;
+	}
+	/* Only this thread adds connections: the count cannot grow
+	 * between here and the insertion below. */
+	if (count_open(c) >= PF_CTL_CONN_MAX) {
+		refuse(fd, "end 16 too many control connections\n");
+		return;
+	}
+	cn = calloc(1, sizeof(*cn));
+	if (!cn) {
+		refuse(fd, "end 12 out of memory for the connection\n");
+		return;
+	}
+	cn->ctl = c;
+	cn->fd = fd;
+	/* Listed before it runs, so that pf_ctl_connections() counts it
+	 * while its handler runs.  cn->thread is read only by this thread
+	 * (reap) and after it has been joined (pf_ctl_stop). */
+	pthread_mutex_lock(&c->conns_lock);
+	cn->next = c->conns;
+	c->conns = cn;
+	pthread_mutex_unlock(&c->conns_lock);
+	if (pthread_create(&cn->thread, NULL, conn_main, cn)) {
+		pthread_mutex_lock(&c->conns_lock);
+		c->conns = cn->next;	/* still first: only we add */
+		pthread_mutex_unlock(&c->conns_lock);
+		free(cn);
+		refuse(fd, "end 11 cannot start a thread for the connection\n");
+	}
+}
+
+static void *accept_main(void *arg)
+{
+	struct pf_ctl *c = arg;
+
+	for (;;) {
+		int fd, ret = wait_fd(c->lfd, POLLIN, c->wake[0], -1);
+
+		if (ret == -ESHUTDOWN)
+			break;
+		fd = accept4(c->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0) {
+			/* Out of descriptors or memory: the connection
+			 * stays queued; retry without spinning. */
+			if (errno == EMFILE || errno == ENFILE ||
+			    errno == ENOBUFS || errno == ENOMEM)
+				(void)wait_fd(-1, 0, c->wake[0], STOP_POLL_MS);
+			continue;
+		}
+		reap(c, false);
+		admit(c, fd);
+	}
+	return NULL;
+}
+
+/* The socket's address through /proc, short whatever the directory. */
+static socklen_t sock_addr(int dirfd, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	snprintf(sa->sun_path, sizeof(sa->sun_path), "/proc/self/fd/%d/%s",
+		 dirfd, PF_CTL_SOCK_NAME);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+			   strlen(sa->sun_path) + 1);
+}
+
+/* Remove a socket file left by a daemon that died; refuse to replace a
+ * live one or anything that is not a socket. */
+static int remove_stale(struct pf_ctl *c, const char *dir,
+			struct pf_why *why)
+{
+	struct sockaddr_un sa;
+	socklen_t len = sock_addr(c->dirfd, &sa);
+	struct stat st;
+	int fd, ret, err;
+
+	if (fstatat(c->dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return pf_why_set(why, -errno, "cannot stat the control socket %s/%s: %s",
+				  dir, PF_CTL_SOCK_NAME, strerror(errno));
+	}
+	if (!S_ISSOCK(st.st_mode))
+		return pf_why_set(why, -EEXIST, "%s/%s exists and is not a socket",
+				  dir, PF_CTL_SOCK_NAME);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return pf_why_set(why, -errno, "cannot create a socket: %s",
+				  strerror(errno));
+	ret = connect(fd, (struct sockaddr *)&sa, len);
+	err = errno;
+	close(fd);
+	/* EAGAIN: the backlog of a live daemon is full. */
+	if (ret == 0 || err == EAGAIN)
+		return pf_why_set(why, -EADDRINUSE, "a daemon already serves %s (its control socket accepts connections)",
+				  dir);
+	if (err == ENOENT)
+		return 0;	/* gone meanwhile */
+	if (err != ECONNREFUSED)
+		return pf_why_set(why, -err, "cannot connect to the control socket %s/%s: %s",
+				  dir, PF_CTL_SOCK_NAME, strerror(err));
+	/* Refused: nobody listens, its daemon died. */
+	if (unlinkat(c->dirfd, PF_CTL_SOCK_NAME, 0) < 0 && errno != ENOENT)
+		return pf_why_set(why, -errno, "cannot remove the stale control socket %s/%s: %s",
+				  dir, PF_CTL_SOCK_NAME, strerror(errno));
+	return 0;
+}
+
+/* Unlink the socket file if it is still the one we bound. */
+static void unlink_own(struct pf_ctl *c)
+{
+	struct stat st;
+
+	if (fstatat(c->dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    st.st_dev == c->sock_dev && st.st_ino == c->sock_ino)
+		unlinkat(c->dirfd, PF_CTL_SOCK_NAME, 0);
+}
+
+/* Bind and listen on the socket file, owner-only.  Returns 0 or -errno
+ * with @why; on failure nothing is left behind. */
+static int bind_socket(struct pf_ctl *c, const char *dir, struct pf_why *why)
+{
+	struct sockaddr_un sa;
+	socklen_t len = sock_addr(c->dirfd, &sa);
+	struct stat st;
+	mode_t old_mask;
+	int ret, err;
+
+	c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (c->lfd < 0)
+		return pf_why_set(why, -errno, "cannot create a socket: %s",
+				  strerror(errno));
+	/* The file is created by bind() with the umask applied: owner-only
+	 * from the start, no window in which others could connect. */
+	old_mask = umask(077);
+	ret = bind(c->lfd, (struct sockaddr *)&sa, len);
+	err = errno;
+	umask(old_mask);
+	if (ret < 0) {
+		if (err == EADDRINUSE)
+			return pf_why_set(why, -EADDRINUSE, "another daemon created the control socket of %s at the same time",
+					  dir);
+		return pf_why_set(why, -err, "cannot create the control socket %s/%s: %s",
+				  dir, PF_CTL_SOCK_NAME, strerror(err));
+	}
+	if (fchmodat(c->dirfd, PF_CTL_SOCK_NAME, 0600, 0) < 0) {
+		ret = pf_why_set(why, -errno, "cannot chmod the control socket %s/%s: %s",
+				 dir, PF_CTL_SOCK_NAME, strerror(errno));
+		goto err_unlink;
+	}
+	if (fstatat(c->dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+		ret = pf_why_set(why, -errno, "cannot stat the control socket %s/%s: %s",
+				 dir, PF_CTL_SOCK_NAME, strerror(errno));
+		goto err_unlink;
+	}
+	c->sock_dev = st.st_dev;
+	c->sock_ino = st.st_ino;
+	if (listen(c->lfd, SOMAXCONN) < 0) {
+		ret = pf_why_set(why, -errno, "cannot listen on the control socket %s/%s: %s",
+				 dir, PF_CTL_SOCK_NAME, strerror(errno));
+		goto err_unlink;
+	}
+	return 0;
+
+err_unlink:
+	unlinkat(c->dirfd, PF_CTL_SOCK_NAME, 0);
+	return ret;
+}
+
+int pf_ctl_start(int dirfd, const char *dir_for_messages,
+		 const struct pf_ctl_cmd *cmds, void *ctx, struct pf_ctl **out,
+		 struct pf_why *why)
+{
+	const char *dir = dir_for_messages ? dir_for_messages : ".";
+	sigset_t all, old;
+	struct pf_ctl *c;
+	struct stat st;
+	int ret;
+
+	if (fstat(dirfd, &st) < 0)
+		return pf_why_set(why, -errno, "cannot stat the image directory: %s",
+				  strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return pf_why_set(why, -ENOTDIR, "the image directory is not a directory");
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return pf_why_set(why, -ENOMEM, "out of memory");
+	c->cmds = cmds;
+	c->ctx = ctx;
+	c->euid = geteuid();
+	c->lfd = -1;
+	c->wake[0] = c->wake[1] = -1;
+	atomic_init(&c->stopping, false);
+	c->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
+	if (c->dirfd < 0) {
+		ret = pf_why_set(why, -errno, "cannot duplicate the directory descriptor: %s",
+				 strerror(errno));
+		goto err_free;
+	}
+	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+		ret = pf_why_set(why, -errno, "cannot create a pipe: %s",
+				 strerror(errno));
+		goto err_free;
+	}
+	ret = remove_stale(c, dir, why);
+	if (ret < 0)
+		goto err_free;
+	ret = bind_socket(c, dir, why);
+	if (ret < 0)
+		goto err_free;
+	ret = -pthread_mutex_init(&c->conns_lock, NULL);
+	if (ret < 0) {
+		pf_why_fmt(why, "cannot initialise a mutex");
+		goto err_unlink;
+	}
+	/* Our threads inherit a full mask: signals go to the daemon's. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	ret = -pthread_create(&c->accept_thread, NULL, accept_main, c);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (ret < 0) {
+		pf_why_fmt(why, "cannot start the control thread: %s",
+			   strerror(-ret));
+		goto err_mutex;
+	}
+	*out = c;
+	return 0;
+
+err_mutex:
+	pthread_mutex_destroy(&c->conns_lock);
+err_unlink:
+	unlink_own(c);
+err_free:
+	if (c->lfd >= 0)
+		close(c->lfd);
+	if (c->wake[0] >= 0)
+		close(c->wake[0]);
+	if (c->wake[1] >= 0)
+		close(c->wake[1]);
+	if (c->dirfd >= 0)
+		close(c->dirfd);
+	free(c);
+	return ret;
+}
+
+void pf_ctl_stop(struct pf_ctl *c)
+{
+	ssize_t n;
+
+	if (!c)
+		return;
+	atomic_store(&c->stopping, true);
+	do {
+		n = write(c->wake[1], "", 1);
+	} while (n < 0 && errno == EINTR);
+	pthread_join(c->accept_thread, NULL);
+	unlink_own(c);
+	close(c->lfd);
+	reap(c, true);
+	pthread_mutex_destroy(&c->conns_lock);
+	close(c->wake[0]);
+	close(c->wake[1]);
+	close(c->dirfd);
+	free(c);
+}
+
+/* Client */
+
+int pf_ctl_connect(int dirfd, int *fd)
+{
+	struct sockaddr_un sa;
+	socklen_t len;
+	struct stat st;
+	int s, ret;
+
+	/* A bad @dirfd must not read as "no daemon" through /proc. */
+	if (fstat(dirfd, &st) < 0)
+		return -errno;
+	if (!S_ISDIR(st.st_mode))
+		return -ENOTDIR;
+	len = sock_addr(dirfd, &sa);
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	do {
+		ret = connect(s, (struct sockaddr *)&sa, len);
+	} while (ret < 0 && errno == EINTR);
+	if (ret < 0) {
+		ret = -errno;
+		close(s);
+		return ret;
+	}
+	*fd = s;
+	return 0;
+}
+
+static int send_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Encode the request into @req; returns its length or -errno. */
+static int encode_request(char *req, size_t size, int argc,
+			  const char *const *argv, struct pf_why *why)
+{
+	size_t n;
+	int i;
+
+	if (argc < 1 || !argv[0] || !argv[0][0])
+		return pf_why_set(why, -EINVAL, "no command to send to the daemon");
+	n = (size_t)snprintf(req, size, "%s %d", CTL_MAGIC, PF_CTL_VERSION);
+	for (i = 0; i < argc; i++) {
+		const unsigned char *p = (const unsigned char *)argv[i];
+
+		if (!p || !*p)
+			return pf_why_set(why, -EINVAL, "argument %d is empty: the control protocol cannot carry it",
+					  i);
+		if (n + 1 > size)
+			return pf_why_set(why, -E2BIG, "request longer than the %d-byte limit of a control line",
+					  PF_CTL_LINE_MAX);
+		req[n++] = ' ';
+		for (; *p; p++) {
+			size_t need = needs_escape(*p) ? 3 : 1;
+
+			/* room for the final '\n' too */
+			if (n + need + 1 > size)
+				return pf_why_set(why, -E2BIG, "request longer than the %d-byte limit of a control line",
+						  PF_CTL_LINE_MAX);
+			if (need == 3) {
+				snprintf(req + n, 4, "%%%02X", *p);
+				n += 3;
+			} else {
+				req[n++] = (char)*p;
+			}
+		}
+	}
+	if (n + 1 > size)
+		return pf_why_set(why, -E2BIG, "request longer than the %d-byte limit of a control line",
+				  PF_CTL_LINE_MAX);
+	req[n++] = '\n';
+	return (int)n;
+}
+
+/* Take the result of an end line.  Returns -errno (0) or -EPROTO. */
+static int parse_end(const char *s, struct pf_why *why)
+{
+	char buf[64];
+	int err = 0;
+
+	if (*s < '0' || *s > '9')
+		return pf_why_set(why, -EPROTO, "malformed end line from the daemon");
+	for (; *s >= '0' && *s <= '9'; s++) {
+		err = err * 10 + (*s - '0');
+		if (err > ERRNO_MAX)
+			return pf_why_set(why, -EPROTO, "malformed end line from the daemon: errno out of range");
+	}
+	if (*s && *s != ' ')
+		return pf_why_set(why, -EPROTO, "malformed end line from the daemon");
+	if (*s)
+		s++;
+	if (*s)
+		pf_why_fmt(why, "%s", s);
+	else if (err)
+		pf_why_fmt(why, "%s", strerror_r(err, buf, sizeof(buf)));
+	else
+		pf_why_fmt(why, "%s", "");
+	return -err;
+}
+
+int pf_ctl_call(int fd, int argc, const char *const *argv,
+		int (*on_data)(void *ctx, const char *line), void *ctx,
+		struct pf_why *why)
+{
+	char req[PF_CTL_LINE_MAX], shown[41];
+	struct line_buf *in;
+	int ret, sent;
+	size_t i;
+
+	ret = encode_request(req, sizeof(req), argc, argv, why);
+	if (ret < 0)
+		return ret;
+	/* A daemon that refuses us replies and closes before reading: a
+	 * failed send still leaves its reply to read. */
+	sent = send_all(fd, req, (size_t)ret);
+	in = calloc(1, sizeof(*in));
+	if (!in)
+		return pf_why_set(why, -ENOMEM, "out of memory");
+	for (;;) {
+		char *line = NULL;
+
+		ret = line_read(in, fd, -1, &line);
+		if (ret == -EMSGSIZE) {
+			ret = pf_why_set(why, -EPROTO, "reply line from the daemon longer than %d bytes",
+					 PF_CTL_LINE_MAX);
+			break;
+		}
+		if (ret != 1 || !line) {
+			if (sent < 0)
+				ret = pf_why_set(why, -EIO, "cannot send the request to the daemon: %s",
+						 strerror(-sent));
+			else if (ret < 0)
+				ret = pf_why_set(why, -EIO, "the connection to the daemon failed: %s",
+						 strerror(-ret));
+			else
+				ret = pf_why_set(why, -EIO, "the daemon closed the connection before the end of its reply");
+			break;
+		}
+		if (!strncmp(line, "data ", 5)) {
+			ret = on_data ? on_data(ctx, line + 5) : 0;
+			if (ret) {
+				/* The stream goes on: only a hang-up ends
+				 * it, which the daemon notices. */
+				shutdown(fd, SHUT_RDWR);
+				ret = ret < 0 ? ret : 0;
+				break;
+			}
+			continue;
+		}
+		if (!strncmp(line, "end ", 4)) {
+			ret = parse_end(line + 4, why);
+			break;
+		}
+		for (i = 0; i < sizeof(shown) - 1 && line[i]; i++)
+			shown[i] = printable(line[i]);
+		shown[i] = '\0';
+		ret = pf_why_set(why, -EPROTO, "malformed reply line from the daemon: \"%s\"",
+				 shown);
+		break;
+	}
+	free(in);
+	return ret;
+}
+
+/* Events */
+
+struct pf_events {
+	pthread_mutex_t lock;
+	pthread_cond_t emitted;		/* last grew; waiters > 0 */
+	size_t cap;			/* events kept */
+	uint64_t last;			/* protected by lock; seq of the newest */
+	unsigned waiters;		/* protected by lock */
+	size_t n_types;			/* protected by lock */
+	/* protected by lock; once full, the last slot counts "other" */
+	struct pf_event_count counts[PF_EVENT_TYPES_MAX];
+	/* protected by lock; event seq is at ring[(seq - 1) % cap] */
+	struct pf_event ring[];
+};
+
+int pf_events_new(size_t capacity, struct pf_events **out)
+{
+	pthread_condattr_t ca;
+	struct pf_events *ev;
+
+	if (!capacity ||
+	    capacity > (SIZE_MAX - sizeof(*ev)) / sizeof(struct pf_event))
+		return -EINVAL;
+	ev = calloc(1, sizeof(*ev) + capacity * sizeof(struct pf_event));
+	if (!ev)
+		return -ENOMEM;
+	ev->cap = capacity;
+	if (pthread_mutex_init(&ev->lock, NULL)) {
+		free(ev);
+		return -ENOMEM;
+	}
+	if (pthread_condattr_init(&ca)) {
+		pthread_mutex_destroy(&ev->lock);
+		free(ev);
+		return -ENOMEM;
+	}
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (pthread_cond_init(&ev->emitted, &ca)) {
+		pthread_condattr_destroy(&ca);
+		pthread_mutex_destroy(&ev->lock);
+		free(ev);
+		return -ENOMEM;
+	}
+	pthread_condattr_destroy(&ca);
+	*out = ev;
+	return 0;
+}
+
+void pf_events_free(struct pf_events *ev)
+{
+	if (!ev)
+		return;
+	pthread_cond_destroy(&ev->emitted);
+	pthread_mutex_destroy(&ev->lock);
+	free(ev);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Count one event of @type.  Context: ev->lock held. */
+static void count_type(struct pf_events *ev, const char *type)
+{
+	size_t i;
+
+	for (i = 0; i < ev->n_types; i++) {
+		if (!strcmp(ev->counts[i].type, type)) {
+			ev->counts[i].count++;
+			return;
+		}
+	}
+	if (i == PF_EVENT_TYPES_MAX) {
+		ev->counts[i - 1].count++;	/* "other" */
+		return;
+	}
+	if (i == PF_EVENT_TYPES_MAX - 1)
+		type = "other";
+	snprintf(ev->counts[i].type, sizeof(ev->counts[i].type), "%s", type);
+	ev->counts[i].count = 1;
+	ev->n_types++;
+}
+
+uint64_t pf_events_emit(struct pf_events *ev, const char *type,
+			const char *fmt, ...)
+{
+	struct pf_event e;
+	bool wake;
+	va_list ap;
+	size_t i;
+	int n;
+
+	/* Everything but the copy into the ring happens unlocked. */
+	for (i = 0; type && type[i] && i < sizeof(e.type) - 1; i++) {
+		unsigned char u = (unsigned char)type[i];
+
+		e.type[i] = u <= 0x20 || u == 0x7f ? '_' : type[i];
+	}
+	e.type[i] = '\0';
+	if (!i)
+		snprintf(e.type, sizeof(e.type), "unknown");
+	va_start(ap, fmt);
+	n = vsnprintf(e.text, sizeof(e.text), fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		snprintf(e.text, sizeof(e.text), "(event text could not be formatted)");
+	} else if ((size_t)n >= sizeof(e.text)) {
+		size_t len = utf8_cut(e.text, sizeof(e.text) - 4, 0,
+				      e.text[sizeof(e.text) - 4]);
+
+		memcpy(e.text + len, "...", 4);
+	}
+	for (i = 0; e.text[i]; i++) {
+		unsigned char u = (unsigned char)e.text[i];
+
+		if (u < 0x20 || u == 0x7f)
+			e.text[i] = ' ';
+	}
+
+	pthread_mutex_lock(&ev->lock);
+	e.seq = ++ev->last;
+	e.time_ms = now_ms();
+	ev->ring[(e.seq - 1) % ev->cap] = e;
+	count_type(ev, e.type);
+	wake = ev->waiters > 0;
+	pthread_mutex_unlock(&ev->lock);
+	/* Waiters registered under the lock and wait on it atomically:
+	 * a broadcast after unlocking reaches them. */
+	if (wake)
+		pthread_cond_broadcast(&ev->emitted);
+	return e.seq;
+}
+
+/* The first event after @after.  Context: ev->lock held, ev->last >
+ * @after. */
+static void take_event(struct pf_events *ev, uint64_t after,
+		       struct pf_event *out)
+{
+	uint64_t oldest = ev->last > ev->cap ? ev->last - ev->cap + 1 : 1;
+	uint64_t lost;
+
+	if (after + 1 >= oldest) {
+		*out = ev->ring[after % ev->cap];
+		return;
+	}
+	lost = oldest - 1 - after;
+	memset(out, 0, sizeof(*out));
+	out->seq = after + 1;
+	out->time_ms = now_ms();
+	snprintf(out->type, sizeof(out->type), "%s", PF_EVENT_LOST);
+	snprintf(out->text, sizeof(out->text),
+		 "seq %" PRIu64 " to %" PRIu64 " lost (%" PRIu64 " event%s)",
+		 after + 1, oldest - 1, lost, lost == 1 ? "" : "s");
+}
+
+static void ts_add_ms(struct timespec *ts, long ms)
+{
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec ||
+	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+int pf_events_wait(struct pf_events *ev, uint64_t after,
+		   struct pf_event *out, int timeout_ms,
+		   bool (*stop)(void *ctx), void *ctx)
+{
+	struct timespec deadline, now, wake;
+	int ret = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	if (timeout_ms > 0)
+		ts_add_ms(&deadline, timeout_ms);
+	pthread_mutex_lock(&ev->lock);
+	for (;;) {
+		if (ev->last > after) {
+			take_event(ev, after, out);
+			ret = 1;
+			break;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (timeout_ms >= 0 && !ts_before(&now, &deadline))
+			break;
+		if (stop) {
+			bool stopped;
+
+			pthread_mutex_unlock(&ev->lock);
+			stopped = stop(ctx);
+			pthread_mutex_lock(&ev->lock);
+			if (stopped)
+				break;
+			if (ev->last > after)
+				continue;
+		}
+		wake = now;
+		ts_add_ms(&wake, STOP_POLL_MS);
+		if (timeout_ms >= 0 && ts_before(&deadline, &wake))
+			wake = deadline;
+		ev->waiters++;
+		pthread_cond_timedwait(&ev->emitted, &ev->lock, &wake);
+		ev->waiters--;
+	}
+	pthread_mutex_unlock(&ev->lock);
+	return ret;
+}
+
+uint64_t pf_events_last(struct pf_events *ev)
+{
+	uint64_t last;
+
+	pthread_mutex_lock(&ev->lock);
+	last = ev->last;
+	pthread_mutex_unlock(&ev->lock);
+	return last;
+}
+
+size_t pf_events_counts(struct pf_events *ev, struct pf_event_count *out,
+			size_t n)
+{
+	size_t n_types;
+
+	pthread_mutex_lock(&ev->lock);
+	n_types = ev->n_types;
+	memcpy(out, ev->counts,
+	       (n < n_types ? n : n_types) * sizeof(*out));
+	pthread_mutex_unlock(&ev->lock);
+	return n_types;
+}
+
+int pf_event_format(const struct pf_event *e, char *buf, size_t len)
+{
+	int n = snprintf(buf, len, "%" PRIu64 " %" PRIu64 " %s %s", e->seq,
+			 e->time_ms, e->type, e->text);
+
+	if (n < 0)
+		return -EINVAL;
+	return (size_t)n >= len ? -ENOSPC : 0;
+}
+
+/* Parse a decimal uint64_t at *@p and advance *@p past it.  Returns 0
+ * or -EINVAL (no digits, or too large). */
+static int parse_u64(const char **p, uint64_t *out)
+{
+	const char *s = *p;
+	uint64_t v = 0;
+
+	if (*s < '0' || *s > '9')
+		return -EINVAL;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		unsigned d = (unsigned)(*s - '0');
+
+		if (v > (UINT64_MAX - d) / 10)
+			return -EINVAL;
+		v = v * 10 + d;
+	}
+	*p = s;
+	*out = v;
+	return 0;
+}
+
+/* The same, followed by a space. */
+static int parse_u64_sp(const char **p, uint64_t *out)
+{
+	const char *s = *p;
+
+	if (parse_u64(&s, out) < 0 || *s != ' ')
+		return -EINVAL;
+	*p = s + 1;
+	return 0;
+}
+
+uint64_t pf_event_next_after(const struct pf_event *e)
+{
+	const char *p = e->text;
+	uint64_t first, last;
+
+	/* the text take_event() writes: "seq <first> to <last> lost ..." */
+	if (strcmp(e->type, PF_EVENT_LOST) || strncmp(p, "seq ", 4))
+		return e->seq;
+	p += 4;
+	if (parse_u64(&p, &first) < 0 || strncmp(p, " to ", 4))
+		return e->seq;
+	p += 4;
+	if (parse_u64_sp(&p, &last) < 0 || first != e->seq || last < first)
+		return e->seq;
+	return last;
+}
+
+static bool is_print(char ch)
+{
+	unsigned char u = (unsigned char)ch;
+
+	return u >= 0x20 && u != 0x7f;
+}
+
+int pf_event_parse(const char *line, struct pf_event *e)
+{
+	const char *p = line;
+	size_t n, i;
+
+	memset(e, 0, sizeof(*e));
+	if (parse_u64_sp(&p, &e->seq) < 0 || !e->seq ||
+	    parse_u64_sp(&p, &e->time_ms) < 0)
+		return -EINVAL;
+	n = strcspn(p, " ");
+	if (!n || n >= sizeof(e->type))
+		return -EINVAL;
+	memcpy(e->type, p, n);
+	p += n;
+	if (*p == ' ')
+		p++;
+	n = strlen(p);
+	if (n >= sizeof(e->text))
+		return -EINVAL;
+	memcpy(e->text, p, n);
+	for (i = 0; e->type[i]; i++)
+		if (!is_print(e->type[i]))
+			return -EINVAL;
+	for (i = 0; e->text[i]; i++)
+		if (!is_print(e->text[i]))
+			return -EINVAL;
+	return 0;
+}

@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The daemon's control socket and its events ring.  Generic transport
+ * only: this module knows neither the stack nor FUSE; the daemon passes a
+ * table of commands and ploopctl calls them.
+ *
+ * Socket.  A SOCK_STREAM Unix socket named PF_CTL_SOCK_NAME in the image
+ * directory, mode 0600, reached through /proc/self/fd/<dirfd>/ so that
+ * image paths longer than sun_path work.  Only root and the daemon's
+ * effective uid are served (SO_PEERCRED).
+ *
+ * Protocol version 1 (PF_CTL_VERSION).  Lines of at most PF_CTL_LINE_MAX
+ * bytes including the '\n'.  A connection carries any number of requests,
+ * one at a time:
+ *
+ *   request:  ploopfs-ctl 1 <cmd> [<arg> ...]
+ *   response: data <text>          zero or more
+ *             end <errno> <message>  exactly one, last
+ *
+ * Fields are separated by single spaces.  In a request, bytes <= 0x20,
+ * 0x7f and '%' are sent as %XX (upper- or lower-case hex); %00 and empty
+ * fields are malformed.  <errno> is 0 for success or a positive errno
+ * number; <message> may be empty.  A streaming command sends data lines
+ * until the client hangs up or the daemon stops (it then sends "end 0 "
+ * if it can).  Replies to bad requests: a version other than 1 gets
+ * "end 71 unsupported control protocol version N (daemon speaks 1)", an
+ * unknown command "end 95 unknown command <cmd>", a malformed request
+ * "end 22 <what is wrong>", a peer of another uid "end 13 permission
+ * denied" and one connection beyond PF_CTL_CONN_MAX "end 16 too many
+ * control connections" (both then closed).
+ *
+ * Events.  A ring of the last N events, each with a sequence number
+ * (1, 2, ...) that never repeats, and per-type totals.  A reader passes
+ * the last sequence number it saw; events it missed because the ring
+ * wrapped come back as one synthetic "lost" event naming exactly which,
+ * so nothing is lost silently.  On the wire an event is one line,
+ * "<seq> <time_ms> <type> <text>" (pf_event_format, pf_event_parse).
+ *
+ * Lock order: pf_ctl.conns_lock is a leaf; pf_events.lock is a leaf.  No
+ * lock is held across a send, a handler, or a stop predicate.
+ */
+#ifndef PF_CONTROL_H
+#define PF_CONTROL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define PF_CTL_SOCK_NAME	".ploopfs.sock"
+#define PF_CTL_VERSION		1
+#define PF_CTL_LINE_MAX		4096	/* bytes per line, '\n' included */
+#define PF_CTL_CONN_MAX		64	/* connections served at once */
+
+/* Server side */
+
+struct pf_ctl;
+struct pf_ctl_reply;
+
+/*
+ * A command.  @argv[0] is the command name, @argv[@argc] is NULL; the
+ * strings are decoded and may be modified, and live until the handler
+ * returns.  Send output with pf_ctl_data().  Return 0 or -errno; the
+ * server then sends "end <-ret> <why->msg>" (strerror when @why is left
+ * empty).
+ * Context: the connection's own thread, one per connection; several
+ * handlers may run at once.  A handler must not depend on the daemon's
+ * data-path workers (FUSE threads) to make progress.
+ */
+typedef int (*pf_ctl_handler)(void *ctx, int argc, char **argv,
+			      struct pf_ctl_reply *r, struct pf_why *why);
+
+struct pf_ctl_cmd {
+	const char *name;	/* NULL ends the table */
+	pf_ctl_handler fn;
+};
+
+/*
+ * Create the control socket of the image directory @dirfd (an open
+ * directory; it is duplicated) and start serving @cmds with @ctx.  A
+ * socket file left by a daemon that died (connect refused) is replaced.
+ * @dir_for_messages names the directory in @why.  The umask is 077 while
+ * the socket is bound (process-wide: call before threads create files).
+ * Returns: 0; -EADDRINUSE (a daemon accepts connections on the socket);
+ * -EEXIST (PF_CTL_SOCK_NAME exists and is not a socket); -ENOTDIR; other
+ * -errno.  @why says what.
+ * Context: starts the accept thread; every thread it starts has all
+ * signals blocked.
+ */
+PF_MUST_CHECK int pf_ctl_start(int dirfd, const char *dir_for_messages,
+			       const struct pf_ctl_cmd *cmds, void *ctx,
+			       struct pf_ctl **out, struct pf_why *why);
+
+/*
+ * Stop accepting, remove the socket file (if it is still ours), wake
+ * waiting and streaming handlers (pf_ctl_stopping() turns true, blocked
+ * sends give up), wait for every connection thread to finish, free.
+ * Returns once the handlers running have returned.  @c may be NULL.
+ */
+void pf_ctl_stop(struct pf_ctl *c);
+
+/* Connections open now (served or waiting for a request). */
+unsigned pf_ctl_connections(struct pf_ctl *c);
+
+/*
+ * Send one "data" line: printf-style @fmt, truncated to fit a line;
+ * control characters other than tab become '?'.  Waits while the client
+ * does not read, until the server stops.
+ * Returns: 0; -EPIPE (the client has gone, or the server is stopping and
+ * the client does not read; a streaming handler returns then).
+ */
+int pf_ctl_data(struct pf_ctl_reply *r, const char *fmt, ...) PF_PRINTF(2, 3);
+
+/* True once pf_ctl_stop() has been called. */
+bool pf_ctl_stopping(const struct pf_ctl_reply *r);
+
+/*
+ * True once the server is stopping or the client of @reply (a struct
+ * pf_ctl_reply *) has hung up or failed.  Does not block.  Its type fits
+ * the @stop predicate of pf_events_wait(), so a streaming handler can
+ * wait for events with pf_events_wait(ev, seq, &e, -1, pf_ctl_cancelled, r).
+ */
+bool pf_ctl_cancelled(void *reply);
+
+/* Client side */
+
+/*
+ * Connect to the daemon serving the image directory @dirfd.
+ * Returns: 0 and *@fd (close it when done); -ENOENT or -ECONNREFUSED (no
+ * daemon serves the image: work on the files); -EACCES (socket of another
+ * user); -EBADF, -ENOTDIR; other -errno.
+ */
+PF_MUST_CHECK int pf_ctl_connect(int dirfd, int *fd);
+
+/*
+ * Send the request @argv[0..@argc-1] (command, then arguments) on @fd
+ * and read the reply.  The text of each data line goes to @on_data
+ * (NULL: ignored); when it returns nonzero the reading stops, the
+ * connection is shut down (close @fd then) and that value is returned if
+ * negative, else 0.  Blocks while the daemon is silent.
+ * Returns: the daemon's result, 0 or -errno, with @why set to its message
+ * (strerror when it sent none); -EINVAL (no command, or an empty
+ * argument); -E2BIG (request longer than a line); -EIO (the connection
+ * failed or the daemon closed it before the end of its reply); -EPROTO
+ * (malformed reply).  @why says which.
+ */
+PF_MUST_CHECK int pf_ctl_call(int fd, int argc, const char *const *argv,
+			      int (*on_data)(void *ctx, const char *line),
+			      void *ctx, struct pf_why *why);
+
+/* Events */
+
+#define PF_EVENT_TYPE_MAX	32	/* bytes of a type, NUL included */
+#define PF_EVENT_TEXT_MAX	256	/* bytes of a text, NUL included */
+#define PF_EVENT_TYPES_MAX	64	/* distinct types counted by name */
+/* Longest pf_event_format() line, NUL included. */
+#define PF_EVENT_LINE_MAX	(20 + 1 + 20 + 1 + PF_EVENT_TYPE_MAX + \
+				 PF_EVENT_TEXT_MAX)
+/* Type of the synthetic event for events overwritten before being read. */
+#define PF_EVENT_LOST		"lost"
+
+struct pf_events;
+
+struct pf_event {
+	uint64_t seq;			/* 1, 2, ...; never repeats */
+	uint64_t time_ms;		/* CLOCK_REALTIME, milliseconds */
+	char type[PF_EVENT_TYPE_MAX];	/* one word: no space or control */
+	char text[PF_EVENT_TEXT_MAX];	/* no control characters */
+};
+
+struct pf_event_count {
+	char type[PF_EVENT_TYPE_MAX];
+	uint64_t count;			/* events of the type since start */
+};
+
+/* A ring keeping the last @capacity (>= 1) events.
+ * Returns: 0; -EINVAL (capacity 0 or too large); -ENOMEM. */
+PF_MUST_CHECK int pf_events_new(size_t capacity, struct pf_events **out);
+
+/* Free; no thread may be using @ev.  @ev may be NULL. */
+void pf_events_free(struct pf_events *ev);
+
+/*
+ * Record an event of @type (one word, truncated to 31 bytes; spaces and
+ * control characters become '_') with a printf-style text (truncated
+ * with "..."; control characters become ' ').  Never fails and never
+ * waits for readers: every call takes a sequence number and counts,
+ * whatever its text.  Types beyond PF_EVENT_TYPES_MAX distinct ones are
+ * counted together as "other".
+ * Returns: the sequence number given to the event.
+ * Locking: takes pf_events.lock for a copy of the event.
+ */
+uint64_t pf_events_emit(struct pf_events *ev, const char *type,
+			const char *fmt, ...) PF_PRINTF(3, 4);
+
+/*
+ * Get the first event with a sequence number above @after, waiting up to
+ * @timeout_ms (-1: no limit) for one to be emitted, unless @stop(@ctx)
+ * (may be NULL) turns true; it is checked at least every 100 ms.  If
+ * events after @after have been overwritten, *@out is a synthetic event
+ * of type PF_EVENT_LOST: its seq is the first one missed, its text says
+ * how many were lost and the last one, and pf_event_next_after() gives
+ * the @after to continue with.
+ * Returns: 1 (*@out filled); 0 (timeout, or @stop).
+ * Context: any thread; @stop is called without locks held.
+ */
+int pf_events_wait(struct pf_events *ev, uint64_t after,
+		   struct pf_event *out, int timeout_ms,
+		   bool (*stop)(void *ctx), void *ctx);
+
+/* The last sequence number given, 0 if none yet. */
+uint64_t pf_events_last(struct pf_events *ev);
+
+/* Fill up to @n per-type totals, in the order the types first occurred.
+ * Returns: the number of types (may exceed @n). */
+size_t pf_events_counts(struct pf_events *ev, struct pf_event_count *out,
+			size_t n);
+
+/*
+ * The @after with which a reader that got @e continues: @e->seq, or for
+ * a PF_EVENT_LOST event the last sequence number it covers.
+ */
+uint64_t pf_event_next_after(const struct pf_event *e);
+
+/* Format @e as "<seq> <time_ms> <type> <text>" into @buf.
+ * Returns: 0; -ENOSPC (@len too small; PF_EVENT_LINE_MAX always fits). */
+PF_MUST_CHECK int pf_event_format(const struct pf_event *e, char *buf,
+				  size_t len);
+
+/* Parse a line made by pf_event_format() (no '\n').
+ * Returns: 0; -EINVAL (malformed, or a field too long). */
+PF_MUST_CHECK int pf_event_parse(const char *line, struct pf_event *e);
+
+#endif /* PF_CONTROL_H */
