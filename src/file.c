@@ -36,6 +36,13 @@ static int posix_truncate(struct pf_file *f, uint64_t size)
 	return ftruncate(f->fd, (off_t)size) < 0 ? -errno : 0;
 }
 
+static int posix_allocate(struct pf_file *f, uint64_t off, uint64_t len)
+{
+	if (fallocate(f->fd, 0, (off_t)off, (off_t)len) < 0)
+		return errno == EOPNOTSUPP ? 0 : -errno;	/* space on write */
+	return 0;
+}
+
 static void posix_close(struct pf_file *f)
 {
 	close(f->fd);
@@ -48,6 +55,7 @@ static const struct pf_file_ops posix_ops = {
 	.datasync = posix_datasync,
 	.punch = posix_punch,
 	.truncate = posix_truncate,
+	.allocate = posix_allocate,
 	.close = posix_close,
 };
 

@@ -29,6 +29,10 @@ struct pf_file_ops {
 	/* make [off, off + len) read as zeros and free its space */
 	int (*punch)(struct pf_file *f, uint64_t off, uint64_t len);
 	int (*truncate)(struct pf_file *f, uint64_t size);
+	/* give [off, off + len) real space (growing the file if needed),
+	 * reading as zeros where nothing was written: -ENOSPC here, not
+	 * at a later data write.  Optional (NULL: space comes on write). */
+	int (*allocate)(struct pf_file *f, uint64_t off, uint64_t len);
 	void (*close)(struct pf_file *f);	/* closes fd too */
 };
 

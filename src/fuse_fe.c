@@ -2,7 +2,12 @@
 /*
  * FUSE low-level operations (see fuse_fe.h).
  *
- * Inode 1 is the mount's root directory, inode 2 the disk.  The disk is
+ * Inode 1 is the mount's root directory, inode 2 the disk, inode 3 the
+ * directory "snapshots" holding one read-only file per snapshot, named by
+ * its GUID without braces (inodes from 16 up, handed out as views are
+ * first seen and never reused).  A view reads the disk as it was when the
+ * snapshot was taken; once the snapshot is deleted it is gone from the
+ * directory and reads of open handles fail with ESTALE.  Files are
  * opened with direct_io, so every read and write reaches us and no page
  * cache sits between the client and the deltas.  Reads and writes are
  * answered from the stack's completion callback (often on the aio
@@ -24,16 +29,143 @@
 #include <unistd.h>
 
 #define DISK_INO	2
+#define SNAPDIR_INO	3
+#define VIEW_INO0	16
 #define ATTR_TIMEOUT	1.0
+
+struct pf_fe_view {
+	fuse_ino_t ino;
+	char guid[PF_GUID_LEN + 1];
+};
 
 static struct pf_fe *fe_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
 }
 
-static void fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
+void pf_fe_init(struct pf_fe *fe)
+{
+	pthread_mutex_init(&fe->views_lock, NULL);
+	fe->views = NULL;
+	fe->n_views = fe->cap_views = 0;
+}
+
+void pf_fe_destroy(struct pf_fe *fe)
+{
+	free(fe->views);
+	pthread_mutex_destroy(&fe->views_lock);
+}
+
+/* Snapshot views */
+
+/* The inode of the view of @guid, given out the first time; 0 when out
+ * of memory. */
+static fuse_ino_t view_ino(struct pf_fe *fe, const char *guid)
+{
+	fuse_ino_t ino = 0;
+	size_t i;
+
+	pthread_mutex_lock(&fe->views_lock);
+	for (i = 0; i < fe->n_views; i++)
+		if (!strcmp(fe->views[i].guid, guid)) {
+			ino = fe->views[i].ino;
+			goto out;
+		}
+	if (fe->n_views == fe->cap_views) {
+		size_t cap = fe->cap_views ? fe->cap_views * 2 : 16;
+		struct pf_fe_view *v = realloc(fe->views, cap * sizeof(*v));
+
+		if (!v)
+			goto out;
+		fe->views = v;
+		fe->cap_views = cap;
+	}
+	ino = VIEW_INO0 + fe->n_views;
+	fe->views[fe->n_views].ino = ino;
+	snprintf(fe->views[fe->n_views].guid, sizeof(fe->views[0].guid), "%s",
+		 guid);
+	fe->n_views++;
+out:
+	pthread_mutex_unlock(&fe->views_lock);
+	return ino;
+}
+
+/* The GUID of view inode @ino into @guid; false if it is not one. */
+static bool view_guid(struct pf_fe *fe, fuse_ino_t ino, char *guid)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&fe->views_lock);
+	if (ino >= VIEW_INO0 && ino - VIEW_INO0 < fe->n_views) {
+		memcpy(guid, fe->views[ino - VIEW_INO0].guid, PF_GUID_LEN + 1);
+		found = true;
+	}
+	pthread_mutex_unlock(&fe->views_lock);
+	return found;
+}
+
+/* The snapshots that have a view now (every level but the top and those
+ * being deleted), base first.  Returns the count, -errno. */
+static ssize_t views_now(struct pf_fe *fe, struct pf_stack_level **out)
+{
+	struct pf_stack_level *lv = NULL;
+	size_t n = 8, got, i, k;
+
+	for (;;) {
+		struct pf_stack_level *p = realloc(lv, n * sizeof(*lv));
+
+		if (!p) {
+			free(lv);
+			return -ENOMEM;
+		}
+		lv = p;
+		got = pf_stack_levels(fe->stack, lv, n);
+		if (got <= n)
+			break;
+		n = got;
+	}
+	for (i = k = 0; i < got; i++)
+		if (!lv[i].top && !lv[i].hidden)
+			lv[k++] = lv[i];
+	*out = lv;
+	return (ssize_t)k;
+}
+
+/* Name of a view: the GUID without its braces. */
+static void view_name(const char *guid, char *name)
+{
+	memcpy(name, guid + 1, PF_GUID_LEN - 2);
+	name[PF_GUID_LEN - 2] = 0;
+}
+
+/* The level of snapshot @guid if it has a view now (@lv may be NULL). */
+static int view_level(struct pf_fe *fe, const char *guid,
+		      struct pf_stack_level *out)
+{
+	struct pf_stack_level *lv;
+	ssize_t n, i;
+
+	n = views_now(fe, &lv);
+	if (n < 0)
+		return (int)n;
+	for (i = 0; i < n; i++)
+		if (!strcmp(lv[i].guid, guid)) {
+			if (out)
+				*out = lv[i];
+			free(lv);
+			return 0;
+		}
+	free(lv);
+	return -ENOENT;
+}
+
+/* Attributes of @ino; -ENOENT if it does not exist (any more). */
+static int fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
 {
 	struct pf_stack_stat ss;
+	struct pf_stack_level lv;
+	char guid[PF_GUID_LEN + 1];
+	int ret;
 
 	memset(st, 0, sizeof(*st));
 	st->st_ino = ino;
@@ -41,16 +173,33 @@ static void fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
 	st->st_gid = getgid();
 	st->st_blksize = 4096;
 	st->st_atime = st->st_mtime = st->st_ctime = fe->mounted;
-	if (ino == FUSE_ROOT_ID) {
-		st->st_mode = S_IFDIR | 0755;
-		st->st_nlink = 2;
-		return;
+	if (ino == FUSE_ROOT_ID || ino == SNAPDIR_INO) {
+		st->st_mode = S_IFDIR | (ino == FUSE_ROOT_ID ? 0755 : 0555);
+		st->st_nlink = ino == FUSE_ROOT_ID ? 3 : 2;
+		return 0;
 	}
 	pf_stack_stat(fe->stack, &ss);
-	st->st_mode = S_IFREG | (fe->read_only ? 0400 : 0600);
 	st->st_nlink = 1;
 	st->st_size = (off_t)ss.size_bytes;
-	st->st_blocks = (blkcnt_t)(ss.top_clusters * (ss.cluster_bytes / 512));
+	if (ino == DISK_INO) {
+		st->st_mode = S_IFREG | (fe->read_only ? 0400 : 0600);
+		st->st_blocks =
+			(blkcnt_t)(ss.top_clusters * (ss.cluster_bytes / 512));
+		return 0;
+	}
+	if (!view_guid(fe, ino, guid))
+		return -ENOENT;
+	ret = view_level(fe, guid, &lv);
+	if (ret)
+		return ret;
+	st->st_mode = S_IFREG | 0444;
+	st->st_blocks = (blkcnt_t)(lv.mapped * (ss.cluster_bytes / 512));
+	return 0;
+}
+
+static bool is_view(fuse_ino_t ino)
+{
+	return ino >= VIEW_INO0;
 }
 
 static void fe_init(void *userdata, struct fuse_conn_info *conn)
@@ -72,31 +221,53 @@ static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct pf_fe *fe = fe_of(req);
 	struct fuse_entry_param e;
+	char guid[PF_GUID_LEN + 1];
+	int ret;
 
-	if (parent != FUSE_ROOT_ID || strcmp(name, fe->name)) {
+	memset(&e, 0, sizeof(e));
+	if (parent == FUSE_ROOT_ID && !strcmp(name, fe->name)) {
+		e.ino = DISK_INO;
+	} else if (parent == FUSE_ROOT_ID && !strcmp(name, PF_FE_SNAP_DIR)) {
+		e.ino = SNAPDIR_INO;
+	} else if (parent == SNAPDIR_INO &&
+		   strlen(name) == PF_GUID_LEN - 2) {
+		snprintf(guid, sizeof(guid), "{%s}", name);
+		ret = view_level(fe, guid, NULL);
+		if (ret) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		e.ino = view_ino(fe, guid);
+		if (!e.ino) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+	} else {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
-	memset(&e, 0, sizeof(e));
-	e.ino = DISK_INO;
-	e.attr_timeout = ATTR_TIMEOUT;
-	e.entry_timeout = ATTR_TIMEOUT;
-	fill_attr(fe, DISK_INO, &e.attr);
-	fuse_reply_entry(req, &e);
+	/* views come and go with snapshots: no caching of their entries */
+	e.attr_timeout = is_view(e.ino) ? 0 : ATTR_TIMEOUT;
+	e.entry_timeout = e.ino == DISK_INO ? ATTR_TIMEOUT : 0;
+	ret = fill_attr(fe, e.ino, &e.attr);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_entry(req, &e);
 }
 
 static void fe_getattr(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
 	struct stat st;
+	int ret;
 
 	(void)fi;
-	if (ino != FUSE_ROOT_ID && ino != DISK_INO) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
-	fill_attr(fe_of(req), ino, &st);
-	fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+	ret = fill_attr(fe_of(req), ino, &st);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_attr(req, &st, is_view(ino) ? 0 : ATTR_TIMEOUT);
 }
 
 static void fe_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -106,11 +277,18 @@ static void fe_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	struct stat st;
 
 	(void)fi;
+	if (is_view(ino)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
 	if (ino != DISK_INO) {
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	fill_attr(fe, ino, &st);
+	if (fill_attr(fe, ino, &st)) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
 	/* The disk has a fixed size (O_TRUNC included) and fixed
 	 * ownership; time updates are accepted and forgotten. */
 	if ((to_set & FUSE_SET_ATTR_SIZE) && attr->st_size != st.st_size) {
@@ -128,12 +306,23 @@ static void fe_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 static void fe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct pf_fe *fe = fe_of(req);
+	struct stat st;
 
-	if (ino != DISK_INO) {
+	if (ino == FUSE_ROOT_ID || ino == SNAPDIR_INO) {
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
-	if (fe->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
+	if (is_view(ino)) {
+		if (fill_attr(fe, ino, &st)) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		if ((fi->flags & O_ACCMODE) != O_RDONLY ||
+		    (fi->flags & O_TRUNC)) {
+			fuse_reply_err(req, EROFS);	/* snapshots are read-only */
+			return;
+		}
+	} else if (fe->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EROFS);
 		return;
 	}
@@ -167,10 +356,14 @@ static void fe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct pf_fe *fe = fe_of(req);
 	uint64_t disk = pf_stack_size(fe->stack);
+	char guid[PF_GUID_LEN + 1];
 	struct rd *r;
 
-	(void)ino;
 	(void)fi;
+	if (is_view(ino) && !view_guid(fe, ino, guid)) {
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
 	if (off < 0 || (uint64_t)off >= disk || !size) {
 		fuse_reply_buf(req, NULL, 0);	/* end of file */
 		return;
@@ -185,7 +378,12 @@ static void fe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	r->req = req;
 	r->len = size;
-	pf_stack_read(fe->stack, r->buf, size, (uint64_t)off, read_done, r);
+	if (is_view(ino))
+		pf_stack_read_view(fe->stack, guid, r->buf, size, (uint64_t)off,
+				   read_done, r);
+	else
+		pf_stack_read(fe->stack, r->buf, size, (uint64_t)off,
+			      read_done, r);
 }
 
 /* Writes */
@@ -220,7 +418,10 @@ static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
 	struct wr *w;
 	int ret;
 
-	(void)ino;
+	if (ino != DISK_INO) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
 	if (!size) {
 		fuse_reply_write(req, 0);
 		return;
@@ -264,9 +465,12 @@ static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
 static void fe_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 		     struct fuse_file_info *fi)
 {
-	(void)ino;
 	(void)datasync;
 	(void)fi;
+	if (ino != DISK_INO) {
+		fuse_reply_err(req, 0);	/* nothing to write back */
+		return;
+	}
 	fuse_reply_err(req, -pf_stack_flush(fe_of(req)->stack));
 }
 
@@ -282,8 +486,11 @@ static void fe_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 {
 	struct pf_fe *fe = fe_of(req);
 
-	(void)ino;
 	(void)fi;
+	if (ino != DISK_INO) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
 	if (off < 0 || len <= 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -310,42 +517,76 @@ static void fe_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 static void fe_opendir(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
-	if (ino != FUSE_ROOT_ID) {
+	if (ino != FUSE_ROOT_ID && ino != SNAPDIR_INO) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	fuse_reply_open(req, fi);
 }
 
+/* Add entry @i (@name, @ino) at offset i + 1; false once @buf is full. */
+static bool add_entry(fuse_req_t req, char *buf, size_t size, size_t *pos,
+		      const char *name, fuse_ino_t ino, bool dir, off_t i)
+{
+	struct stat st;
+	size_t n;
+
+	memset(&st, 0, sizeof(st));
+	st.st_ino = ino;
+	st.st_mode = dir ? S_IFDIR : S_IFREG;
+	n = fuse_add_direntry(req, buf + *pos, size - *pos, name, &st, i + 1);
+	if (n > size - *pos)
+		return false;
+	*pos += n;
+	return true;
+}
+
 static void fe_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
 	struct pf_fe *fe = fe_of(req);
-	const char *names[] = { ".", "..", fe->name };
-	const fuse_ino_t inos[] = { FUSE_ROOT_ID, FUSE_ROOT_ID, DISK_INO };
-	char buf[1024];
-	size_t pos = 0, n;
+	const char *names[] = { ".", "..", fe->name, PF_FE_SNAP_DIR };
+	const fuse_ino_t inos[] = { FUSE_ROOT_ID, FUSE_ROOT_ID, DISK_INO,
+				    SNAPDIR_INO };
+	struct pf_stack_level *lv;
+	char buf[4096], name[PF_GUID_LEN];
+	size_t pos = 0;
+	ssize_t n;
 	off_t i;
 
 	(void)fi;
-	if (ino != FUSE_ROOT_ID) {
+	if (ino != FUSE_ROOT_ID && ino != SNAPDIR_INO) {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	if (size > sizeof(buf))
 		size = sizeof(buf);
-	for (i = off; i < 3; i++) {
-		struct stat st;
-
-		memset(&st, 0, sizeof(st));
-		st.st_ino = inos[i];
-		st.st_mode = i < 2 ? S_IFDIR : S_IFREG;
-		n = fuse_add_direntry(req, buf + pos, size - pos, names[i], &st,
-				      i + 1);
-		if (n > size - pos)
-			break;
-		pos += n;
+	if (ino == FUSE_ROOT_ID) {
+		for (i = off; i < 4; i++)
+			if (!add_entry(req, buf, size, &pos, names[i], inos[i],
+				       i != 2, i))
+				break;
+		fuse_reply_buf(req, buf, pos);
+		return;
 	}
+	n = views_now(fe, &lv);
+	if (n < 0) {
+		fuse_reply_err(req, (int)-n);
+		return;
+	}
+	for (i = off; i < n + 2; i++) {
+		fuse_ino_t vino = i < 2 ? (i ? FUSE_ROOT_ID : SNAPDIR_INO) : 0;
+
+		if (i >= 2) {
+			view_name(lv[i - 2].guid, name);
+			vino = view_ino(fe, lv[i - 2].guid);
+		}
+		if (!vino ||
+		    !add_entry(req, buf, size, &pos, i < 2 ? names[i] : name,
+			       vino, i < 2, i))
+			break;
+	}
+	free(lv);
 	fuse_reply_buf(req, buf, pos);
 }
 

@@ -7,19 +7,32 @@
 #ifndef PF_FUSE_FE_H
 #define PF_FUSE_FE_H
 
+#include <pthread.h>
 #include <time.h>
 
 #include "stack.h"
 
 #define PF_FE_DEFAULT_NAME	"disk"
 #define PF_FE_MAX_IO		(1024u * 1024)	/* max_read / max_write */
+#define PF_FE_SNAP_DIR		"snapshots"	/* read-only snapshot views */
+
+struct pf_fe_view;
 
 struct pf_fe {
 	struct pf_stack *stack;
 	const char *name;	/* file name of the disk in the mount */
 	bool read_only;
 	time_t mounted;		/* shown as the file times */
+	/* inode numbers handed out to snapshot views, never reused */
+	pthread_mutex_t views_lock;
+	struct pf_fe_view *views;
+	size_t n_views, cap_views;
 };
+
+/* Set up and tear down @fe around a session (stack, name, read_only and
+ * mounted are the caller's to fill in). */
+void pf_fe_init(struct pf_fe *fe);
+void pf_fe_destroy(struct pf_fe *fe);
 
 struct fuse_lowlevel_ops;
 

@@ -21,14 +21,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "check.h"
+#include "control.h"
 #include "delta.h"
 #include "descriptor.h"
 #include "format.h"
 #include "image.h"
+#include "stack.h"
 #include "util.h"
 
 #ifndef PLOOPFS_VERSION
@@ -816,6 +819,32 @@ out:
 
 /* snapshot */
 
+static int snapshot_guid_line(void *ctx, const char *line)
+{
+	if (!strncmp(line, "guid ", 5))
+		snprintf(ctx, PF_GUID_LEN + 1, "%s", line + 5);
+	return 0;
+}
+
+static int daemon_of(const char *dir, int *fd);
+static int daemon_call(int fd, const char *dir, int argc,
+		       const char *const *argv,
+		       int (*on_data)(void *ctx, const char *line), void *ctx);
+
+/* Online: the daemon prepares, freezes, switches and thaws (CTL-3). */
+static int snapshot_online(int fd, const char *dir, const char *guid)
+{
+	const char *cargv[] = { "snapshot", guid };
+	char got[PF_GUID_LEN + 1] = "";
+	int rc;
+
+	rc = daemon_call(fd, dir, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
+			 got);
+	if (rc == EXIT_OK)
+		printf("%s\n", got);
+	return rc;
+}
+
 static void usage_snapshot(FILE *out)
 {
 	fprintf(out, "usage: ploopctl snapshot [-u <guid>] <dir>\n"
@@ -835,7 +864,7 @@ static int cmd_snapshot(int argc, char **argv)
 	struct image im;
 	char *newname = NULL;
 	size_t n = 0, i;
-	int c, rc, ret;
+	int c, rc, ret, fd;
 
 	while ((c = getopt_long(argc, argv, "u:h", opts, NULL)) != -1) {
 		switch (c) {
@@ -858,6 +887,11 @@ static int cmd_snapshot(int argc, char **argv)
 		usage_snapshot(stderr);
 		return EXIT_USAGE;
 	}
+	rc = daemon_of(argv[optind], &fd);
+	if (rc == 1)
+		return snapshot_online(fd, argv[optind], guid);
+	if (rc != 0)
+		return rc;
 	rc = image_open(&im, argv[optind], 2, false);
 	if (rc == EXIT_OK)
 		rc = chain_open(&im, &v, &n);
@@ -952,6 +986,704 @@ static int cmd_snapshot_list(int argc, char **argv)
 	return EXIT_OK;
 }
 
+/* snapshot-switch */
+
+static void usage_snapshot_switch(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl snapshot-switch <dir> <guid>\n"
+		"  make snapshot <guid> the parent of a new empty top delta; the current\n"
+		"  top, with every change since its snapshot, is discarded\n");
+}
+
+static int cmd_snapshot_switch(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct pf_delta **v = NULL, **tv = NULL;
+	char guid[PF_GUID_LEN + 1];
+	struct pf_why why = { "" };
+	const struct pf_dd_shot *s;
+	const struct pf_dd_image *img;
+	size_t n = 0, tn = 0, i;
+	char *newname = NULL;
+	struct image im;
+	const char *g;
+	int c, rc, ret;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'h':
+			usage_snapshot_switch(stdout);
+			return EXIT_OK;
+		default:
+			usage_snapshot_switch(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 2 != argc) {
+		usage_snapshot_switch(stderr);
+		return EXIT_USAGE;
+	}
+	if (!pf_guid_valid(argv[optind + 1])) {
+		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+		return EXIT_USAGE;
+	}
+	/* Exclusive lock: the top is discarded and the descriptor replaced,
+	 * so a mounted image is busy. */
+	rc = image_open(&im, argv[optind], 2, false);
+	if (rc == EXIT_OK)
+		rc = chain_open(&im, &v, &n);
+	if (rc == EXIT_OK)
+		rc = validate_stack(&im, v, n);
+	if (rc != EXIT_OK)
+		goto out;
+	/* As snapshot: an unclean image is recovered first, not guessed at. */
+	for (i = 0; i < n; i++)
+		if (v[i]->hdr.in_use == PF_INUSE_OPEN) {
+			err_line(v[i]->name,
+				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
+			rc = EXIT_UNCLEAN;
+			goto out;
+		}
+
+	s = pf_dd_find_shot(im.dd, argv[optind + 1]);
+	if (!s) {
+		err_line(im.dir, "no snapshot %s", argv[optind + 1]);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	/* the stored (lower-case) form; @s moves when the descriptor is
+	 * edited */
+	memcpy(guid, s->guid, sizeof(guid));
+	if (!strcmp(guid, im.dd->top_guid)) {
+		err_line(im.dir, "%s is the current top, not a snapshot to switch to",
+			 guid);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (s->temporary) {
+		err_line(im.dir,
+			 "cannot switch to snapshot %s: it is being deleted (temporary)",
+			 guid);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+
+	/*
+	 * The stack after the switch is @guid's chain, which may lie on
+	 * another branch, under a top with the current top's header: check
+	 * it as one before anything changes.
+	 */
+	for (g = guid; g && strcmp(g, PF_NONE_GUID) != 0 &&
+		       tn < im.dd->n_shots;
+	     g = pf_dd_parent(im.dd, g))
+		tn++;
+	tv = calloc(tn + 1, sizeof(*tv));
+	if (!tv) {
+		err_line(im.arg, "out of memory");
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	for (i = tn, g = guid; i > 0; i--, g = pf_dd_parent(im.dd, g)) {
+		img = pf_dd_find_image(im.dd, g);
+		if (!img) {	/* not in a validated descriptor */
+			err_line(im.dir, "snapshot %s has no image", g ? g : "");
+			rc = EXIT_CORRUPT;
+			goto out;
+		}
+		tv[i - 1] = delta_open(&im, img->file, 0, &rc);
+		if (!tv[i - 1])
+			goto out;
+	}
+	tv[tn] = v[n - 1];	/* borrowed, not closed with tv */
+	rc = validate_stack(&im, tv, tn + 1);
+	tv[tn] = NULL;
+	if (rc != EXIT_OK)
+		goto out;
+	for (i = 0; i < tn; i++)
+		if (tv[i]->hdr.in_use == PF_INUSE_OPEN) {
+			err_line(tv[i]->name,
+				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
+			rc = EXIT_UNCLEAN;
+			goto out;
+		}
+
+	ret = pf_image_switch(im.dirfd, im.dd, &v[n - 1]->hdr, guid, &newname,
+			      &why);
+	if (ret) {
+		err_line(im.dir, "%s", why.msg);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	printf("switched to snapshot %s; the previous top is discarded\n",
+	       guid);
+out:
+	free(newname);
+	deltas_close(tv, tn + 1);
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* Talking to the daemon */
+
+/*
+ * The daemon serving image directory @dir, if it is mounted.  Returns 1
+ * with *@fd connected, 0 when no daemon serves it (work on the files), or
+ * an exit status (error printed).
+ */
+static int daemon_of(const char *dir, int *fd)
+{
+	int dirfd, ret;
+
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0) {
+		err_line(dir, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	ret = pf_ctl_connect(dirfd, fd);
+	close(dirfd);
+	if (ret == -ENOENT || ret == -ECONNREFUSED)
+		return 0;
+	if (ret) {
+		err_line(dir, "cannot reach the ploopfs daemon: %s",
+			 strerror(-ret));
+		return ret == -EACCES ? EXIT_FAIL : EXIT_FAIL;
+	}
+	return 1;
+}
+
+/* Exit status of a structural command that failed with @err, the same
+ * whether the daemon or ploopctl ran it. */
+static int exit_for_struct(int err)
+{
+	switch (err) {
+	case -EBUSY:
+		return EXIT_BUSY;
+	case -EINVAL:
+	case -EEXIST:
+		return EXIT_USAGE;
+	case -EUCLEAN:
+		return EXIT_CORRUPT;
+	default:
+		return EXIT_FAIL;
+	}
+}
+
+/* Collected "key value" data lines of a reply. */
+struct kv {
+	char **lines;
+	size_t n;
+};
+
+static int kv_add(void *ctx, const char *line)
+{
+	struct kv *kv = ctx;
+	char **p = realloc(kv->lines, (kv->n + 1) * sizeof(*p));
+
+	if (!p)
+		return -ENOMEM;
+	kv->lines = p;
+	p[kv->n] = strdup(line);
+	if (!p[kv->n])
+		return -ENOMEM;
+	kv->n++;
+	return 0;
+}
+
+static void kv_free(struct kv *kv)
+{
+	size_t i;
+
+	for (i = 0; i < kv->n; i++)
+		free(kv->lines[i]);
+	free(kv->lines);
+}
+
+/* The value of @key (the rest of its line), NULL if none. */
+static const char *kv_get(const struct kv *kv, const char *key)
+{
+	size_t i, len = strlen(key);
+
+	for (i = 0; i < kv->n; i++)
+		if (!strncmp(kv->lines[i], key, len) && kv->lines[i][len] == ' ')
+			return kv->lines[i] + len + 1;
+	return NULL;
+}
+
+static uint64_t kv_u64(const struct kv *kv, const char *key)
+{
+	const char *v = kv_get(kv, key);
+
+	return v ? strtoull(v, NULL, 10) : 0;
+}
+
+/* Run @argv on the daemon at @fd (closed here); errors printed against
+ * @dir.  Returns an exit status. */
+static int daemon_call(int fd, const char *dir, int argc,
+		       const char *const *argv,
+		       int (*on_data)(void *ctx, const char *line), void *ctx)
+{
+	struct pf_why why = { "" };
+	int ret;
+
+	ret = pf_ctl_call(fd, argc, argv, on_data, ctx, &why);
+	close(fd);
+	if (!ret)
+		return EXIT_OK;
+	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+	return exit_for_struct(ret);
+}
+
+/* status */
+
+struct status {
+	bool mounted;
+	const char *disk;	/* the file in the mount */
+	uint64_t size, cluster;
+	size_t n;
+	struct pf_stack_level *lv;
+	bool failed, frozen, unclean;
+	uint64_t held, enospc, dirty, freezes, stall_last, stall_max,
+		last_event;
+};
+
+static void usage_status(FILE *out)
+{
+	fprintf(out, "usage: ploopctl status [--json] <dir>\n");
+}
+
+static void print_status(const char *dir, const struct status *st, bool json)
+{
+	size_t i;
+
+	if (json) {
+		printf("{\"image\":");
+		json_str(stdout, dir);
+		printf(",\"mounted\":%s,\"disk\":", st->mounted ? "true" : "false");
+		if (st->disk)
+			json_str(stdout, st->disk);
+		else
+			printf("null");
+		printf(",\"size\":%" PRIu64 ",\"cluster\":%" PRIu64
+		       ",\"failed\":%s,\"frozen\":%s,\"unclean\":%s"
+		       ",\"held_writes\":%" PRIu64 ",\"enospc_events\":%" PRIu64
+		       ",\"dirty_pages\":%" PRIu64 ",\"freezes\":%" PRIu64
+		       ",\"stall_last_us\":%" PRIu64 ",\"stall_max_us\":%" PRIu64
+		       ",\"last_event\":%" PRIu64 ",\"deltas\":[",
+		       st->size, st->cluster, st->failed ? "true" : "false",
+		       st->frozen ? "true" : "false",
+		       st->unclean ? "true" : "false", st->held, st->enospc,
+		       st->dirty, st->freezes, st->stall_last, st->stall_max,
+		       st->last_event);
+		for (i = 0; i < st->n; i++) {
+			printf("%s{\"guid\":", i ? "," : "");
+			json_str(stdout, st->lv[i].guid);
+			printf(",\"file\":");
+			json_str(stdout, st->lv[i].file);
+			printf(",\"clusters\":%" PRIu64 ",\"top\":%s,\"deleting\":%s}",
+			       st->lv[i].mapped, st->lv[i].top ? "true" : "false",
+			       st->lv[i].hidden ? "true" : "false");
+		}
+		printf("]}\n");
+		return;
+	}
+	printf("image:          %s\n", dir);
+	printf("mounted:        %s\n", st->mounted ? st->disk : "no");
+	printf("size:           %" PRIu64 " bytes\n", st->size);
+	printf("cluster:        %" PRIu64 " bytes\n", st->cluster);
+	printf("state:          %s\n",
+	       st->failed ? "FAILED: I/O error, writes refused until remounted (W7)" :
+	       st->frozen ? "frozen for a snapshot or merge" :
+	       st->unclean ? "not closed cleanly (in-use flag set)" : "ok");
+	printf("held writes:    %" PRIu64 " (out-of-space events: %" PRIu64 ")\n",
+	       st->held, st->enospc);
+	printf("dirty BAT pages: %" PRIu64 "\n", st->dirty);
+	if (st->mounted)
+		printf("freezes:        %" PRIu64 " (last stall %" PRIu64
+		       " us, longest %" PRIu64 " us)\n",
+		       st->freezes, st->stall_last, st->stall_max);
+	printf("deltas:         %zu (base first)\n", st->n);
+	for (i = 0; i < st->n; i++)
+		printf("  %-38s %10" PRIu64 " clusters  %s%s%s\n",
+		       st->lv[i].guid, st->lv[i].mapped, st->lv[i].file,
+		       st->lv[i].top ? "  (top)" : "",
+		       st->lv[i].hidden ? "  (being deleted)" : "");
+}
+
+static int status_online(int fd, const char *dir, struct status *st)
+{
+	static const char *const argv[] = { "status" };
+	struct kv kv = { NULL, 0 };
+	size_t i;
+	int rc;
+
+	rc = daemon_call(fd, dir, 1, argv, kv_add, &kv);
+	if (rc != EXIT_OK)
+		goto out;
+	st->mounted = true;
+	st->disk = kv_get(&kv, "mounted");
+	st->disk = st->disk ? strdup(st->disk) : NULL;
+	st->size = kv_u64(&kv, "size");
+	st->cluster = kv_u64(&kv, "cluster");
+	st->failed = kv_u64(&kv, "failed");
+	st->frozen = kv_u64(&kv, "frozen");
+	st->held = kv_u64(&kv, "held_writes");
+	st->enospc = kv_u64(&kv, "enospc_events");
+	st->dirty = kv_u64(&kv, "dirty_pages");
+	st->freezes = kv_u64(&kv, "freezes");
+	st->stall_last = kv_u64(&kv, "stall_last_us");
+	st->stall_max = kv_u64(&kv, "stall_max_us");
+	st->last_event = kv_u64(&kv, "last_event");
+	st->lv = calloc(kv.n, sizeof(*st->lv));
+	if (!st->lv) {
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	for (i = 0; i < kv.n; i++) {
+		struct pf_stack_level *l = &st->lv[st->n];
+		int top, hidden, pos = 0;
+		size_t idx;
+
+		if (strncmp(kv.lines[i], "delta ", 6))
+			continue;
+		if (sscanf(kv.lines[i], "delta %zu %38s %" SCNu64 " %d %d %n",
+			   &idx, l->guid, &l->mapped, &top, &hidden, &pos) < 5 ||
+		    !pos) {
+			err_line(dir, "malformed status from the daemon: %s",
+				 kv.lines[i]);
+			rc = EXIT_FAIL;
+			goto out;
+		}
+		snprintf(l->file, sizeof(l->file), "%s", kv.lines[i] + pos);
+		l->top = top;
+		l->hidden = hidden;
+		st->n++;
+	}
+out:
+	kv_free(&kv);
+	return rc;
+}
+
+static int status_offline(struct image *im, struct status *st)
+{
+	struct pf_delta **v = NULL;
+	size_t n = 0, i;
+	int rc;
+
+	rc = chain_open(im, &v, &n);
+	if (rc != EXIT_OK)
+		return rc;
+	st->lv = calloc(n, sizeof(*st->lv));
+	if (!st->lv) {
+		deltas_close(v, n);
+		return EXIT_FAIL;
+	}
+	for (i = 0; i < n; i++) {
+		const struct pf_dd_image *img = &im->dd->images[im->chain[i]];
+		const struct pf_dd_shot *shot = pf_dd_find_shot(im->dd, img->guid);
+
+		snprintf(st->lv[i].guid, sizeof(st->lv[i].guid), "%s", img->guid);
+		snprintf(st->lv[i].file, sizeof(st->lv[i].file), "%s", img->file);
+		st->lv[i].mapped = pf_delta_mapped_count(v[i]);
+		st->lv[i].top = i + 1 == n;
+		st->lv[i].hidden = shot && shot->temporary;
+		if (v[i]->hdr.in_use == PF_INUSE_OPEN && i + 1 == n)
+			st->unclean = true;
+	}
+	st->n = n;
+	st->size = v[n - 1]->hdr.size_bytes;
+	st->cluster = v[n - 1]->hdr.cluster_bytes;
+	deltas_close(v, n);
+	return EXIT_OK;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+	struct status st;
+	struct image im;
+	bool json = false;
+	int rc, fd;
+
+	rc = parse_json_only(argc, argv, usage_status, &json);
+	if (rc >= 0)
+		return rc;
+	memset(&st, 0, sizeof(st));
+	rc = daemon_of(argv[optind], &fd);
+	if (rc == 1) {
+		rc = status_online(fd, argv[optind], &st);
+	} else if (rc == 0) {
+		/* no lock: status answers while another command runs */
+		rc = image_open(&im, argv[optind], 0, false);
+		if (rc == EXIT_OK)
+			rc = status_offline(&im, &st);
+		image_close(&im);
+	}
+	if (rc == EXIT_OK)
+		print_status(argv[optind], &st, json);
+	free(st.lv);
+	free((char *)st.disk);
+	return rc;
+}
+
+/* events */
+
+static void usage_events(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl events [--after <seq>] [--count <n>] [--timeout <s>] <dir>\n"
+		"  --after <seq>    start after this sequence number (default: new events only)\n"
+		"  --count <n>      stop after <n> events\n"
+		"  --timeout <s>    stop after <s> seconds\n");
+}
+
+struct events_out {
+	uint64_t left;	/* 0: no limit */
+};
+
+static int print_event(void *ctx, const char *line)
+{
+	struct events_out *eo = ctx;
+
+	printf("%s\n", line);
+	if (fflush(stdout))
+		return -EPIPE;
+	if (eo->left && !--eo->left)
+		return 1;	/* enough */
+	return 0;
+}
+
+static void events_timeout(int sig)
+{
+	(void)sig;
+	_exit(EXIT_OK);	/* output is flushed line by line */
+}
+
+static int cmd_events(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "after", required_argument, NULL, 'a' },
+		{ "count", required_argument, NULL, 'n' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *cargv[2] = { "events", NULL };
+	struct events_out eo = { 0 };
+	unsigned long timeout = 0;
+	char *end;
+	int c, rc, fd;
+
+	while ((c = getopt_long(argc, argv, "a:n:t:h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'a':
+			strtoull(optarg, &end, 10);
+			if (!*optarg || *end) {
+				err_line(NULL, "invalid sequence number '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			cargv[1] = optarg;
+			break;
+		case 'n':
+			eo.left = strtoull(optarg, &end, 10);
+			if (!*optarg || *end || !eo.left) {
+				err_line(NULL, "invalid count '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 't':
+			timeout = strtoul(optarg, &end, 10);
+			if (!*optarg || *end || !timeout) {
+				err_line(NULL, "invalid timeout '%s'", optarg);
+				return EXIT_USAGE;
+			}
+			break;
+		case 'h':
+			usage_events(stdout);
+			return EXIT_OK;
+		default:
+			usage_events(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_events(stderr);
+		return EXIT_USAGE;
+	}
+	rc = daemon_of(argv[optind], &fd);
+	if (rc == 0) {
+		err_line(argv[optind], "not mounted: events come from the ploopfs daemon");
+		return EXIT_FAIL;
+	}
+	if (rc != 1)
+		return rc;
+	if (timeout) {
+		signal(SIGALRM, events_timeout);
+		alarm((unsigned)timeout);
+	}
+	return daemon_call(fd, argv[optind], cargv[1] ? 2 : 1, cargv,
+			   print_event, &eo);
+}
+
+/* snapshot-delete and snapshot-merge */
+
+static void print_merge(const char *guid, const struct pf_stack_merge_info *mi)
+{
+	double s = (double)mi->usec / 1e6;
+
+	printf("deleted snapshot %s: %" PRIu64 " clusters (%.1f MiB) merged %s in %.3f s (%.1f MiB/s), I/O stalled %" PRIu64 " us\n",
+	       guid, mi->clusters, (double)mi->bytes / (1 << 20),
+	       mi->down ? "into it from its child" : "up into the top", s,
+	       s > 0 ? (double)mi->bytes / (1 << 20) / s : 0.0, mi->stall_us);
+}
+
+/* Delete snapshot @guid of image @dir, through the daemon or on the files. */
+static int delete_snapshot(const char *dir, const char *guid)
+{
+	struct pf_stack_opts so = { .dir = dir };
+	struct pf_stack_merge_info mi;
+	const char *cargv[] = { "snapshot-delete", guid };
+	struct pf_why why = { "" };
+	struct pf_stack *s;
+	struct kv kv = { NULL, 0 };
+	int rc, fd, ret;
+
+	rc = daemon_of(dir, &fd);
+	if (rc == 1) {
+		rc = daemon_call(fd, dir, 2, cargv, kv_add, &kv);
+		if (rc == EXIT_OK) {
+			memset(&mi, 0, sizeof(mi));
+			mi.down = kv_u64(&kv, "down");
+			mi.clusters = kv_u64(&kv, "clusters");
+			mi.bytes = kv_u64(&kv, "bytes");
+			mi.usec = kv_u64(&kv, "usec");
+			mi.stall_us = kv_u64(&kv, "stall_us");
+			print_merge(guid, &mi);
+		}
+		kv_free(&kv);
+		return rc;
+	}
+	if (rc != 0)
+		return rc;
+	/* Not mounted: the same engine, run here (it takes the lock). */
+	ret = pf_stack_open(&so, &s, &why);
+	if (ret) {
+		err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		return ret == -EBUSY ? EXIT_BUSY : exit_for(ret);
+	}
+	ret = pf_stack_delete_snapshot(s, guid, &mi, &why);
+	if (pf_stack_close(s) && !ret) {
+		ret = -EIO;
+		pf_why_fmt(&why, "cannot close the image cleanly");
+	}
+	if (ret) {
+		err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		return exit_for_struct(ret);
+	}
+	print_merge(guid, &mi);
+	return EXIT_OK;
+}
+
+static void usage_snapshot_delete(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-delete <dir> <guid>\n");
+}
+
+static int cmd_snapshot_delete(int argc, char **argv)
+{
+	int c;
+
+	while ((c = getopt(argc, argv, "h")) != -1) {
+		if (c == 'h') {
+			usage_snapshot_delete(stdout);
+			return EXIT_OK;
+		}
+		usage_snapshot_delete(stderr);
+		return EXIT_USAGE;
+	}
+	if (optind + 2 != argc) {
+		usage_snapshot_delete(stderr);
+		return EXIT_USAGE;
+	}
+	if (!pf_guid_valid(argv[optind + 1])) {
+		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+		return EXIT_USAGE;
+	}
+	return delete_snapshot(argv[optind], argv[optind + 1]);
+}
+
+static void usage_snapshot_merge(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-merge <dir> [<guid>]\n"
+		     "  merge delta <guid> (default: the top) into its parent; the parent's\n"
+		     "  snapshot GUID goes.  Without <guid>, a snapshot delete that was\n"
+		     "  interrupted is completed first.\n");
+}
+
+static int cmd_snapshot_merge(int argc, char **argv)
+{
+	const char *guid = PF_TOP_GUID, *parent = NULL;
+	char pguid[PF_GUID_LEN + 1] = "";
+	struct image im;
+	size_t i;
+	int c, rc;
+
+	while ((c = getopt(argc, argv, "h")) != -1) {
+		if (c == 'h') {
+			usage_snapshot_merge(stdout);
+			return EXIT_OK;
+		}
+		usage_snapshot_merge(stderr);
+		return EXIT_USAGE;
+	}
+	if (optind + 1 != argc && optind + 2 != argc) {
+		usage_snapshot_merge(stderr);
+		return EXIT_USAGE;
+	}
+	if (optind + 2 == argc) {
+		guid = argv[optind + 1];
+		if (!pf_guid_valid(guid)) {
+			err_line(NULL, "invalid GUID '%s'", guid);
+			return EXIT_USAGE;
+		}
+	}
+	/* the descriptor is read without a lock: the engine re-checks */
+	rc = image_open(&im, argv[optind], 0, false);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	if (optind + 1 == argc)
+		for (i = 0; i < im.dd->n_shots; i++)
+			if (im.dd->shots[i].temporary) {
+				snprintf(pguid, sizeof(pguid), "%s",
+					 im.dd->shots[i].guid);
+				printf("completing the interrupted delete of snapshot %s\n",
+				       pguid);
+				break;
+			}
+	if (!pguid[0]) {
+		parent = pf_dd_parent(im.dd, guid);
+		if (!pf_dd_find_shot(im.dd, guid)) {
+			err_line(argv[optind], "%s: no such delta", guid);
+			rc = EXIT_FAIL;
+		} else if (!parent || !strcmp(parent, PF_NONE_GUID)) {
+			err_line(argv[optind], "%s is the base delta: it has no parent to merge into",
+				 guid);
+			rc = EXIT_USAGE;
+		} else {
+			snprintf(pguid, sizeof(pguid), "%s", parent);
+		}
+	}
+	image_close(&im);
+	if (rc != EXIT_OK)
+		return rc;
+	return delete_snapshot(argv[optind], pguid);
+}
+
 /* main */
 
 static const struct command {
@@ -964,6 +1696,11 @@ static const struct command {
 	{ "check", cmd_check, "check an image for corruption and leaks (read-only)" },
 	{ "snapshot", cmd_snapshot, "take a snapshot (new empty top delta)" },
 	{ "snapshot-list", cmd_snapshot_list, "list the snapshots of an image" },
+	{ "snapshot-delete", cmd_snapshot_delete, "delete a snapshot, merging its data into its child" },
+	{ "snapshot-merge", cmd_snapshot_merge, "merge a delta into its parent (default: the top)" },
+	{ "status", cmd_status, "state of an image, mounted or not" },
+	{ "events", cmd_events, "stream the daemon's events (out of space, snapshots, errors)" },
+	{ "snapshot-switch", cmd_snapshot_switch, "discard the top and go on from a snapshot" },
 };
 
 static void usage(FILE *out)

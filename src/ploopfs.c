@@ -14,6 +14,7 @@
  */
 #define FUSE_USE_VERSION 312
 #include <errno.h>
+#include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <signal.h>
 #include <stddef.h>
@@ -21,10 +22,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "control.h"
 #include "fuse_fe.h"
 #include "log.h"
+#include "serve.h"
 #include "stack.h"
+
+#define EVENTS_KEPT	4096	/* events a slow reader may fall behind */
 
 #ifndef PLOOPFS_VERSION
 #define PLOOPFS_VERSION "0.1"
@@ -43,6 +49,7 @@ struct config {
 	char *name;
 	char *commit;		/* seconds, may be fractional */
 	unsigned threads;
+	unsigned enospc_timeout;
 	int no_direct;
 	int ro;
 };
@@ -52,6 +59,7 @@ static const struct fuse_opt cfg_opts[] = {
 	OPT("name=%s", name),
 	OPT("commit=%s", commit),
 	OPT("threads=%u", threads),
+	OPT("enospc_timeout=%u", enospc_timeout),
 	OPT("no_direct", no_direct),
 	FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
 	FUSE_OPT_END
@@ -81,6 +89,8 @@ static void usage(FILE *out)
 		"  name=<name>        file name of the disk in the mount (default \"%s\")\n"
 		"  commit=<seconds>   interval of periodic BAT commits (default 1)\n"
 		"  threads=<n>        most FUSE worker threads (default 16)\n"
+		"  enospc_timeout=<s> fail writes held for lack of host space after\n"
+		"                     <s> seconds (default 0: hold until space is freed)\n"
 		"  no_direct          do not use O_DIRECT on the delta files\n"
 		"  ro                 read-only\n"
 		"\n"
@@ -103,6 +113,14 @@ static int parse_commit_ms(const char *s, unsigned *ms)
 	return 0;
 }
 
+/* Held writes give up once the session is ending (unmount, signal). */
+static bool session_ending(void *ctx)
+{
+	struct fuse_session *const *se = ctx;
+
+	return *se && fuse_session_exited(*se);
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -113,9 +131,13 @@ int main(int argc, char **argv)
 	struct fuse_session *se = NULL;
 	struct pf_stack *stack = NULL;
 	struct pf_why why = { "" };
+	struct pf_events *events = NULL;
+	struct pf_ctl *ctl = NULL;
+	struct pf_serve serve;
 	struct pf_fe fe;
-	char *fsopt = NULL;
-	int rc = EXIT_FAIL, ret;
+	char *fsopt = NULL, *disk_path = NULL;
+	int rc = EXIT_FAIL, ret, dirfd = -1;
+	bool fe_ready = false;
 
 	memset(&fo, 0, sizeof(fo));
 	if (fuse_opt_parse(&args, &cfg, cfg_opts, opt_proc) < 0 ||
@@ -155,8 +177,17 @@ int main(int argc, char **argv)
 	}
 	pf_log_init("ploopfs", true);
 
+	if (pf_events_new(EVENTS_KEPT, &events)) {
+		fprintf(stderr, "ploopfs: out of memory\n");
+		goto out;
+	}
 	so.dir = cfg.image_dir;
 	so.no_direct = cfg.no_direct;
+	so.enospc_timeout_s = cfg.enospc_timeout;
+	so.stopping = session_ending;
+	so.stopping_ctx = &se;
+	so.event = pf_serve_event;
+	so.event_ctx = events;
 	ret = pf_stack_open(&so, &stack, &why);
 	if (ret) {
 		fprintf(stderr, "ploopfs: %s: %s\n", cfg.image_dir,
@@ -167,6 +198,15 @@ int main(int argc, char **argv)
 				     EXIT_FAIL;
 		goto out;
 	}
+	/* before daemonizing, which leaves the working directory */
+	dirfd = open(cfg.image_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0) {
+		fprintf(stderr, "ploopfs: %s: %s\n", cfg.image_dir,
+			strerror(errno));
+		goto out_close;
+	}
+	pf_fe_init(&fe);
+	fe_ready = true;
 	fe.stack = stack;
 	fe.name = cfg.name ? cfg.name : PF_FE_DEFAULT_NAME;
 	fe.read_only = cfg.ro;
@@ -196,6 +236,24 @@ int main(int argc, char **argv)
 		       cfg.image_dir, strerror(-ret));
 		goto out_unmount;
 	}
+	/* The control socket: status, events, online snapshots. */
+	if (asprintf(&disk_path, "%s/%s", fo.mountpoint, fe.name) < 0) {
+		disk_path = NULL;
+		pf_log(PF_LOG_ERR, "%s: cannot set up the control socket",
+		       cfg.image_dir);
+		goto out_unmount;
+	}
+	serve.stack = stack;
+	serve.events = events;
+	serve.disk_path = disk_path;
+	ret = pf_ctl_start(dirfd, cfg.image_dir, pf_serve_cmds(), &serve, &ctl,
+			   &why);
+	if (ret) {
+		pf_log(PF_LOG_ERR, "%s: control socket: %s", cfg.image_dir,
+		       why.msg[0] ? why.msg : strerror(-ret));
+		goto out_unmount;
+	}
+	pf_events_emit(events, "mount", "serving on %s", disk_path);
 	pf_log(PF_LOG_INFO, "%s: serving on %s/%s", cfg.image_dir,
 	       fo.mountpoint, fe.name);
 	lc = fuse_loop_cfg_create();
@@ -213,6 +271,9 @@ int main(int argc, char **argv)
 		     EXIT_FAIL;
 
 out_unmount:
+	/* control commands use the stack: they finish first */
+	pf_ctl_stop(ctl);
+	ctl = NULL;
 	/* close first: it waits for replies still in flight */
 	ret = pf_stack_close(stack);
 	stack = NULL;
@@ -234,6 +295,12 @@ out_close:
 out:
 	if (lc)
 		fuse_loop_cfg_destroy(lc);
+	if (fe_ready)
+		pf_fe_destroy(&fe);
+	pf_events_free(events);
+	if (dirfd >= 0)
+		close(dirfd);
+	free(disk_path);
 	free(fsopt);
 	free(fo.mountpoint);
 	free(cfg.image_dir);

@@ -49,6 +49,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,16 +89,24 @@ struct rbucket {
 struct level {
 	struct pf_delta *d;	/* header, BAT (d->meta), metadata fd */
 	struct pf_file *f;	/* data I/O, O_DIRECT when possible */
-	const uint8_t *meta;	/* BAT as on disk (top: s->top_meta) */
+	uint8_t *meta;		/* BAT as on disk (top: s->top_meta) */
+	uint8_t *own_meta;	/* a former top's BAT buffer, freed with it */
+	char guid[PF_GUID_LEN + 1];	/* its Image GUID in the descriptor */
+	uint64_t mapped;	/* clusters mapped (lower levels: fixed) */
+	bool hidden;		/* being merged away: no snapshot view */
 };
 
 struct pf_stack {
 	int dirfd;		/* holds the exclusive image lock */
 	char *dir;
-	unsigned n_levels;
+	unsigned n_levels;	/* changes only frozen, under levels_lock */
+	unsigned cap_levels;
 	struct level *levels;	/* base first */
+	pthread_mutex_t levels_lock;	/* status readers vs. a switch */
 	struct level *top;
 	const struct pf_header *hdr;	/* top's header geometry */
+	uint64_t size_bytes;		/* geometry for unlocked readers */
+	uint32_t cluster_bytes;
 	uint8_t *level_of;	/* per virtual cluster; atomic access */
 	size_t align;		/* O_DIRECT alignment of the data fds */
 	struct pf_aio *aio;
@@ -140,8 +150,32 @@ struct pf_stack {
 	bool wb_stop, wb_running;
 	pthread_t wb_thread;
 	unsigned commit_ms;
+	bool no_direct;
 	atomic_bool failed;		/* W7 */
 	atomic_uint_fast64_t commits, datasyncs;
+
+	/* The gate: every request holds it while it runs; a freeze closes
+	 * it and waits for the requests inside and the in-place writes in
+	 * flight (see freeze()).  Held writes step out while they wait. */
+	atomic_uint gate_active;
+	atomic_uint writes_inflight;
+	atomic_bool frozen;
+	pthread_mutex_t gate_lock;
+	pthread_cond_t gate_open;	/* frozen went false */
+	pthread_cond_t gate_drained;	/* active or inflight may be 0 */
+	pthread_mutex_t struct_lock;	/* one structural command */
+	atomic_uint_fast64_t freezes, stall_last_us, stall_max_us;
+
+	/* Writes held for lack of space on the host (CTL-8). */
+	pthread_mutex_t space_lock;
+	pthread_cond_t space_cv;	/* space may have been freed */
+	atomic_uint held;
+	atomic_uint_fast64_t enospc_events;
+	unsigned enospc_timeout_s;
+	bool (*stopping)(void *ctx);
+	void *stopping_ctx;
+	void (*event)(void *ctx, const char *type, const char *text);
+	void *event_ctx;
 };
 
 /* Small helpers */
@@ -210,12 +244,29 @@ static void *alloc_aligned(const struct pf_stack *s, size_t len)
 	return p;
 }
 
+static void PF_PRINTF(3, 4) emit(struct pf_stack *s, const char *type,
+				  const char *fmt, ...)
+{
+	char text[256];
+	va_list ap;
+
+	if (!s->event)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	s->event(s->event_ctx, type, text);
+}
+
 static void set_failed(struct pf_stack *s, const char *what, int err)
 {
-	if (!atomic_exchange(&s->failed, true))
+	if (!atomic_exchange(&s->failed, true)) {
 		pf_log(PF_LOG_ERR,
 		       "%s: %s failed: %s; image is now read-only until remounted (W7)",
 		       s->dir, what, strerror(-err));
+		emit(s, "failed", "%s failed: %s; writes fail until remounted",
+		     what, strerror(-err));
+	}
 }
 
 /* Epochs */
@@ -255,6 +306,87 @@ static void epoch_flip_and_drain(struct pf_stack *s)
 		pthread_cond_wait(&s->epoch_drained, &s->epoch_lock);
 	atomic_store(&s->epoch_waiting, false);
 	pthread_mutex_unlock(&s->epoch_lock);
+}
+
+/* The gate and freezing (CTL-3, CTL-5) */
+
+static void gate_wake(struct pf_stack *s)
+{
+	pthread_mutex_lock(&s->gate_lock);
+	pthread_cond_broadcast(&s->gate_drained);
+	pthread_mutex_unlock(&s->gate_lock);
+}
+
+static void gate_exit(struct pf_stack *s)
+{
+	if (atomic_fetch_sub(&s->gate_active, 1) == 1 &&
+	    atomic_load(&s->frozen))
+		gate_wake(s);
+}
+
+/* Enter the gate, waiting while the stack is frozen. */
+static void gate_enter(struct pf_stack *s)
+{
+	for (;;) {
+		atomic_fetch_add(&s->gate_active, 1);
+		if (!atomic_load(&s->frozen))
+			return;
+		gate_exit(s);
+		pthread_mutex_lock(&s->gate_lock);
+		while (atomic_load(&s->frozen))
+			pthread_cond_wait(&s->gate_open, &s->gate_lock);
+		pthread_mutex_unlock(&s->gate_lock);
+	}
+}
+
+static void inflight_done(struct pf_stack *s)
+{
+	if (atomic_fetch_sub(&s->writes_inflight, 1) == 1 &&
+	    atomic_load(&s->frozen))
+		gate_wake(s);
+}
+
+/*
+ * Freeze: no request runs and no write is in flight when this returns,
+ * and no commit runs until thaw() (commit_lock is held).  Requests that
+ * arrive meanwhile wait at the gate; held writes are outside it.  Only
+ * one freeze at a time: callers hold struct_lock.
+ */
+static uint64_t freeze(struct pf_stack *s)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	pthread_mutex_lock(&s->gate_lock);
+	atomic_store(&s->frozen, true);
+	while (atomic_load(&s->gate_active) ||
+	       atomic_load(&s->writes_inflight))
+		pthread_cond_wait(&s->gate_drained, &s->gate_lock);
+	pthread_mutex_unlock(&s->gate_lock);
+	pthread_mutex_lock(&s->commit_lock);
+	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+}
+
+static uint64_t thaw(struct pf_stack *s, uint64_t since_us)
+{
+	struct timespec t;
+	uint64_t now, stall, max;
+
+	pthread_mutex_unlock(&s->commit_lock);
+	pthread_mutex_lock(&s->gate_lock);
+	atomic_store(&s->frozen, false);
+	pthread_cond_broadcast(&s->gate_open);
+	pthread_mutex_unlock(&s->gate_lock);
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	now = (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+	stall = now - since_us;
+	atomic_fetch_add(&s->freezes, 1);
+	atomic_store(&s->stall_last_us, stall);
+	max = atomic_load(&s->stall_max_us);
+	while (stall > max &&
+	       !atomic_compare_exchange_weak(&s->stall_max_us, &max, stall))
+		;
+	return stall;
 }
 
 /* Range locks */
@@ -383,6 +515,27 @@ static int free_push(struct pf_stack *s, uint32_t clu)
  * a punched hole from the free list (W4), or the next one at the end,
  * growing the file (sparse) in PREALLOC_BYTES steps.
  */
+/* Give the top file's clusters [first, first + n) space (file.h
+ * allocate), or just grow the file where the backend cannot. */
+static int space_for(struct pf_stack *s, uint64_t first, uint64_t n)
+{
+	struct pf_file *f = s->top->f;
+	uint64_t off = first << s->hdr->cluster_shift;
+	uint64_t len = n << s->hdr->cluster_shift;
+
+	if (f->ops->allocate)
+		return f->ops->allocate(f, off, len);
+	if (first + n <= s->file_clusters)
+		return 0;
+	return f->ops->truncate(f, off + len);
+}
+
+/*
+ * A cluster of the top file that reads as zeros and nothing references:
+ * a punched hole from the free list (W4), or the next one at the end,
+ * growing the file in PREALLOC_BYTES steps.  Space is allocated here, so
+ * a full host filesystem shows as -ENOSPC before any data is written.
+ */
 static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 {
 	const struct pf_header *h = s->hdr;
@@ -391,7 +544,10 @@ static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 
 	pthread_mutex_lock(&s->alloc_lock);
 	if (s->n_free) {
-		*clu = s->free_list[--s->n_free];
+		*clu = s->free_list[s->n_free - 1];
+		ret = space_for(s, *clu, 1);
+		if (!ret)
+			s->n_free--;
 		goto out;
 	}
 	if (s->alloc_head >= max) {
@@ -403,9 +559,11 @@ static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 		grow = PREALLOC_BYTES >> h->cluster_shift;
 		if (grow > max - s->file_clusters)
 			grow = max - s->file_clusters;
-		ret = s->top->f->ops->truncate(s->top->f,
-					       (s->file_clusters + grow)
-						       << h->cluster_shift);
+		ret = space_for(s, s->file_clusters, grow);
+		if (ret == -ENOSPC && grow > 1) {
+			grow = 1;	/* room for one more, maybe */
+			ret = space_for(s, s->file_clusters, grow);
+		}
 		if (ret)
 			goto out;
 		s->file_clusters += grow;
@@ -520,7 +678,7 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 	rlock_acquire(s, &rl, idx, 0, cs);
 	clu = level_clu(s, top, idx);
 	if (clu) {	/* another writer allocated it meanwhile */
-		ret = write_in_place(s, clu, in_off, src, len);
+		ret = len ? write_in_place(s, clu, in_off, src, len) : 0;
 		goto out;
 	}
 	ret = cluster_alloc(s, &clu);
@@ -537,7 +695,8 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 					 pf_clu_to_off(&s->levels[lower].d->hdr,
 						       lclu));
 		if (!ret) {
-			memcpy(cbuf + in_off, src, len);
+			if (len)
+				memcpy(cbuf + in_off, src, len);
 			ret = data_pwrite(s, cbuf, cs, pf_clu_to_off(s->hdr, clu));
 		}
 	} else if (aligned(s, src, in_off, len)) {
@@ -556,10 +715,17 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 		}
 	}
 	if (ret) {
-		/* The cluster stays unreferenced: a leak that the next open
-		 * reclaims (W8); never reuse a half-written one. */
-		pf_log(PF_LOG_ERR, "%s: write of cluster %" PRIu32 " failed: %s",
-		       s->top->d->name, clu, strerror(-ret));
+		/* Unreferenced: reusable once punched (reads zeros again),
+		 * else a leak that the next open reclaims (W8). */
+		if (ret != -ENOSPC)
+			pf_log(PF_LOG_ERR, "%s: write of cluster %" PRIu32 " failed: %s",
+			       s->top->d->name, clu, strerror(-ret));
+		if (!atomic_load(&s->failed) &&
+		    !punch(s->top, pf_clu_to_off(s->hdr, clu), cs)) {
+			pthread_mutex_lock(&s->alloc_lock);
+			(void)free_push(s, clu);
+			pthread_mutex_unlock(&s->alloc_lock);
+		}
 		goto out;
 	}
 	ret = top_set(s, idx, clu, top);
@@ -588,6 +754,8 @@ struct op {
 	atomic_int pending;	/* segments in flight + the submitter */
 	atomic_int err;
 	unsigned epoch;
+	bool gated;		/* holds the gate (every request but internal
+				 * writes of a discard, which holds it) */
 	struct seg segs[];
 };
 
@@ -610,15 +778,21 @@ static void op_error(struct op *op, int err)
 
 static void op_put(struct op *op)
 {
+	struct pf_stack *s = op->s;
+	bool gated = op->gated;
+
 	if (atomic_fetch_sub(&op->pending, 1) != 1)
 		return;
-	epoch_exit(op->s, op->epoch);
+	epoch_exit(s, op->epoch);
 	op->done(op->arg, atomic_load(&op->err));
 	free(op);
+	if (gated)
+		gate_exit(s);
 }
 
 static struct op *op_new(struct pf_stack *s, size_t len, uint64_t off,
-			 pf_stack_done_fn done, void *arg, size_t *n_segs)
+			 pf_stack_done_fn done, void *arg, bool gated,
+			 size_t *n_segs)
 {
 	uint64_t first = off >> s->hdr->cluster_shift;
 	uint64_t last = (off + len - 1) >> s->hdr->cluster_shift;
@@ -633,6 +807,9 @@ static struct op *op_new(struct pf_stack *s, size_t len, uint64_t off,
 	op->arg = arg;
 	atomic_init(&op->pending, 1);
 	atomic_init(&op->err, 0);
+	op->gated = gated;
+	if (gated)
+		gate_enter(s);
 	op->epoch = epoch_enter(s);
 	return op;
 }
@@ -685,11 +862,39 @@ static bool range_ok(const struct pf_stack *s, size_t len, uint64_t off)
 	       len <= s->hdr->size_bytes - off;
 }
 
-void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
-		   pf_stack_done_fn done, void *arg)
+/* Level @view (a snapshot) or, at LEVEL_NONE, the whole stack: the level
+ * that maps @idx in that view, LEVEL_NONE if none. */
+static uint8_t view_level(const struct pf_stack *s, uint8_t view, uint32_t idx)
+{
+	int l;
+
+	if (view == LEVEL_NONE)
+		return level_load(s, idx);
+	for (l = view; l >= 0; l--)
+		if (level_clu(s, (unsigned)l, idx))
+			return (uint8_t)l;
+	return LEVEL_NONE;
+}
+
+/* The level of the snapshot view @guid, LEVEL_NONE if there is none
+ * (any more).  Inside the gate: levels do not change. */
+static uint8_t view_find(const struct pf_stack *s, const char *guid)
+{
+	unsigned l;
+
+	for (l = 0; l + 1 < s->n_levels; l++)
+		if (!strcmp(s->levels[l].guid, guid))
+			return s->levels[l].hidden ? LEVEL_NONE : (uint8_t)l;
+	return LEVEL_NONE;
+}
+
+static void stack_read(struct pf_stack *s, const char *guid, void *buf,
+		       size_t len, uint64_t off, pf_stack_done_fn done,
+		       void *arg)
 {
 	const struct pf_header *h = s->hdr;
 	size_t n, i, pos = 0;
+	uint8_t view = LEVEL_NONE;
 	struct op *op;
 
 	if (!range_ok(s, len, off)) {
@@ -720,17 +925,24 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 		done = bounce_done;
 		arg = b;
 	}
-	op = op_new(s, len, off, done, arg, &n);
+	op = op_new(s, len, off, done, arg, true, &n);
 	if (!op) {
 		done(arg, -ENOMEM);
 		return;
+	}
+	if (guid) {
+		view = view_find(s, guid);
+		if (view == LEVEL_NONE) {
+			op_error(op, -ESTALE);	/* merged away */
+			n = 0;
+		}
 	}
 	for (i = 0; i < n; i++) {
 		uint32_t idx;
 		uint64_t in_off;
 		uint8_t *dst = (uint8_t *)buf + pos;
 		size_t seg_len = seg_at(h, off, len, &pos, &idx, &in_off);
-		uint8_t lvl = level_load(s, idx);
+		uint8_t lvl = view_level(s, view, idx);
 		uint32_t clu;
 
 		clu = lvl == LEVEL_NONE ? 0 : level_clu(s, lvl, idx);
@@ -749,6 +961,19 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 	op_put(op);
 }
 
+void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
+		   pf_stack_done_fn done, void *arg)
+{
+	stack_read(s, NULL, buf, len, off, done, arg);
+}
+
+void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
+			size_t len, uint64_t off, pf_stack_done_fn done,
+			void *arg)
+{
+	stack_read(s, guid, buf, len, off, done, arg);
+}
+
 static void write_seg_done(void *arg, ssize_t res)
 {
 	struct seg *g = arg;
@@ -760,15 +985,80 @@ static void write_seg_done(void *arg, ssize_t res)
 		data_write_failed(g->op->s, (int)res);
 	}
 	rlock_release(g->op->s, &g->rl);
+	inflight_done(g->op->s);
 	op_put(g->op);
 }
 
-void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
-		    uint64_t off, pf_stack_done_fn done, void *arg)
+/*
+ * A write found no space on the host filesystem (CTL-8): hold it and
+ * retry, raising an event for every occurrence.  While held it is out of
+ * the gate and its epoch, holding no lock, so it blocks neither a freeze
+ * nor a commit.  Returns 0 to retry, -EIO once the hold times out
+ * (-o enospc_timeout) or the daemon stops.
+ */
+static int hold_for_space(struct pf_stack *s, struct op *op, uint64_t off,
+			  size_t len, time_t *since)
+{
+	struct timespec now, until;
+	unsigned n = atomic_fetch_add(&s->held, 1) + 1;
+	int ret = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!*since) {
+		*since = now.tv_sec;
+		if (n == 1)
+			pf_log(PF_LOG_WARNING,
+			       "%s: host filesystem is full; holding writes until space is freed",
+			       s->dir);
+	}
+	atomic_fetch_add(&s->enospc_events, 1);
+	emit(s, "enospc",
+	     "write of %zu bytes at %" PRIu64 " held: no space on the host filesystem (%u held)",
+	     len, off, n);
+	if (s->enospc_timeout_s &&
+	    now.tv_sec - *since >= (time_t)s->enospc_timeout_s) {
+		ret = -EIO;
+		goto out;
+	}
+	epoch_exit(s, op->epoch);
+	if (op->gated)
+		gate_exit(s);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += 1;	/* retry at least every second */
+	pthread_mutex_lock(&s->space_lock);
+	pthread_cond_timedwait(&s->space_cv, &s->space_lock, &until);
+	pthread_mutex_unlock(&s->space_lock);
+	if (s->stopping && s->stopping(s->stopping_ctx))
+		ret = -EIO;
+	if (op->gated)
+		gate_enter(s);
+	op->epoch = epoch_enter(s);
+out:
+	atomic_fetch_sub(&s->held, 1);
+	if (ret)
+		emit(s, "enospc-failed",
+		     "held write of %zu bytes at %" PRIu64 " failed after %lld s",
+		     len, off, (long long)(now.tv_sec - *since));
+	return ret;
+}
+
+/* Wake held writes: space may have been freed. */
+static void space_freed(struct pf_stack *s)
+{
+	if (!atomic_load(&s->held))
+		return;
+	pthread_mutex_lock(&s->space_lock);
+	pthread_cond_broadcast(&s->space_cv);
+	pthread_mutex_unlock(&s->space_lock);
+}
+
+static void stack_write(struct pf_stack *s, const void *buf, size_t len,
+			uint64_t off, bool gated, pf_stack_done_fn done,
+			void *arg)
 {
 	const struct pf_header *h = s->hdr;
-	uint8_t top = (uint8_t)(s->n_levels - 1);
 	size_t n, i, pos = 0;
+	time_t held_since = 0;
 	struct op *op;
 	int ret;
 
@@ -780,7 +1070,7 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		done(arg, len ? -EINVAL : 0);
 		return;
 	}
-	op = op_new(s, len, off, done, arg, &n);
+	op = op_new(s, len, off, done, arg, gated, &n);
 	if (!op) {
 		done(arg, -ENOMEM);
 		return;
@@ -788,11 +1078,16 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 	for (i = 0; i < n; i++) {
 		uint32_t idx;
 		uint64_t in_off;
+		size_t seg_pos = pos;
 		const uint8_t *src = (const uint8_t *)buf + pos;
 		size_t seg_len = seg_at(h, off, len, &pos, &idx, &in_off);
 		struct seg *g = &op->segs[i];
+		uint8_t top;
 		uint32_t clu;
 
+retry:
+		/* the top may change while a held write is out of the gate */
+		top = (uint8_t)(s->n_levels - 1);
 		g->op = op;
 		g->len = seg_len;
 		rlock_acquire(s, &g->rl, idx, round_down(in_off, s->align),
@@ -801,6 +1096,7 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		if (clu && aligned(s, src, in_off, seg_len)) {
 			/* in place; the range stays locked until done */
 			atomic_fetch_add(&op->pending, 1);
+			atomic_fetch_add(&s->writes_inflight, 1);
 			data_submit(s, s->top, true, &g->aio, (void *)src,
 				    seg_len, pf_clu_to_off(h, clu) + in_off,
 				    write_seg_done, g);
@@ -813,10 +1109,27 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 			rlock_release(s, &g->rl);
 			ret = write_allocating(s, idx, in_off, src, seg_len);
 		}
+		/* held only outside any gate: a discard's own zeroing
+		 * write fails instead of blocking a freeze */
+		if (ret == -ENOSPC && gated && !atomic_load(&s->failed)) {
+			ret = hold_for_space(s, op, off + seg_pos, seg_len,
+					     &held_since);
+			if (!ret)
+				goto retry;
+		}
 		if (ret)
 			op_error(op, ret);
 	}
+	if (held_since)
+		emit(s, "enospc-resumed", "held write of %zu bytes at %" PRIu64
+		     " went through", len, off);
 	op_put(op);
+}
+
+void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
+		    uint64_t off, pf_stack_done_fn done, void *arg)
+{
+	stack_write(s, buf, len, off, true, done, arg);
 }
 
 /* Synchronous wrappers */
@@ -859,14 +1172,20 @@ int pf_stack_pread(struct pf_stack *s, void *buf, size_t len, uint64_t off)
 	return waiter_wait(&w);
 }
 
-int pf_stack_pwrite(struct pf_stack *s, const void *buf, size_t len,
-		    uint64_t off)
+static int stack_pwrite(struct pf_stack *s, const void *buf, size_t len,
+			uint64_t off, bool gated)
 {
 	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
 			    false, 0 };
 
-	pf_stack_write(s, buf, len, off, waiter_done, &w);
+	stack_write(s, buf, len, off, gated, waiter_done, &w);
 	return waiter_wait(&w);
+}
+
+int pf_stack_pwrite(struct pf_stack *s, const void *buf, size_t len,
+		    uint64_t off)
+{
+	return stack_pwrite(s, buf, len, off, true);
 }
 
 /* Discard */
@@ -898,6 +1217,8 @@ static int discard_cluster(struct pf_stack *s, uint32_t idx)
 		/* Keep the entry (clearing it would expose the snapshot's
 		 * data, DIS-1); the punched cluster reads as zeros. */
 		ret = punch(s->top, pf_clu_to_off(s->hdr, clu), cs);
+		if (!ret)	/* still mapped: keep later writes from -ENOSPC */
+			(void)space_for(s, clu, 1);
 		if (ret == -EOPNOTSUPP) {
 			zeros = alloc_aligned(s, cs);
 			ret = zeros ? 0 : -ENOMEM;
@@ -935,6 +1256,7 @@ int pf_stack_discard(struct pf_stack *s, uint64_t off, uint64_t len)
 		return 0;
 	if (off >= h->size_bytes)
 		return -EINVAL;
+	gate_enter(s);
 	end = len > h->size_bytes - off ? h->size_bytes : off + len;
 	for (; off < end && !ret; off = next) {
 		uint32_t idx = (uint32_t)(off >> h->cluster_shift);
@@ -956,12 +1278,16 @@ int pf_stack_discard(struct pf_stack *s, uint64_t off, uint64_t len)
 			continue;
 		if (!zeros) {
 			zeros = alloc_aligned(s, h->cluster_bytes);
-			if (!zeros)
-				return -ENOMEM;
+			if (!zeros) {
+				ret = -ENOMEM;
+				break;
+			}
 			memset(zeros, 0, h->cluster_bytes);
 		}
-		ret = pf_stack_pwrite(s, zeros, (size_t)seg, off);
+		/* inside this call's hold of the gate */
+		ret = stack_pwrite(s, zeros, (size_t)seg, off, false);
 	}
+	gate_exit(s);
 	free(zeros);
 	return ret;
 }
@@ -974,16 +1300,15 @@ static int datasync(struct pf_stack *s)
 	return s->top->f->ops->datasync(s->top->f);
 }
 
-/* One commit, W1-W4 (see the file comment).  @force: sync data even when
- * no BAT page is dirty (a flush). */
-static int commit(struct pf_stack *s, bool force)
+/* One commit, W1-W4 (see the file comment), with commit_lock held.
+ * @force: sync data even when no BAT page is dirty (a flush). */
+static int commit_locked(struct pf_stack *s, bool force)
 {
 	uint32_t *pages = NULL, *freeing = NULL;
 	size_t n_pages, n_freeing, i;
 	uint8_t *copy = NULL;
 	int ret = 0;
 
-	pthread_mutex_lock(&s->commit_lock);
 	if (atomic_load(&s->failed)) {
 		ret = -EIO;
 		goto out;
@@ -1059,11 +1384,22 @@ static int commit(struct pf_stack *s, bool force)
 			       " leaked until the next mount", s->dir, clu);
 		pthread_mutex_unlock(&s->alloc_lock);
 	}
+	if (n_freeing)
+		space_freed(s);
 out:
-	pthread_mutex_unlock(&s->commit_lock);
 	free(pages);
 	free(copy);
 	free(freeing);
+	return ret;
+}
+
+static int commit(struct pf_stack *s, bool force)
+{
+	int ret;
+
+	pthread_mutex_lock(&s->commit_lock);
+	ret = commit_locked(s, force);
+	pthread_mutex_unlock(&s->commit_lock);
 	return ret;
 }
 
@@ -1259,7 +1595,8 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 	ret = pf_dd_chain(dd, &chain, &depth, why);
 	if (ret)
 		goto out;
-	s->levels = calloc(depth, sizeof(*s->levels));
+	s->cap_levels = (unsigned)depth + 1;	/* room for a snapshot */
+	s->levels = calloc(s->cap_levels, sizeof(*s->levels));
 	chain_d = calloc(depth, sizeof(*chain_d));
 	if (!s->levels || !chain_d) {
 		ret = -ENOMEM;
@@ -1267,6 +1604,7 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 	}
 	for (i = 0; i < depth; i++) {
 		struct pf_why w = { "" };
+		const struct pf_dd_shot *shot;
 		const char *name = dd->images[chain[i]].file;
 		bool is_top = i + 1 == depth;
 
@@ -1279,6 +1617,12 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		}
 		chain_d[i] = s->levels[i].d;
 		s->levels[i].meta = s->levels[i].d->meta;
+		snprintf(s->levels[i].guid, sizeof(s->levels[i].guid), "%s",
+			 dd->images[chain[i]].guid);
+		shot = pf_dd_find_shot(dd, s->levels[i].guid);
+		/* an interrupted snapshot-delete: no view of it */
+		s->levels[i].hidden = shot && shot->temporary;
+		s->levels[i].mapped = pf_delta_mapped_count(s->levels[i].d);
 		ret = pf_check_delta(s->levels[i].d, &r);
 		if (ret)
 			goto out;
@@ -1352,6 +1696,10 @@ static int top_prepare(struct pf_stack *s)
 	ret = recover_top(s);
 	if (ret)
 		return ret;
+	/* BAT pages must never meet a full disk at commit */
+	ret = space_for(s, 0, d->hdr.hdr_clusters);
+	if (ret)
+		return ret;
 
 	/* In-use flag set and synced before the first write (W8, ploop). */
 	s->top_hdr.in_use = PF_INUSE_OPEN;
@@ -1373,6 +1721,7 @@ static void stack_free(struct pf_stack *s)
 		if (s->levels[i].f)
 			s->levels[i].f->ops->close(s->levels[i].f);
 		pf_delta_close(s->levels[i].d);
+		free(s->levels[i].own_meta);
 	}
 	free(s->levels);
 	free(s->top_meta);
@@ -1404,6 +1753,18 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	s->commit_ms = o->commit_ms ? o->commit_ms : 1000;
 	if (o->factory)
 		s->factory = *o->factory;
+	s->enospc_timeout_s = o->enospc_timeout_s;
+	s->no_direct = o->no_direct;
+	s->stopping = o->stopping;
+	s->stopping_ctx = o->stopping_ctx;
+	s->event = o->event;
+	s->event_ctx = o->event_ctx;
+	pthread_mutex_init(&s->levels_lock, NULL);
+	pthread_mutex_init(&s->gate_lock, NULL);
+	pthread_cond_init(&s->gate_open, NULL);
+	pthread_cond_init(&s->gate_drained, NULL);
+	pthread_mutex_init(&s->struct_lock, NULL);
+	pthread_mutex_init(&s->space_lock, NULL);
 	pthread_mutex_init(&s->bat_lock, NULL);
 	pthread_mutex_init(&s->alloc_lock, NULL);
 	pthread_mutex_init(&s->epoch_lock, NULL);
@@ -1413,6 +1774,7 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&s->wb_kick, &ca);
+	pthread_cond_init(&s->space_cv, &ca);
 	pthread_condattr_destroy(&ca);
 	pthread_cond_init(&s->wb_done, NULL);
 	for (i = 0; i < RLOCK_BUCKETS; i++) {
@@ -1443,6 +1805,8 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	if (ret)
 		goto err;
 	s->align = dio_align(s->top->f->fd);
+	s->size_bytes = s->hdr->size_bytes;
+	s->cluster_bytes = s->hdr->cluster_bytes;
 	ret = top_prepare(s);
 	if (ret) {
 		if (!why || !why->msg[0])
@@ -1546,7 +1910,7 @@ out:
 
 uint64_t pf_stack_size(const struct pf_stack *s)
 {
-	return s->hdr->size_bytes;
+	return s->size_bytes;
 }
 
 size_t pf_stack_align(const struct pf_stack *s)
@@ -1557,9 +1921,11 @@ size_t pf_stack_align(const struct pf_stack *s)
 void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st)
 {
 	memset(st, 0, sizeof(*st));
-	st->size_bytes = s->hdr->size_bytes;
-	st->cluster_bytes = s->hdr->cluster_bytes;
+	st->size_bytes = s->size_bytes;
+	st->cluster_bytes = s->cluster_bytes;
+	pthread_mutex_lock(&s->levels_lock);
 	st->deltas = s->n_levels;
+	pthread_mutex_unlock(&s->levels_lock);
 	pthread_mutex_lock(&s->bat_lock);
 	st->top_clusters = s->top_mapped;
 	st->dirty_pages = s->n_dirty;
@@ -1571,4 +1937,696 @@ void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st)
 	st->commits = atomic_load(&s->commits);
 	st->datasyncs = atomic_load(&s->datasyncs);
 	st->failed = atomic_load(&s->failed);
+	st->frozen = atomic_load(&s->frozen);
+	st->held = atomic_load(&s->held);
+	st->enospc_events = atomic_load(&s->enospc_events);
+	st->freezes = atomic_load(&s->freezes);
+	st->stall_last_us = atomic_load(&s->stall_last_us);
+	st->stall_max_us = atomic_load(&s->stall_max_us);
+}
+
+/* Structural commands: snapshot, snapshot delete (CTL-3, CTL-5, W5, W6) */
+
+static int lock_structure(struct pf_stack *s, struct pf_why *why)
+{
+	if (pthread_mutex_trylock(&s->struct_lock))
+		return pf_why_set(why, -EBUSY,
+				  "another snapshot or merge is in progress");
+	if (atomic_load(&s->failed)) {
+		pthread_mutex_unlock(&s->struct_lock);
+		return pf_why_set(why, -EIO,
+				  "image is in the failed state after an I/O error (W7); remount it");
+	}
+	return 0;
+}
+
+/* The descriptor is replaced by its prepared tmp (the commit point of a
+ * structural change).  Only the rename can fail; a failed directory sync
+ * after it is logged: the new descriptor is already the visible one. */
+static int dd_switch(struct pf_stack *s)
+{
+	int ret;
+
+	if (renameat(s->dirfd, PF_DD_TMP_NAME, s->dirfd, PF_DD_NAME) < 0)
+		return -errno;
+	ret = pf_fsync_dir(s->dirfd);
+	if (ret)
+		pf_log(PF_LOG_WARNING, "%s: directory sync after updating "
+		       PF_DD_NAME " failed: %s", s->dir, strerror(-ret));
+	return 0;
+}
+
+/* The descriptor on disk, checked against the open stack. */
+static int dd_current(struct pf_stack *s, struct pf_dd **out,
+		      struct pf_why *why)
+{
+	const struct pf_dd_image *top;
+	struct pf_dd *dd;
+	int ret;
+
+	ret = pf_dd_load(s->dirfd, &dd, why);
+	if (ret)
+		return ret;
+	top = pf_dd_find_image(dd, PF_TOP_GUID);
+	if (!top || strcmp(top->file, s->top->d->name)) {
+		pf_dd_free(dd);
+		return pf_why_set(why, -ESTALE, PF_DD_NAME
+				  " no longer names the mounted top delta %s",
+				  s->top->d->name);
+	}
+	*out = dd;
+	return 0;
+}
+
+/* Write BAT page 0 of a lower delta (@meta, which readers may be using)
+ * with header @h, closed.  The in-memory copies are left alone. */
+static int write_page0(struct pf_stack *s, struct pf_file *f,
+		       const uint8_t *meta, const struct pf_header *h)
+{
+	struct pf_header closed = *h;
+	uint8_t *page = alloc_aligned(s, PF_BAT_PAGE_SIZE);
+	int ret;
+
+	if (!page)
+		return -ENOMEM;
+	memcpy(page, meta, PF_BAT_PAGE_SIZE);
+	closed.in_use = PF_INUSE_CLOSED;
+	closed.ext_sectors = 0;
+	pf_header_encode(&closed, page);
+	ret = f->ops->pwrite(f, page, PF_BAT_PAGE_SIZE, 0);
+	free(page);
+	return ret;
+}
+
+/* Clear the in-use flag of a former top, now read-only, and give back
+ * its preallocated tail.  Failure only leaves a warning at next open. */
+static void retire_top(struct pf_stack *s, struct level *lv,
+		       const struct pf_header *h, uint64_t alloc_head)
+{
+	int ret;
+
+	ret = write_page0(s, lv->f, lv->meta, h);
+	if (!ret)
+		ret = lv->f->ops->truncate(lv->f, alloc_head << h->cluster_shift);
+	if (!ret)
+		ret = lv->f->ops->datasync(lv->f);
+	if (ret)
+		pf_log(PF_LOG_WARNING, "%s/%s: cannot clear the in-use flag of the former top: %s",
+		       s->dir, lv->d->name, strerror(-ret));
+}
+
+/*
+ * Frozen, before the commit of a snapshot switch: clear the top's in-use
+ * flag and trim its preallocated tail (@closed), or set the flag again
+ * (the switch failed), for the next commit to make durable.  A power cut
+ * after the descriptor rename then finds the former top closed: nothing
+ * repairs a read-only delta left flagged in use (W8).
+ */
+static void top_mark_closed(struct pf_stack *s, bool closed)
+{
+	uint64_t head;
+
+	pthread_mutex_lock(&s->bat_lock);
+	s->top_hdr.in_use = closed ? PF_INUSE_CLOSED : PF_INUSE_OPEN;
+	pf_header_encode(&s->top_hdr, s->top_meta);
+	page_mark_dirty(s, 0);
+	pthread_mutex_unlock(&s->bat_lock);
+	if (!closed)
+		return;
+	pthread_mutex_lock(&s->alloc_lock);
+	head = s->alloc_head;
+	pthread_mutex_unlock(&s->alloc_lock);
+	if (s->top->f->ops->truncate(s->top->f, head << s->hdr->cluster_shift))
+		return;	/* a trailing leak at worst */
+	pthread_mutex_lock(&s->alloc_lock);
+	s->file_clusters = head;
+	pthread_mutex_unlock(&s->alloc_lock);
+}
+
+int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
+		      struct pf_why *why)
+{
+	char guid[PF_GUID_LEN + 1], fguid[PF_GUID_LEN + 1];
+	struct level nl = { 0 }, *nlv = NULL, *old_levels, *old_top;
+	struct pf_header h, old_hdr;
+	struct pf_dd *dd = NULL;
+	uint64_t t0, stall, old_head;
+	unsigned n;
+	char *name = NULL;
+	const char *stem;
+	bool created = false;
+	int ret, stem_len;
+
+	ret = lock_structure(s, why);
+	if (ret)
+		return ret;
+	n = s->n_levels;	/* stable: changes only under struct_lock */
+	/* Prepare: everything that can fail happens before the freeze. */
+	if (n + 1 > PF_MAX_DELTAS) {
+		ret = pf_why_set(why, -EMLINK, "too many deltas (%u)", n);
+		goto out;
+	}
+	ret = dd_current(s, &dd, why);
+	if (ret)
+		goto out;
+	if (want_guid) {
+		if (!pf_guid_valid(want_guid) || !strcmp(want_guid, PF_TOP_GUID)) {
+			ret = pf_why_set(why, -EINVAL, "%s: not a valid snapshot GUID",
+					 want_guid);
+			goto out;
+		}
+		if (pf_dd_find_image(dd, want_guid) ||
+		    pf_dd_find_shot(dd, want_guid)) {
+			ret = pf_why_set(why, -EEXIST, "%s: GUID already in use",
+					 want_guid);
+			goto out;
+		}
+		snprintf(guid, sizeof(guid), "%s", want_guid);
+	} else {
+		pf_guid_new(guid);
+	}
+	/* ploop's naming: "<base file>.{uuid}"; a base that was itself
+	 * such a delta (after a merge up) lends only its stem */
+	pf_guid_new(fguid);
+	stem = strstr(s->levels[0].d->name, ".{");
+	stem_len = stem ? (int)(stem - s->levels[0].d->name) :
+			  (int)strlen(s->levels[0].d->name);
+	if (asprintf(&name, "%.*s.%s", stem_len, s->levels[0].d->name,
+		     fguid) < 0) {
+		name = NULL;
+		ret = -ENOMEM;
+		goto out;
+	}
+	pthread_mutex_lock(&s->bat_lock);
+	h = s->top_hdr;
+	pthread_mutex_unlock(&s->bat_lock);
+	h.in_use = PF_INUSE_OPEN;	/* ploop sets it on the new top */
+	h.flags = PF_FLAG_EMPTY;
+	h.ext_sectors = 0;
+	ret = pf_delta_create(s->dirfd, name, &h, why);	/* synced (W6) */
+	if (ret) {
+		struct pf_why w = *why;
+
+		pf_why_fmt(why, "%s: %s", name, w.msg);
+		goto out;
+	}
+	created = true;
+	ret = pf_delta_open(s->dirfd, name, PF_DELTA_WRITE, &nl.d, why);
+	if (!ret)
+		ret = open_data_fd(s, &nl, true, s->no_direct);
+	if (!ret && nl.f->ops->allocate)
+		ret = nl.f->ops->allocate(nl.f, 0, (uint64_t)h.hdr_clusters
+					  << h.cluster_shift);
+	nlv = calloc(n + 2, sizeof(*nlv));
+	if (!ret && !nlv)
+		ret = -ENOMEM;
+	if (!ret)
+		ret = pf_dd_add_snapshot(dd, guid, name);
+	if (!ret)
+		ret = pf_dd_store_tmp(s->dirfd, dd);
+	if (ret) {
+		if (!why->msg[0])
+			pf_why_fmt(why, "%s: cannot prepare: %s", name,
+				   strerror(-ret));
+		goto out;
+	}
+
+	/* Freeze: drain, then commit the old top (its data and BAT are
+	 * durable before the descriptor stops naming it as the top), closed
+	 * in that same commit. */
+	t0 = freeze(s);
+	top_mark_closed(s, true);
+	ret = commit_locked(s, true);
+	if (!ret)
+		ret = dd_switch(s);
+	if (ret) {
+		/* still the top: in use again (a failed commit is W7) */
+		top_mark_closed(s, false);
+		if (!atomic_load(&s->failed))
+			(void)commit_locked(s, true);
+		thaw(s, t0);
+		pf_dd_drop_tmp(s->dirfd);
+		pf_why_fmt(why, "%s: %s", ret == -EIO ? "commit of the current top failed" :
+			   "cannot replace " PF_DD_NAME, strerror(-ret));
+		goto out;
+	}
+
+	/* Switch: memory only, nothing can fail. */
+	memcpy(nlv, s->levels, n * sizeof(*nlv));
+	old_top = &nlv[n - 1];
+	snprintf(old_top->guid, sizeof(old_top->guid), "%s", guid);
+	old_top->own_meta = s->top_meta;
+	nl.meta = nl.d->meta;
+	nl.d->meta = NULL;
+	snprintf(nl.guid, sizeof(nl.guid), "%s", PF_TOP_GUID);
+	nlv[n] = nl;
+	pthread_mutex_lock(&s->levels_lock);
+	pthread_mutex_lock(&s->bat_lock);
+	old_hdr = s->top_hdr;
+	old_top->mapped = s->top_mapped;
+	s->top_mapped = 0;
+	s->top_meta = nl.meta;
+	/* Only what differs: the geometry is the same (the new delta was
+	 * created from this header) and is read without locks. */
+	s->top_hdr.in_use = nl.d->hdr.in_use;
+	s->top_hdr.flags = nl.d->hdr.flags;
+	s->top_hdr.ext_sectors = nl.d->hdr.ext_sectors;
+	memset(s->page_dirty, 0, s->meta_pages);
+	s->n_dirty = 0;
+	pthread_mutex_unlock(&s->bat_lock);
+	pthread_mutex_lock(&s->alloc_lock);
+	old_head = s->alloc_head;
+	s->alloc_head = nl.d->hdr.hdr_clusters;
+	s->file_clusters = nl.d->file_clusters > s->alloc_head ?
+				   nl.d->file_clusters : s->alloc_head;
+	s->n_free = 0;	/* holes of the old top stay holes */
+	pthread_mutex_unlock(&s->alloc_lock);
+	old_levels = s->levels;
+	s->levels = nlv;
+	s->cap_levels = n + 2;
+	s->n_levels = n + 1;
+	s->top = &nlv[n];
+	pthread_mutex_unlock(&s->levels_lock);
+	nlv = old_levels;	/* freed below */
+	memset(&nl, 0, sizeof(nl));
+	created = false;
+	stall = thaw(s, t0);
+
+	retire_top(s, old_top, &old_hdr, old_head);
+	snprintf(guid_out, PF_GUID_LEN + 1, "%s", guid);
+	pf_log(PF_LOG_INFO, "%s: snapshot %s created, new top %s (I/O stalled %" PRIu64 " us)",
+	       s->dir, guid, name, stall);
+	emit(s, "snapshot", "%s created; new top delta %s; I/O stalled %" PRIu64 " us",
+	     guid, name, stall);
+out:
+	if (nl.f)
+		nl.f->ops->close(nl.f);
+	pf_delta_close(nl.d);
+	if (created)
+		unlinkat(s->dirfd, name, 0);
+	free(nlv);
+	free(name);
+	pf_dd_free(dd);
+	pthread_mutex_unlock(&s->struct_lock);
+	return ret;
+}
+
+/* Snapshot delete: the copy, in several threads (seed 002: several
+ * copies in flight nearly double the throughput of one). */
+
+#define MERGE_THREADS	4
+
+struct merge {
+	struct pf_stack *s;
+	unsigned p, c;		/* parent (deleted snapshot), child */
+	struct pf_file *pw;	/* parent opened for writing (down merge) */
+	uint8_t *pdirty;	/* parent BAT pages changed (down merge) */
+	atomic_uint_fast32_t next;	/* next virtual cluster to look at */
+	atomic_uint_fast64_t head;	/* next free cluster of the parent */
+	atomic_uint_fast64_t copied;	/* clusters copied */
+	atomic_int err;
+};
+
+static void merge_error(struct merge *m, int err)
+{
+	int zero = 0;
+
+	atomic_compare_exchange_strong(&m->err, &zero, err);
+}
+
+/* Child is the top: copy up every cluster of the parent that the top does
+ * not map, through the copy-on-write path (ordinary top writes, W1-W4). */
+static void *merge_up_worker(void *arg)
+{
+	struct merge *m = arg;
+	struct pf_stack *s = m->s;
+	uint32_t n = s->hdr->bat_entries, idx;
+	int ret;
+
+	while (!atomic_load(&m->err) &&
+	       (idx = (uint32_t)atomic_fetch_add(&m->next, 1)) < n) {
+		if (!level_clu(s, m->p, idx) || level_clu(s, m->c, idx))
+			continue;
+		gate_enter(s);
+		ret = atomic_load(&s->failed) ? -EIO :
+						write_allocating(s, idx, 0, NULL, 0);
+		gate_exit(s);
+		if (ret)
+			merge_error(m, ret);
+		else
+			atomic_fetch_add(&m->copied, 1);
+	}
+	return NULL;
+}
+
+/* Child is read-only: copy every cluster it maps down into the parent,
+ * over the parent's own copy or into a new cluster at its end.  Nobody
+ * reads those parent clusters: the child shadows them, and the parent's
+ * own view is hidden. */
+static void *merge_down_worker(void *arg)
+{
+	struct merge *m = arg;
+	struct pf_stack *s = m->s;
+	struct level *pl = &s->levels[m->p], *cl = &s->levels[m->c];
+	const struct pf_header *ph = &pl->d->hdr, *ch = &cl->d->hdr;
+	uint32_t n = ch->bat_entries, idx, src, dst;
+	uint8_t *buf = alloc_aligned(s, ph->cluster_bytes);
+	int ret;
+
+	if (!buf) {
+		merge_error(m, -ENOMEM);
+		return NULL;
+	}
+	while (!atomic_load(&m->err) &&
+	       (idx = (uint32_t)atomic_fetch_add(&m->next, 1)) < n) {
+		src = level_clu(s, m->c, idx);
+		if (!src)
+			continue;
+		dst = level_clu(s, m->p, idx);
+		if (!dst)
+			dst = (uint32_t)atomic_fetch_add(&m->head, 1);
+		ret = cl->f->ops->pread(cl->f, buf, ph->cluster_bytes,
+					pf_clu_to_off(ch, src));
+		if (!ret)
+			ret = m->pw->ops->pwrite(m->pw, buf, ph->cluster_bytes,
+						 pf_clu_to_off(ph, dst));
+		if (ret) {
+			merge_error(m, ret);
+			break;
+		}
+		if (!level_clu(s, m->p, idx))
+			entry_store(pl->meta, idx, pf_bat_encode(ph, dst));
+		/* Written even when the entry was already set: an earlier
+		 * attempt in this session may have set it in memory and
+		 * failed before its page reached the disk. */
+		__atomic_store_n(&m->pdirty[pf_idx_to_page(idx)], 1,
+				 __ATOMIC_RELAXED);
+		atomic_fetch_add(&m->copied, 1);
+	}
+	free(buf);
+	return NULL;
+}
+
+static int merge_run(struct merge *m, void *(*fn)(void *))
+{
+	pthread_t t[MERGE_THREADS];
+	unsigned i, started = 0;
+
+	atomic_store(&m->next, 0);
+	for (i = 0; i < MERGE_THREADS; i++)
+		if (!pthread_create(&t[i], NULL, fn, m))
+			started++;
+		else
+			break;
+	if (!started)
+		fn(m);
+	for (i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
+	return atomic_load(&m->err);
+}
+
+/* Down merge: the parent's data and then its BAT are durable (W5: copy,
+ * flush, commit the receiving BAT) before the descriptor changes. */
+static int merge_down(struct merge *m, struct pf_why *why)
+{
+	struct pf_stack *s = m->s;
+	struct level *pl = &s->levels[m->p], *cl = &s->levels[m->c];
+	struct level tmp = { .d = pl->d };
+	const struct pf_header *ph = &pl->d->hdr;
+	uint64_t need = 0, max_used = 0, pages;
+	uint32_t idx, clu;
+	int ret;
+
+	if (ph->bat_entries != cl->d->hdr.bat_entries ||
+	    ph->cluster_bytes != cl->d->hdr.cluster_bytes)
+		return pf_why_set(why, -EOPNOTSUPP,
+				  "%s and %s differ in size or cluster size",
+				  pl->d->name, cl->d->name);
+	ret = open_data_fd(s, &tmp, true, s->no_direct);
+	if (ret)
+		return pf_why_set(why, ret, "%s: cannot open for writing: %s",
+				  pl->d->name, strerror(-ret));
+	m->pw = tmp.f;
+	pages = pf_div_round_up(pf_idx_entry_off(ph->bat_entries),
+				PF_BAT_PAGE_SIZE);
+	m->pdirty = calloc(pages, 1);
+	if (!m->pdirty) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* New clusters go after the last committed one: whatever an
+	 * interrupted attempt left past it is a leak, overwritten now. */
+	for (idx = 0; idx < ph->bat_entries; idx++) {
+		clu = level_clu(s, m->p, idx);
+		if (clu > max_used)
+			max_used = clu;
+		if (!clu && level_clu(s, m->c, idx))
+			need++;
+	}
+	atomic_store(&m->head, max_used ? max_used + 1 : ph->hdr_clusters);
+	if (need) {
+		ret = m->pw->ops->allocate ?
+			      m->pw->ops->allocate(m->pw, atomic_load(&m->head) << ph->cluster_shift,
+						   need << ph->cluster_shift) :
+			      m->pw->ops->truncate(m->pw, (atomic_load(&m->head) + need)
+								  << ph->cluster_shift);
+		if (ret) {
+			pf_why_fmt(why, "%s: cannot allocate %" PRIu64 " clusters: %s",
+				   pl->d->name, need, strerror(-ret));
+			goto out;
+		}
+	}
+	ret = merge_run(m, merge_down_worker);
+	if (ret) {
+		pf_why_fmt(why, "copy from %s into %s failed: %s", cl->d->name,
+			   pl->d->name, strerror(-ret));
+		goto out;
+	}
+	ret = m->pw->ops->datasync(m->pw);	/* W5: the copies, then ... */
+	if (!ret) {	/* page 0 holds the header: always rewritten */
+		struct pf_header nh = *ph;
+
+		/* ph is the header as opened: stale for a former top, and
+		 * an earlier failed attempt may have mapped everything
+		 * already (need 0).  The parent holds data if it mapped
+		 * any or got any. */
+		if (need || max_used || atomic_load(&m->copied))
+			nh.flags &= ~PF_FLAG_EMPTY;
+		ret = write_page0(s, m->pw, pl->meta, &nh);
+	}
+	for (idx = 1; !ret && idx < pages; idx++)
+		if (m->pdirty[idx])
+			ret = m->pw->ops->pwrite(m->pw,
+						 pl->meta + (size_t)idx * PF_BAT_PAGE_SIZE,
+						 PF_BAT_PAGE_SIZE,
+						 (uint64_t)idx * PF_BAT_PAGE_SIZE);
+	if (!ret)
+		ret = m->pw->ops->datasync(m->pw);	/* ... the BAT */
+	if (ret)
+		pf_why_fmt(why, "%s: cannot commit the merged clusters: %s",
+			   pl->d->name, strerror(-ret));
+out:
+	return ret;
+}
+
+/* Level @l leaves the stack (frozen, levels_lock held); its struct is
+ * copied to @gone. */
+static void level_remove(struct pf_stack *s, unsigned l, struct level *gone)
+{
+	uint32_t idx, n = s->hdr->bat_entries;
+	uint8_t v;
+
+	for (idx = 0; idx < n; idx++) {
+		v = level_load(s, idx);
+		if (v != LEVEL_NONE && v >= l)
+			level_store(s, idx, v == l ? (uint8_t)(l - 1) : v - 1);
+	}
+	*gone = s->levels[l];
+	memmove(&s->levels[l], &s->levels[l + 1],
+		(s->n_levels - l - 1) * sizeof(*s->levels));
+	s->n_levels--;
+	s->top = &s->levels[s->n_levels - 1];
+}
+
+int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
+			     struct pf_stack_merge_info *info,
+			     struct pf_why *why)
+{
+	struct merge m = { .s = s };
+	struct level gone = { 0 };
+	struct pf_dd *dd = NULL;
+	struct timespec a, b;
+	char *gone_file = NULL;
+	unsigned p;
+	uint64_t t0, stall;
+	bool down;
+	uint32_t idx;
+	int ret;
+
+	memset(info, 0, sizeof(*info));
+	ret = lock_structure(s, why);
+	if (ret)
+		return ret;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	ret = dd_current(s, &dd, why);
+	if (ret)
+		goto out;
+	for (p = 0; p + 1 < s->n_levels; p++)
+		if (!strcmp(s->levels[p].guid, guid))
+			break;
+	if (!strcmp(guid, PF_TOP_GUID)) {
+		ret = pf_why_set(why, -EINVAL, "%s is the top delta, not a snapshot",
+				 guid);
+		goto out;
+	}
+	if (p + 1 >= s->n_levels) {
+		ret = pf_why_set(why, -ENOENT, "%s: no such snapshot in the mounted chain",
+				 guid);
+		goto out;
+	}
+	if (pf_dd_children(dd, guid) > 1) {
+		ret = pf_why_set(why, -EMLINK,
+				 "%s has more than one child snapshot: cannot merge",
+				 guid);
+		goto out;
+	}
+	m.p = p;
+	m.c = p + 1;
+	down = m.c + 1 < s->n_levels;
+	info->down = down;
+	emit(s, "merge-start", "deleting snapshot %s: merging %s %s %s", guid,
+	     down ? s->levels[m.c].d->name : s->levels[p].d->name,
+	     down ? "down into" : "up into",
+	     down ? s->levels[p].d->name : s->levels[m.c].d->name);
+	if (down) {
+		/* The parent changes in place: mark it being deleted first,
+		 * so a crash leaves a merge to complete, not a snapshot
+		 * whose data is half its child's. */
+		ret = pf_dd_set_temporary(dd, guid, true);
+		if (!ret)
+			ret = pf_dd_store(s->dirfd, dd);
+		if (ret) {
+			pf_why_fmt(why, PF_DD_NAME ": cannot mark %s temporary: %s",
+				   guid, strerror(-ret));
+			goto out;
+		}
+		/* no view of the parent reads while it changes */
+		t0 = freeze(s);
+		pthread_mutex_lock(&s->levels_lock);
+		s->levels[p].hidden = true;
+		pthread_mutex_unlock(&s->levels_lock);
+		thaw(s, t0);
+		ret = merge_down(&m, why);
+	} else {
+		ret = merge_run(&m, merge_up_worker);
+		if (ret)
+			pf_why_fmt(why, "copy from %s into the top failed: %s",
+				   s->levels[p].d->name, strerror(-ret));
+		if (!ret) {
+			/* W5: the receiving BAT is durable first */
+			ret = pf_stack_flush(s);
+			if (ret)
+				pf_why_fmt(why, "commit of the top failed: %s",
+					   strerror(-ret));
+		}
+	}
+	if (ret)
+		goto out;
+	ret = pf_dd_delete_snapshot(dd, guid, down, &gone_file);
+	if (!ret)
+		ret = pf_dd_store_tmp(s->dirfd, dd);
+	if (ret) {
+		pf_why_fmt(why, PF_DD_NAME ": cannot prepare: %s", strerror(-ret));
+		goto out;
+	}
+
+	t0 = freeze(s);
+	if (!down)	/* every cluster of the parent now in the top? */
+		for (idx = 0; idx < s->hdr->bat_entries; idx++)
+			if (level_load(s, idx) == p) {
+				ret = -EAGAIN;
+				break;
+			}
+	if (!ret)
+		ret = dd_switch(s);
+	if (ret) {
+		thaw(s, t0);
+		pf_dd_drop_tmp(s->dirfd);
+		pf_why_fmt(why, "cannot replace " PF_DD_NAME ": %s",
+			   strerror(-ret));
+		goto out;
+	}
+	pthread_mutex_lock(&s->levels_lock);
+	if (down) {
+		/* the parent's file now holds the child's view */
+		struct level *pl = &s->levels[p];
+
+		memcpy(pl->guid, s->levels[m.c].guid, sizeof(pl->guid));
+		pl->hidden = s->levels[m.c].hidden;
+		pl->mapped = 0;
+		for (idx = 0; idx < pl->d->hdr.bat_entries; idx++)
+			pl->mapped += level_clu(s, p, idx) != 0;
+		level_remove(s, m.c, &gone);
+	} else {
+		level_remove(s, p, &gone);
+	}
+	pthread_mutex_unlock(&s->levels_lock);
+	stall = thaw(s, t0);
+
+	/* W5: the merged delta goes only after the descriptor dropped it */
+	if (gone.f)
+		gone.f->ops->close(gone.f);
+	pf_delta_close(gone.d);
+	free(gone.own_meta);
+	if (unlinkat(s->dirfd, gone_file, 0) < 0)
+		pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the merged delta: %s",
+		       s->dir, gone_file, strerror(errno));
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	info->clusters = atomic_load(&m.copied);
+	info->bytes = info->clusters * s->hdr->cluster_bytes;
+	info->usec = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000 +
+		     (uint64_t)((b.tv_nsec - a.tv_nsec) / 1000);
+	info->stall_us = stall;
+	emit(s, "merge-done", "snapshot %s deleted: %" PRIu64 " clusters copied in %" PRIu64
+	     " ms; I/O stalled %" PRIu64 " us", guid, info->clusters,
+	     info->usec / 1000, stall);
+out:
+	if (ret)
+		emit(s, "merge-failed", "deleting snapshot %s failed: %s", guid,
+		     why->msg);
+	if (m.pw)
+		m.pw->ops->close(m.pw);
+	free(m.pdirty);
+	free(gone_file);
+	pf_dd_free(dd);
+	pthread_mutex_unlock(&s->struct_lock);
+	return ret;
+}
+
+/* Status of the levels, base first.  Blocks only for a switch's pointer
+ * swap, never for a freeze (CTL-1). */
+size_t pf_stack_levels(struct pf_stack *s, struct pf_stack_level *out,
+		       size_t n)
+{
+	size_t i, count;
+
+	pthread_mutex_lock(&s->levels_lock);
+	count = s->n_levels;
+	for (i = 0; i < count && i < n; i++) {
+		const struct level *lv = &s->levels[i];
+
+		snprintf(out[i].guid, sizeof(out[i].guid), "%s", lv->guid);
+		snprintf(out[i].file, sizeof(out[i].file), "%s", lv->d->name);
+		out[i].top = i + 1 == count;
+		out[i].hidden = lv->hidden;
+		if (out[i].top) {
+			pthread_mutex_lock(&s->bat_lock);
+			out[i].mapped = s->top_mapped;
+			pthread_mutex_unlock(&s->bat_lock);
+		} else {
+			out[i].mapped = lv->mapped;
+		}
+	}
+	pthread_mutex_unlock(&s->levels_lock);
+	return count;
 }

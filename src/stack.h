@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "descriptor.h"
 #include "util.h"
 
 struct pf_stack;
@@ -26,6 +27,16 @@ struct pf_stack_opts {
 	/* how delta files are accessed; NULL: plain descriptors (tests
 	 * pass crash-simulating or fault-injecting files) */
 	const struct pf_file_factory *factory;
+	/* a write held for lack of host space fails with EIO after this
+	 * many seconds; 0: held until space is freed (CTL-8) */
+	unsigned enospc_timeout_s;
+	/* polled by held writes: true once the daemon is stopping */
+	bool (*stopping)(void *ctx);
+	void *stopping_ctx;
+	/* events (held writes, failed state, snapshots, merges); called
+	 * from any thread, must not block */
+	void (*event)(void *ctx, const char *type, const char *text);
+	void *event_ctx;
 };
 
 /* Completion of a read or write: @err is 0 or -errno. */
@@ -102,7 +113,67 @@ PF_MUST_CHECK int pf_stack_discard(struct pf_stack *s, uint64_t off,
  */
 PF_MUST_CHECK int pf_stack_flush(struct pf_stack *s);
 
+/*
+ * Read from the read-only view of snapshot @guid: the disk as it was
+ * when the snapshot was taken.  Fails with -ESTALE once that snapshot is
+ * no longer in the stack (deleted, or being deleted).
+ */
+void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
+			size_t len, uint64_t off, pf_stack_done_fn done,
+			void *arg);
+
+/* Structural commands.  One at a time (a second gets -EBUSY, CTL-5); they
+ * run in the caller's thread while I/O goes on, and stop I/O only for a
+ * short freeze (CTL-3). */
+
+/*
+ * Online snapshot: the current top becomes read-only snapshot @guid
+ * (NULL: a fresh one) and a new empty top delta takes its place.
+ * Prepare (new delta created and synced, W6; new descriptor written to
+ * its tmp file), freeze (drain, commit the old top), switch (descriptor
+ * renamed; nothing after that can fail), thaw.  Any failure before the
+ * rename leaves the stack and the files as they were.  @guid_out gets
+ * the snapshot's GUID.  Returns 0 or -errno; @why says what.
+ */
+PF_MUST_CHECK int pf_stack_snapshot(struct pf_stack *s, const char *guid,
+				    char *guid_out, struct pf_why *why);
+
+struct pf_stack_merge_info {
+	bool down;		/* child merged into the deleted snapshot's
+				 * file (else the snapshot's clusters were
+				 * copied up into the top) */
+	uint64_t clusters;	/* clusters copied */
+	uint64_t bytes;
+	uint64_t usec;		/* whole operation */
+	uint64_t stall_us;	/* I/O stall of the final switch */
+};
+
+/*
+ * Delete snapshot @guid by merging its only child into it (W5): a
+ * read-only child is copied down into the snapshot's file, which then
+ * takes the child's GUID (the snapshot is marked <Temporary/> first, so
+ * an interrupted delete is completed by running it again); when the
+ * child is the top, the snapshot's clusters the top lacks are copied up
+ * into it.  The descriptor changes last, then the unused file goes.
+ */
+PF_MUST_CHECK int pf_stack_delete_snapshot(struct pf_stack *s,
+					   const char *guid,
+					   struct pf_stack_merge_info *info,
+					   struct pf_why *why);
+
 /* Status */
+
+struct pf_stack_level {
+	char guid[PF_GUID_LEN + 1];
+	char file[256];
+	uint64_t mapped;	/* clusters mapped in this delta */
+	bool top;
+	bool hidden;		/* being deleted: no snapshot view */
+};
+
+/* Fill up to @n levels, base first; returns how many there are. */
+size_t pf_stack_levels(struct pf_stack *s, struct pf_stack_level *out,
+		       size_t n);
 
 struct pf_stack_stat {
 	uint64_t size_bytes;
@@ -115,6 +186,11 @@ struct pf_stack_stat {
 	uint64_t commits;		/* commits that wrote BAT pages */
 	uint64_t datasyncs;		/* fdatasync calls on the top delta */
 	bool failed;			/* W7 sticky failed state */
+	bool frozen;			/* I/O stopped for a switch */
+	unsigned held;			/* writes held for lack of space */
+	uint64_t enospc_events;		/* times a write found no space */
+	uint64_t freezes;		/* switches so far */
+	uint64_t stall_last_us, stall_max_us;	/* their I/O stalls */
 };
 
 void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st);

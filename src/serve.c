@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* The daemon's control commands (see serve.h). */
+#include "serve.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+void pf_serve_event(void *ctx, const char *type, const char *text)
+{
+	pf_events_emit(ctx, type, "%s", text);
+}
+
+/* Parse a decimal sequence number. */
+static int parse_u64(const char *s, uint64_t *v)
+{
+	char *end;
+
+	if (!*s || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	*v = strtoull(s, &end, 10);
+	return errno || *end ? -EINVAL : 0;
+}
+
+static int cmd_status(void *ctx, int argc, char **argv,
+		      struct pf_ctl_reply *r, struct pf_why *why)
+{
+	struct pf_serve *sv = ctx;
+	struct pf_stack_level *lv = NULL;
+	struct pf_stack_stat st;
+	size_t n = 0, i, want = 8;
+	int ret = 0;
+
+	(void)argv;
+	if (argc != 1)
+		return pf_why_set(why, -EINVAL, "usage: status");
+	/* Everything here answers while I/O is frozen (CTL-1). */
+	for (;;) {
+		struct pf_stack_level *p = realloc(lv, want * sizeof(*lv));
+
+		if (!p) {
+			free(lv);
+			return -ENOMEM;
+		}
+		lv = p;
+		n = pf_stack_levels(sv->stack, lv, want);
+		if (n <= want)
+			break;
+		want = n;
+	}
+	pf_stack_stat(sv->stack, &st);
+	ret = pf_ctl_data(r, "mounted %s", sv->disk_path);
+	if (!ret)
+		ret = pf_ctl_data(r, "size %" PRIu64, st.size_bytes);
+	if (!ret)
+		ret = pf_ctl_data(r, "cluster %" PRIu32, st.cluster_bytes);
+	for (i = 0; !ret && i < n; i++)
+		ret = pf_ctl_data(r, "delta %zu %s %" PRIu64 " %d %d %s", i,
+				  lv[i].guid, lv[i].mapped, lv[i].top,
+				  lv[i].hidden, lv[i].file);
+	if (!ret)
+		ret = pf_ctl_data(r, "dirty_pages %" PRIu64, st.dirty_pages);
+	if (!ret)
+		ret = pf_ctl_data(r, "file_clusters %" PRIu64, st.file_clusters);
+	if (!ret)
+		ret = pf_ctl_data(r, "free_clusters %" PRIu64, st.free_clusters);
+	if (!ret)
+		ret = pf_ctl_data(r, "failed %d", st.failed);
+	if (!ret)
+		ret = pf_ctl_data(r, "frozen %d", st.frozen);
+	if (!ret)
+		ret = pf_ctl_data(r, "held_writes %u", st.held);
+	if (!ret)
+		ret = pf_ctl_data(r, "enospc_events %" PRIu64, st.enospc_events);
+	if (!ret)
+		ret = pf_ctl_data(r, "commits %" PRIu64, st.commits);
+	if (!ret)
+		ret = pf_ctl_data(r, "datasyncs %" PRIu64, st.datasyncs);
+	if (!ret)
+		ret = pf_ctl_data(r, "freezes %" PRIu64, st.freezes);
+	if (!ret)
+		ret = pf_ctl_data(r, "stall_last_us %" PRIu64, st.stall_last_us);
+	if (!ret)
+		ret = pf_ctl_data(r, "stall_max_us %" PRIu64, st.stall_max_us);
+	if (!ret)
+		ret = pf_ctl_data(r, "last_event %" PRIu64,
+				  pf_events_last(sv->events));
+	free(lv);
+	return ret;
+}
+
+static int cmd_events(void *ctx, int argc, char **argv,
+		      struct pf_ctl_reply *r, struct pf_why *why)
+{
+	struct pf_serve *sv = ctx;
+	char line[PF_EVENT_LINE_MAX];
+	struct pf_event e;
+	uint64_t after;
+
+	if (argc > 2)
+		return pf_why_set(why, -EINVAL, "usage: events [<after>]");
+	if (argc == 2) {
+		if (parse_u64(argv[1], &after))
+			return pf_why_set(why, -EINVAL,
+					  "%s: not a sequence number", argv[1]);
+	} else {
+		after = pf_events_last(sv->events);
+	}
+	while (pf_events_wait(sv->events, after, &e, -1, pf_ctl_cancelled, r) == 1) {
+		if (pf_event_format(&e, line, sizeof(line)) ||
+		    pf_ctl_data(r, "%s", line))
+			break;
+		after = pf_event_next_after(&e);
+	}
+	return 0;
+}
+
+static int cmd_snapshot(void *ctx, int argc, char **argv,
+			struct pf_ctl_reply *r, struct pf_why *why)
+{
+	struct pf_serve *sv = ctx;
+	char guid[PF_GUID_LEN + 1];
+	struct pf_stack_stat st;
+	int ret;
+
+	if (argc > 2)
+		return pf_why_set(why, -EINVAL, "usage: snapshot [<guid>]");
+	ret = pf_stack_snapshot(sv->stack, argc == 2 ? argv[1] : NULL, guid, why);
+	if (ret)
+		return ret;
+	pf_stack_stat(sv->stack, &st);
+	ret = pf_ctl_data(r, "guid %s", guid);
+	if (!ret)
+		ret = pf_ctl_data(r, "stall_us %" PRIu64, st.stall_last_us);
+	return 0;	/* done even if the client left */
+}
+
+static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
+			       struct pf_ctl_reply *r, struct pf_why *why)
+{
+	struct pf_serve *sv = ctx;
+	struct pf_stack_merge_info mi;
+	int ret;
+
+	if (argc != 2)
+		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid>");
+	ret = pf_stack_delete_snapshot(sv->stack, argv[1], &mi, why);
+	if (ret)
+		return ret;
+	if (!pf_ctl_data(r, "down %d", mi.down) &&
+	    !pf_ctl_data(r, "clusters %" PRIu64, mi.clusters) &&
+	    !pf_ctl_data(r, "bytes %" PRIu64, mi.bytes) &&
+	    !pf_ctl_data(r, "usec %" PRIu64, mi.usec))
+		(void)pf_ctl_data(r, "stall_us %" PRIu64, mi.stall_us);
+	return 0;
+}
+
+static const struct pf_ctl_cmd cmds[] = {
+	{ "status", cmd_status },
+	{ "events", cmd_events },
+	{ "snapshot", cmd_snapshot },
+	{ "snapshot-delete", cmd_snapshot_delete },
+	{ NULL, NULL },
+};
+
+const struct pf_ctl_cmd *pf_serve_cmds(void)
+{
+	return cmds;
+}

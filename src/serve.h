@@ -1,0 +1,34 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The commands the daemon serves on its control socket (control.h): the
+ * glue between the control protocol and the stack.  Every command runs
+ * in its connection's thread, never in a FUSE worker (CTL-2).
+ *
+ * Commands of protocol 1 and their data lines (ploopctl(8) shows them):
+ *   status                      "<key> <value>" lines; per delta
+ *                               "delta <i> <guid> <mapped> <top> <hidden> <file>"
+ *   events [<after>]            streams event lines after sequence <after>
+ *                               (default: from the next one emitted)
+ *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
+ *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
+ *                               "usec <n>", "stall_us <n>"
+ */
+#ifndef PF_SERVE_H
+#define PF_SERVE_H
+
+#include "control.h"
+#include "stack.h"
+
+struct pf_serve {
+	struct pf_stack *stack;
+	struct pf_events *events;
+	const char *disk_path;	/* the disk file in the mount, for status */
+};
+
+/* The command table; the handlers' context is a struct pf_serve. */
+const struct pf_ctl_cmd *pf_serve_cmds(void);
+
+/* Stack event callback (pf_stack_opts.event) with ctx a struct pf_events. */
+void pf_serve_event(void *ctx, const char *type, const char *text);
+
+#endif /* PF_SERVE_H */
