@@ -1530,6 +1530,11 @@ static int cmd_events(int argc, char **argv)
 
 /* snapshot-delete and snapshot-merge */
 
+static const struct option help_only[] = {
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
 static void print_merge(const char *guid, const struct pf_stack_merge_info *mi)
 {
 	double s = (double)mi->usec / 1e6;
@@ -1596,7 +1601,7 @@ static int cmd_snapshot_delete(int argc, char **argv)
 {
 	int c;
 
-	while ((c = getopt(argc, argv, "h")) != -1) {
+	while ((c = getopt_long(argc, argv, "h", help_only, NULL)) != -1) {
 		if (c == 'h') {
 			usage_snapshot_delete(stdout);
 			return EXIT_OK;
@@ -1631,7 +1636,7 @@ static int cmd_snapshot_merge(int argc, char **argv)
 	size_t i;
 	int c, rc;
 
-	while ((c = getopt(argc, argv, "h")) != -1) {
+	while ((c = getopt_long(argc, argv, "h", help_only, NULL)) != -1) {
 		if (c == 'h') {
 			usage_snapshot_merge(stdout);
 			return EXIT_OK;

@@ -522,12 +522,25 @@ static int space_for(struct pf_stack *s, uint64_t first, uint64_t n)
 	struct pf_file *f = s->top->f;
 	uint64_t off = first << s->hdr->cluster_shift;
 	uint64_t len = n << s->hdr->cluster_shift;
+	int ret;
 
-	if (f->ops->allocate)
-		return f->ops->allocate(f, off, len);
-	if (first + n <= s->file_clusters)
-		return 0;
-	return f->ops->truncate(f, off + len);
+	if (!f->ops->allocate) {
+		if (first + n <= s->file_clusters)
+			return 0;
+		return f->ops->truncate(f, off + len);
+	}
+	ret = f->ops->allocate(f, off, len);
+	if (ret) {
+		/* A failed fallocate may keep what it got (and grow the
+		 * file): give it back, so a held write does not take the
+		 * host's last free space nor leave a partial cluster. */
+		if (first >= s->file_clusters)
+			(void)f->ops->truncate(f, s->file_clusters
+						       << s->hdr->cluster_shift);
+		else
+			(void)f->ops->punch(f, off, len);
+	}
+	return ret;
 }
 
 /*
@@ -1011,15 +1024,15 @@ static int hold_for_space(struct pf_stack *s, struct op *op, uint64_t off,
 			       "%s: host filesystem is full; holding writes until space is freed",
 			       s->dir);
 	}
-	atomic_fetch_add(&s->enospc_events, 1);
-	emit(s, "enospc",
-	     "write of %zu bytes at %" PRIu64 " held: no space on the host filesystem (%u held)",
-	     len, off, n);
 	if (s->enospc_timeout_s &&
 	    now.tv_sec - *since >= (time_t)s->enospc_timeout_s) {
 		ret = -EIO;
 		goto out;
 	}
+	atomic_fetch_add(&s->enospc_events, 1);
+	emit(s, "enospc",
+	     "write of %zu bytes at %" PRIu64 " held: no space on the host filesystem (%u held)",
+	     len, off, n);
 	epoch_exit(s, op->epoch);
 	if (op->gated)
 		gate_exit(s);
@@ -1120,7 +1133,7 @@ retry:
 		if (ret)
 			op_error(op, ret);
 	}
-	if (held_since)
+	if (held_since && !atomic_load(&op->err))
 		emit(s, "enospc-resumed", "held write of %zu bytes at %" PRIu64
 		     " went through", len, off);
 	op_put(op);
@@ -2459,7 +2472,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	char *gone_file = NULL;
 	unsigned p;
 	uint64_t t0, stall;
-	bool down;
+	bool down, started = false;
 	uint32_t idx;
 	int ret;
 
@@ -2480,7 +2493,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		goto out;
 	}
 	if (p + 1 >= s->n_levels) {
-		ret = pf_why_set(why, -ENOENT, "%s: no such snapshot in the mounted chain",
+		ret = pf_why_set(why, -ENOENT, "%s: no such snapshot in the image's current chain",
 				 guid);
 		goto out;
 	}
@@ -2492,6 +2505,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	}
 	m.p = p;
 	m.c = p + 1;
+	started = true;
 	down = m.c + 1 < s->n_levels;
 	info->down = down;
 	emit(s, "merge-start", "deleting snapshot %s: merging %s %s %s", guid,
@@ -2591,7 +2605,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	     " ms; I/O stalled %" PRIu64 " us", guid, info->clusters,
 	     info->usec / 1000, stall);
 out:
-	if (ret)
+	if (ret && started)
 		emit(s, "merge-failed", "deleting snapshot %s failed: %s", guid,
 		     why->msg);
 	if (m.pw)

@@ -4,7 +4,7 @@
 usage: report.py RESULTS.tsv OUT.json OUT.png
 
 RESULTS.tsv has one record a line: KIND <tab> KEY <tab> TARGET <tab> VALUE,
-KIND one of meta, job, detail, extra, problem, failed.  Runs on Debian 12's
+KIND one of meta, job, detail, extra, snap, problem, failed.  Runs on Debian 12's
 python3 (3.11) with python3-matplotlib.
 """
 
@@ -84,7 +84,7 @@ def value_in(jobs, name, target, want_unit):
 
 
 def build(recs):
-    meta, jobs, details, extras = {}, {}, {}, {}
+    meta, jobs, details, extras, snaps = {}, {}, {}, {}, {}
     problems, failed = [], []
     for kind, key, target, value in recs:
         if kind == "meta":
@@ -98,6 +98,8 @@ def build(recs):
             details.setdefault(key, {})[target] = number(value)
         elif kind == "extra":
             extras.setdefault(target, {})[key] = number(value)
+        elif kind == "snap":
+            snaps.setdefault(target, {})[key] = number(value)
         elif kind == "problem":
             problems.append(f"{key} ({target})" if target != "all" else key)
         elif kind == "failed":
@@ -144,10 +146,131 @@ def build(recs):
         "cow_ploopfs": cow,
         "mount": mount,
         "fsync": fsync,
+        "snapshots": snapshots(snaps),
         "problems": problems,
         "failed": failed,
         "notes": NOTES,
     }
+
+
+def snapshots(snaps):
+    """The snapshot benchmarks: rotation stall (phases baseline and
+    rotating, keys without their rot_ prefix, latencies in us) and merge
+    throughput (offline, online, cp; MiB/s, seconds, ratio to cp)."""
+    rotation = {}
+    for phase in ("baseline", "rotating"):
+        d = snaps.get(phase, {})
+        if d:
+            rotation[phase] = {k[len("rot_"):]: v for k, v in d.items()
+                               if k.startswith("rot_")}
+    merge = {}
+    for mode in ("offline", "online", "cp"):
+        d = snaps.get(mode, {})
+        if d:
+            merge[mode] = {k[len("merge_"):]: v for k, v in d.items()
+                           if k.startswith("merge_")}
+    cp = merge.get("cp", {}).get("mibs")
+    if merge:
+        merge["mib"] = snaps.get("all", {}).get("merge_mb")
+        merge["ratio_to_cp"] = {
+            m: round(merge[m]["mibs"] / cp, 3) for m in ("offline", "online")
+            if cp and m in merge and merge[m].get("mibs")}
+    return {"rotation": rotation, "merge": merge}
+
+
+def snapshot_table(res):
+    """Lines of the snapshot part of the table (none if not measured)."""
+    lines = []
+    m = res["meta"]
+    rot = res["snapshots"]["rotation"]
+
+    def ms(v):
+        return "-" if v is None else f"{v / 1000:.2f}"
+
+    if rot:
+        lines.append("")
+        lines.append(
+            f"snapshot rotation: fio randwrite 4k qd32 + randread 4k qd8, "
+            f"{m.get('rot_runtime_s')} s over {m.get('rot_size_mb')} MiB "
+            f"(every cluster written first); rotating = a snapshot every "
+            f"second, the oldest deleted beyond {m.get('rot_keep')}")
+        head = ["", "w IOPS", "w p50", "w p99", "w p99.9", "w max",
+                "r IOPS", "r p50", "r p99", "r p99.9", "r max",
+                "daemon stall max"]
+        rows = [head]
+        for phase in ("baseline", "rotating"):
+            d = rot.get(phase)
+            if not d:
+                continue
+            row = [phase]
+            for io in ("write", "read"):
+                iops = d.get(f"{io}_iops")
+                row.append("-" if iops is None else f"{iops:.0f}")
+                for p in ("p50", "p99", "p999", "max"):
+                    row.append(ms(d.get(f"{io}_{p}_us")))
+            row.append(ms(d.get("daemon_stall_max_us")))
+            rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for i, r in enumerate(rows):
+            lines.append("  " + "  ".join(
+                [r[0].ljust(widths[0])] +
+                [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+            if i == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+        lines.append("  latencies: completion latency (fio clat) in ms; "
+                     "daemon stall: longest freeze of the mount "
+                     "(ploopctl status stall_max_us), ms")
+        d = rot.get("rotating", {})
+        if d:
+            lines.append(
+                f"  rotating: {d.get('snapshots')} snapshots (mean "
+                f"{d.get('snapshot_ms_mean')} ms, max "
+                f"{d.get('snapshot_ms_max')} ms), {d.get('deletes')} deletes "
+                f"(mean {d.get('delete_ms_mean')} ms, max "
+                f"{d.get('delete_ms_max')} ms, mean "
+                f"{d.get('delete_mibs_mean')} MiB/s merged, longest stall "
+                f"{d.get('delete_stall_max_us')} us); "
+                f"{d.get('daemon_freezes')} freezes in the mount")
+        b, r = rot.get("baseline", {}), rot.get("rotating", {})
+        for io in ("write", "read"):
+            if b.get(f"{io}_p99_us") and r.get(f"{io}_p99_us"):
+                lines.append(
+                    f"  {io}s: p99 x{r[io + '_p99_us'] / b[io + '_p99_us']:.1f}"
+                    f", max x{r[io + '_max_us'] / max(b[io + '_max_us'], 1):.1f}"
+                    f", IOPS x{r[io + '_iops'] / max(b[io + '_iops'], 1):.2f}"
+                    f" while rotating")
+    mg = res["snapshots"]["merge"]
+    if mg:
+        lines.append("")
+        lines.append(
+            f"merge: snapshot-delete of a snapshot whose child holds "
+            f"{mg.get('mib')} MiB of new data (copied into the snapshot's "
+            f"file), offline and through the daemon of an idle mount, next "
+            f"to cp + fsync of a {mg.get('mib')} MiB file on the same file "
+            f"system")
+        rows = [["", "MiB/s", "seconds", "ratio to cp", "own MiB/s",
+                 "stall us"]]
+        for mode in ("offline", "online", "cp"):
+            d = mg.get(mode)
+            if not d:
+                continue
+            r = mg["ratio_to_cp"].get(mode)
+            rows.append([
+                "cp + fsync" if mode == "cp" else mode,
+                f"{d.get('mibs', 0):.1f}", f"{d.get('s', 0):.2f}",
+                "-" if r is None else f"{r:.2f}",
+                str(d.get("tool_mibs", "-")), str(d.get("stall_us", "-"))])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for i, r in enumerate(rows):
+            lines.append("  " + "  ".join(
+                [r[0].ljust(widths[0])] +
+                [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+            if i == 0:
+                lines.append("  " + "  ".join("-" * w for w in widths))
+        lines.append("  MiB/s and seconds: wall time of the command (cp: cp "
+                     "and fsync); own MiB/s: what snapshot-delete reports "
+                     "for its copy")
+    return lines
 
 
 def fmt(v, unit):
@@ -239,6 +362,7 @@ def table(res):
             f"fdatasync for {d.get('client_fsyncs')} client fsyncs = "
             f"{d.get('fdatasync_per_fsync')} per fsync "
             f"(and {d.get('fsync_calls')} fsync)")
+    lines += snapshot_table(res)
     if res["problems"]:
         lines.append("")
         lines.append("PROBLEMS SEEN:")

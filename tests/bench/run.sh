@@ -18,6 +18,12 @@
 #        BENCH_EXTRA    0: skip mount time, RSS and fsync counts (1)
 #        BENCH_FSYNC_N  fsync'd writes per fdatasync count (256)
 #        BENCH_WAIT_IDLE  seconds to wait for running test suites (600)
+#        BENCH_SNAP     0: skip the snapshot benchmarks (1): snapshot
+#                       rotation stall and merge throughput
+#        BENCH_ROT_RUNTIME  seconds of each rotation fio run (30)
+#        BENCH_ROT_SIZE_MB  disk size of the rotation runs (BENCH_SIZE_MB)
+#        BENCH_ROT_KEEP     snapshots kept by the rotation (2)
+#        BENCH_MERGE_MB     MiB merged by snapshot-delete and copied by cp (512)
 #
 # Not a test: no figure is judged.  The exit status is non-zero when a
 # target or a measurement could not be taken.
@@ -35,23 +41,35 @@ SIZE=${BENCH_SIZE_MB:-1024}
 BASE=${BENCH_DIR:-/var/tmp}
 ALL_TARGETS="raw ploopfs loop-ploopfs loop-raw qsd"
 TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
+[ "$TARGETS" = none ] && TARGETS=""	# only the extras and snapshots
 EXTRA=${BENCH_EXTRA:-1}
 FSYNC_N=${BENCH_FSYNC_N:-256}
 WAIT_IDLE=${BENCH_WAIT_IDLE:-600}
+SNAP=${BENCH_SNAP:-1}
+ROT_RT=${BENCH_ROT_RUNTIME:-30}
+ROT_MB=${BENCH_ROT_SIZE_MB:-$SIZE}
+ROT_KEEP=${BENCH_ROT_KEEP:-2}
+MERGE_MB=${BENCH_MERGE_MB:-512}
 OUT=$(dirname "$B")/bench		# timestamped results: build/bench/
 LATEST=$top/tests/bench/results		# latest.json, latest.png
 
 FIO_LIMIT=$((RT + 600))		# any single fio run
+ENOSPC_S=30			# -o enospc_timeout of the daemons
 DAEMON_LIMIT=$((RT * 120 + 1800))	# a daemon outlives no whole run
 CMD_LIMIT=120			# ploopctl, qemu-img, losetup, fusermount3
 
-for v in RT SIZE FSYNC_N WAIT_IDLE; do
+for v in RT SIZE FSYNC_N WAIT_IDLE SNAP ROT_RT ROT_MB ROT_KEEP MERGE_MB; do
 	case ${!v} in
 	'' | *[!0-9]*) echo "bench: $v must be a whole number" >&2; exit 2 ;;
 	esac
 done
 if [ "$RT" -lt 1 ] || [ "$SIZE" -lt 64 ] || [ "$FSYNC_N" -lt 1 ]; then
 	echo "bench: BENCH_RUNTIME >= 1, BENCH_SIZE_MB >= 64, BENCH_FSYNC_N >= 1" >&2
+	exit 2
+fi
+if [ "$ROT_RT" -lt 1 ] || [ "$ROT_MB" -lt 64 ] || [ "$ROT_KEEP" -lt 1 ] ||
+	[ "$MERGE_MB" -lt 1 ]; then
+	echo "bench: BENCH_ROT_RUNTIME >= 1, BENCH_ROT_SIZE_MB >= 64, BENCH_ROT_KEEP >= 1, BENCH_MERGE_MB >= 1" >&2
 	exit 2
 fi
 
@@ -62,6 +80,8 @@ LOOPS=()		# loop devices we attached
 TPIDS=()		# timeout(1) wrappers of our daemons
 PF_TPID="" PF_PID="" PF_MNT="" PF_DIR="" MOUNT_US=0
 Q_TPID="" Q_PID=""
+ROT_PID=""		# the snapshot rotation loop
+SKIPPED=0		# a measurement skipped for lack of space
 LOOP="" TFILE=""
 FIO_LINE=""
 
@@ -76,6 +96,7 @@ record() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$RES"; }	# kind key target value
 cleanup() {
 	local d m t i
 	trap '' INT TERM
+	[ -n "$ROT_PID" ] && kill "$ROT_PID" 2>/dev/null
 	for d in "${LOOPS[@]}"; do
 		timeout 30 losetup -d "$d" 2>/dev/null
 	done
@@ -173,7 +194,11 @@ pf_mount() {
 	PF_DIR=$1 PF_MNT=$2
 	mkdir -p "$PF_MNT"
 	t0=${EPOCHREALTIME/./}
-	timeout -k 10 "$DAEMON_LIMIT" "$PLOOPFS" -f "$PF_DIR" "$PF_MNT" \
+	# A full host file system fails the writes after ENOSPC_S seconds
+	# instead of holding them (ploopfs(8), OUT OF SPACE): the run fails
+	# instead of hanging with the host full.
+	timeout -k 10 "$DAEMON_LIMIT" "$PLOOPFS" -f \
+		-o enospc_timeout="$ENOSPC_S" "$PF_DIR" "$PF_MNT" \
 		2>>"$W/ploopfs.log" &
 	PF_TPID=$!
 	TPIDS+=("$PF_TPID")
@@ -505,18 +530,29 @@ bench_mount() {
 	# 10% of the clusters of a 1 TiB disk: one 4 KiB write at the start
 	# of every 10th cluster through the mount (fio's "write:<skip>"
 	# strides 10 clusters per write; number_ios stops it after one
-	# pass).  A fresh cluster is allocated sparsely, so this writes
-	# ~400 MiB in about 15 s, and it goes through the daemon's own
-	# allocation path instead of forging a BAT.
+	# pass).  It goes through the daemon's own allocation path instead
+	# of forging a BAT.  The daemon gives every new cluster its space
+	# (fallocate), so this takes 10% of 1 TiB, about 100 GiB, on the
+	# host: without that much free space the measurement is skipped.
 	log "== mount time and RSS: 1 TiB, 10% allocated"
 	pf_init "$d" 1T || return 1
 	read -r _ cs < <(pf_top_alloc "$d") || return 1
 	[ -n "$cs" ] || return 1
+	local n10 need_mb free_mb
+	n10=$(((1048576 * 1048576 / cs + 9) / 10))	# clusters written
+	need_mb=$((n10 * cs / 1048576 + 4096))
+	free_mb=$(df -Pk "$W" | awk 'NR == 2 { print int($4 / 1024) }')
+	if [ "$free_mb" -lt "$need_mb" ]; then
+		log "1 TiB, 10% allocated: needs $need_mb MiB free in $W, has $free_mb: skipped"
+		record problem "mount time and RSS of 1TiB_10pct not measured: needs $need_mb MiB free on the bench file system, had $free_mb" all 1
+		SKIPPED=1	# not a complete run: latest.json stays
+		rm -rf "$d"
+		return 0
+	fi
 	pf_mount "$d" "$W/mmnt" || return 1
 	t0=$(now_us)
 	run_fio alloc10 "$W/mmnt/disk" "write:$((10 * cs - 4096))" 4k 32 \
-		--size=100% --number_ios=$(((1048576 * 1048576 / cs + 9) / 10)) ||
-		return 1
+		--size=100% --number_ios="$n10" || return 1
 	pf_umount || return 1
 	record extra prep_ms 1TiB_10pct "$((($(now_us) - t0) / 1000))"
 	read -r alloc _ < <(pf_top_alloc "$d") || return 1
@@ -573,6 +609,228 @@ bench_fsync() {
 	rm -rf "$d"
 }
 
+# ---------------------------------------------------------------- snapshots
+
+# "level0_guid count" of an image's snapshots (every level but the top),
+# from ploopctl status: the oldest first
+pf_snaps() {
+	timeout "$CMD_LIMIT" "$PLOOPCTL" status --json "$1" | "$PY" -c '
+import json, sys
+s = [d["guid"] for d in json.load(sys.stdin)["deltas"] if not d["top"]]
+print(s[0] if s else "-", len(s))'
+}
+
+# A field of ploopctl status --json of an image
+pf_status_get() {
+	timeout "$CMD_LIMIT" "$PLOOPCTL" status --json "$1" | "$PY" -c '
+import json, sys
+print(json.load(sys.stdin)[sys.argv[1]])' "$2"
+}
+
+# rotate_loop DIR STOPFILE LOG: until STOPFILE exists, once a second (or
+# as soon as the last round is done, when a round takes longer) take a
+# snapshot of the mounted image and delete the oldest snapshots beyond
+# ROT_KEEP.  One line per command in LOG: "snapshot US OUTPUT" or
+# "delete US OUTPUT", US the command's wall time; "error ..." on failure.
+rotate_loop() {
+	local d=$1 stop=$2 rlog=$3 next now t0 out oldest n
+	next=$(($(now_us) + 1000000))
+	while [ ! -e "$stop" ]; do
+		now=$(now_us)
+		if [ "$now" -lt "$next" ]; then
+			sleep "$(awk -v u=$((next - now)) 'BEGIN { printf "%.3f", u / 1e6 }')"
+			continue
+		fi
+		next=$((next + 1000000))
+		[ "$next" -gt "$now" ] || next=$((now + 1000000))
+		t0=$(now_us)
+		if out=$(timeout "$CMD_LIMIT" "$PLOOPCTL" snapshot "$d" 2>&1); then
+			echo "snapshot $(($(now_us) - t0)) $out" >>"$rlog"
+		else
+			echo "error snapshot: $out" >>"$rlog"
+		fi
+		while read -r oldest n < <(pf_snaps "$d") &&
+			[ "${n:-0}" -gt "$ROT_KEEP" ] && [ ! -e "$stop" ]; do
+			t0=$(now_us)
+			if out=$(timeout "$CMD_LIMIT" "$PLOOPCTL" snapshot-delete \
+				"$d" "$oldest" 2>&1); then
+				echo "delete $(($(now_us) - t0)) $out" >>"$rlog"
+			else
+				echo "error delete: $out" >>"$rlog"
+				break
+			fi
+		done
+	done
+}
+
+# The rotation fio run: random 4 KiB writes at queue depth 32 and random
+# 4 KiB reads at queue depth 8 over the whole disk, two jobs reported
+# separately, JSON with latency percentiles, and latency logs holding the
+# largest completion latency of every 100 ms.  usage: rot_fio FILE NAME
+rot_fio() {
+	timeout --foreground -k 10 "$FIO_LIMIT" fio --thread --ioengine=libaio \
+		--direct=1 --filename="$1" --size="${ROT_MB}M" --time_based \
+		--runtime="$ROT_RT" --percentile_list=50:99:99.9:99.99 \
+		--log_avg_msec=100 --log_max_value=1 --write_lat_log="$W/$2" \
+		--output-format=json --output="$W/$2.json" \
+		--name=randwrite --rw=randwrite --bs=4k --iodepth=32 \
+		--name=randread --rw=randread --bs=4k --iodepth=8 \
+		2>>"$W/fio.err"
+}
+
+# Records of one rotation fio run: IOPS and completion latency (us) of
+# the writes and reads.  usage: rot_record NAME PHASE
+rot_record() {
+	local k v
+	"$PY" - "$W/$1.json" >"$W/$1.rec" <<'PY' || return 1
+import json, sys
+j = json.load(open(sys.argv[1]))
+for job in j["jobs"]:
+    if job.get("error"):
+        sys.exit(f"fio job {job['jobname']}: error {job['error']}")
+    d = job["write" if job["jobname"] == "randwrite" else "read"]
+    p = d["clat_ns"].get("percentile", {})
+    k = "rot_" + ("write" if job["jobname"] == "randwrite" else "read")
+    print(f"{k}_iops {d['iops']:.0f}")
+    for name, key in (("p50", "50.000000"), ("p99", "99.000000"),
+                      ("p999", "99.900000"), ("p9999", "99.990000")):
+        print(f"{k}_{name}_us {p.get(key, 0) / 1000:.0f}")
+    print(f"{k}_max_us {d['clat_ns']['max'] / 1000:.0f}")
+PY
+	while read -r k v; do
+		record snap "$k" "$2" "$v"
+	done <"$W/$1.rec"
+}
+
+# Snapshot stall as clients see it: the rotation fio run on a disk whose
+# every cluster holds data, first without snapshots (baseline), then
+# while rotate_loop takes a snapshot every second and deletes the oldest
+# (ROT_KEEP kept).  Each new top makes the first write into every cluster
+# copy it up (1 MiB), and each delete merges a snapshot of about the
+# whole disk: the figures are what a client sees of both, next to the
+# daemon's own freeze stall (stall_max_us of ploopctl status).
+bench_rotate() {
+	local d=$W/rot m=$W/rotmnt stop=$W/rot.stop rlog=$W/rot.log fpid
+	log "== ploopfs: snapshot rotation (${ROT_RT} s, ${ROT_MB} MiB)"
+	pf_init "$d" "${ROT_MB}M" || return 1
+	pf_mount "$d" "$m" || return 1
+	run_fio fill "$m/disk" write 1M 8 --size="${ROT_MB}M" || return 1
+	rot_fio "$m/disk" rot_base || { log "rotation baseline: fio failed"; return 1; }
+	rot_record rot_base baseline || return 1
+	record snap rot_daemon_stall_max_us baseline \
+		"$(pf_status_get "$d" stall_max_us)"
+	record snap rot_daemon_freezes baseline "$(pf_status_get "$d" freezes)"
+
+	rm -f "$stop"
+	: >"$rlog"
+	rot_fio "$m/disk" rot_rot &
+	fpid=$!
+	rotate_loop "$d" "$stop" "$rlog" &
+	ROT_PID=$!
+	wait "$fpid"
+	local frc=$?
+	touch "$stop"
+	wait "$ROT_PID"
+	ROT_PID=""
+	[ "$frc" -eq 0 ] || { log "rotation: fio failed"; return 1; }
+	rot_record rot_rot rotating || return 1
+	record snap rot_daemon_stall_max_us rotating \
+		"$(pf_status_get "$d" stall_max_us)"
+	record snap rot_daemon_freezes rotating "$(pf_status_get "$d" freezes)"
+	if grep -q '^error' "$rlog"; then
+		log "rotation: commands failed:"
+		grep '^error' "$rlog" | head -n 5 >&2
+		record problem "rotation: $(grep -c '^error' "$rlog") snapshot or delete commands failed" ploopfs 1
+	fi
+	"$PY" - "$rlog" <<'PY' | while read -r k v; do record snap "$k" rotating "$v"; done
+import re, sys
+snap, dele, dstall, drate = [], [], [], []
+for line in open(sys.argv[1]):
+    kind, rest = line.split(" ", 1)
+    if kind == "snapshot":
+        snap.append(int(rest.split()[0]))
+    elif kind == "delete":
+        us, text = rest.split(" ", 1)
+        dele.append(int(us))
+        m = re.search(r"\(([\d.]+) MiB/s\), I/O stalled (\d+) us", text)
+        if m:
+            drate.append(float(m.group(1)))
+            dstall.append(int(m.group(2)))
+def out(k, v):
+    print(k, v)
+out("rot_snapshots", len(snap))
+out("rot_deletes", len(dele))
+if snap:
+    out("rot_snapshot_ms_mean", f"{sum(snap) / len(snap) / 1000:.0f}")
+    out("rot_snapshot_ms_max", f"{max(snap) / 1000:.0f}")
+if dele:
+    out("rot_delete_ms_mean", f"{sum(dele) / len(dele) / 1000:.0f}")
+    out("rot_delete_ms_max", f"{max(dele) / 1000:.0f}")
+if dstall:
+    out("rot_delete_stall_max_us", max(dstall))
+if drate:
+    out("rot_delete_mibs_mean", f"{sum(drate) / len(drate):.1f}")
+PY
+	# latency logs (largest latency of every 100 ms) next to the results
+	for f in "$W"/rot_base_clat.*.log "$W"/rot_rot_clat.*.log "$rlog"; do
+		[ -e "$f" ] && cp "$f" "$OUT/bench-$stamp.$(basename "$f")"
+	done
+	pf_umount || return 1
+	rm -rf "$d"
+}
+
+# merge_once MODE: MERGE_MB MiB of new data written after snapshot S1,
+# then snapshot S2 makes it a snapshot's delta, and `ploopctl
+# snapshot-delete S1` merges it down into S1's file: unmounted (offline)
+# or through the daemon of a mounted, idle disk (online).  Records the
+# wall time of the command and its own figures.
+merge_once() {
+	local mode=$1 d=$W/merge m=$W/mergemnt s1 out t0 us
+	pf_init "$d" "$((MERGE_MB + 64))M" || return 1
+	s1=$(timeout "$CMD_LIMIT" "$PLOOPCTL" snapshot "$d") || return 1
+	pf_mount "$d" "$m" || return 1
+	run_fio data "$m/disk" write 1M 8 --size="${MERGE_MB}M" || return 1
+	pf_snapshot "$d" || return 1		# online: the daemon takes it
+	[ "$mode" = online ] || { pf_umount || return 1; }
+	t0=$(now_us)
+	out=$(timeout "$CMD_LIMIT" "$PLOOPCTL" snapshot-delete "$d" "$s1" 2>&1) || {
+		log "snapshot-delete ($mode): $out"
+		return 1
+	}
+	us=$(($(now_us) - t0))
+	log "$mode: $out"
+	[ "$mode" = online ] && { pf_umount || return 1; }
+	record snap merge_s "$mode" "$(awk -v u="$us" 'BEGIN { printf "%.3f", u / 1e6 }')"
+	record snap merge_mibs "$mode" \
+		"$(awk -v u="$us" -v n="$MERGE_MB" 'BEGIN { printf "%.1f", n / (u / 1e6) }')"
+	record snap merge_tool_mibs "$mode" \
+		"$(sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p' <<<"$out")"
+	record snap merge_stall_us "$mode" \
+		"$(sed -n 's/.*I\/O stalled \([0-9]*\) us.*/\1/p' <<<"$out")"
+	rm -rf "$d"
+}
+
+# Merge throughput next to cp: snapshot-delete offline and online, and
+# cp + fsync of a file of the same size on the same file system (its
+# source written with O_DIRECT, so read from the disk as the merge
+# reads its delta).
+bench_merge() {
+	local t0 us
+	log "== ploopfs: merge of ${MERGE_MB} MiB (snapshot-delete) vs cp"
+	record snap merge_mb all "$MERGE_MB"
+	merge_once offline || return 1
+	merge_once online || return 1
+	run_fio src "$W/cp.src" write 1M 8 --size="${MERGE_MB}M" || return 1
+	t0=$(now_us)
+	timeout "$CMD_LIMIT" cp "$W/cp.src" "$W/cp.dst" &&
+		timeout "$CMD_LIMIT" sync "$W/cp.dst" || return 1
+	us=$(($(now_us) - t0))
+	record snap merge_s cp "$(awk -v u="$us" 'BEGIN { printf "%.3f", u / 1e6 }')"
+	record snap merge_mibs cp \
+		"$(awk -v u="$us" -v n="$MERGE_MB" 'BEGIN { printf "%.1f", n / (u / 1e6) }')"
+	rm -f "$W/cp.src" "$W/cp.dst"
+}
+
 # ---------------------------------------------------------------- main
 
 [ "$(id -u)" -eq 0 ] || { log "run as root (FUSE mounts, loop devices)"; exit 1; }
@@ -599,8 +857,15 @@ fi
 
 mkdir -p "$BASE" "$OUT" "$LATEST" || exit 1
 avail=$(df -Pk "$BASE" | awk 'NR == 2 { print int($4 / 1024) }')
-if [ "$avail" -lt $((SIZE * 3 + 2048)) ]; then
-	log "$BASE has ${avail} MiB free; need $((SIZE * 3 + 2048))"
+need=$((SIZE * 3))
+# rotation: the base, ROT_KEEP snapshots and the top, each up to the disk
+if [ "$SNAP" = 1 ]; then
+	[ $((ROT_MB * (ROT_KEEP + 2))) -gt $need ] && need=$((ROT_MB * (ROT_KEEP + 2)))
+	[ $((MERGE_MB * 3)) -gt $need ] && need=$((MERGE_MB * 3))
+fi
+need=$((need + 2048))
+if [ "$avail" -lt $need ]; then
+	log "$BASE has ${avail} MiB free; need $need"
 	exit 1
 fi
 W=$(mktemp -d "$BASE/ploopfs-bench.XXXXXX") || exit 1
@@ -619,6 +884,12 @@ record meta qemu all "$(qemu-storage-daemon --version | head -n 1)"
 record meta ploopfs_commit all "$(git -C "$top" describe --always --dirty 2>/dev/null || echo unknown)"
 record meta targets all "$TARGETS"
 record meta fsync_n all "$FSYNC_N"
+if [ "$SNAP" = 1 ]; then
+	record meta rot_runtime_s all "$ROT_RT"
+	record meta rot_size_mb all "$ROT_MB"
+	record meta rot_keep all "$ROT_KEEP"
+	record meta merge_mb all "$MERGE_MB"
+fi
 
 log "work dir $W, ${SIZE} MiB, ${RT} s per job, targets: $TARGETS"
 t_start=$SECONDS
@@ -639,12 +910,19 @@ if [ "$EXTRA" = 1 ]; then
 	bench_mount || { fail "ploopfs: mount time and RSS"; pf_umount; }
 	bench_fsync || { fail "ploopfs: fdatasync per fsync"; pf_umount; }
 fi
+if [ "$SNAP" = 1 ]; then
+	wait_quiet
+	bench_rotate || { fail "ploopfs: snapshot rotation"; pf_umount; }
+	wait_quiet
+	bench_merge || { fail "ploopfs: merge throughput"; pf_umount; }
+fi
 record meta duration_s all $((SECONDS - t_start))
 for f in "${FAILED[@]}"; do
 	record failed "$f" all 1
 done
 if [ -s "$W/ploopfs.log" ] &&
-	grep -viE 'serving on|closed cleanly' "$W/ploopfs.log" >"$W/ploopfs.odd"; then
+	grep -viE 'serving on|closed cleanly|snapshot \{[^}]*\} created, new top' \
+		"$W/ploopfs.log" >"$W/ploopfs.odd"; then
 	log "ploopfs logged:"
 	sort "$W/ploopfs.odd" | uniq -c | sort -rn | head -n 20 >&2
 	while read -r line; do
@@ -659,6 +937,9 @@ rc=$?
 log "results: $OUT/bench-$stamp.{json,png}"
 # only a complete run at the default settings replaces the latest results
 if [ $rc -eq 0 ] && [ ${#FAILED[@]} -eq 0 ] && [ "$EXTRA" = 1 ] &&
+	[ "$SKIPPED" = 0 ] &&
+	[ "$SNAP" = 1 ] && [ "$ROT_RT" = 30 ] && [ "$ROT_MB" = 1024 ] &&
+	[ "$ROT_KEEP" = 2 ] && [ "$MERGE_MB" = 512 ] &&
 	[ "$TARGETS" = "$ALL_TARGETS" ] && [ "$RT" = 10 ] && [ "$SIZE" = 1024 ]; then
 	cp "$OUT/bench-$stamp.json" "$LATEST/latest.json"
 	cp "$OUT/bench-$stamp.png" "$LATEST/latest.png"

@@ -128,7 +128,10 @@ qemu_expect() {
 	run_ok ploopctl init -s 100M "$D"
 	pf_mount "$D" "$M"
 	run_ok timeout 10 ls -A "$M"
-	[ "$output" = disk ]
+	# the disk, and the (empty) directory of snapshot views
+	[ "$output" = "$(printf 'disk\nsnapshots')" ]
+	run_ok timeout 10 ls -A "$M/snapshots"
+	[ -z "$output" ]
 	[ "$(timeout 10 stat -c %F "$M/disk")" = "regular file" ]
 	[ "$(timeout 10 stat -c %s "$M/disk")" -eq $((100 * MiB)) ]
 	[ "$(peek "$D/root.hds" 44 4)" = 596e6f74 ]
@@ -139,7 +142,7 @@ qemu_expect() {
 	# -o name= names the file
 	pf_mount "$D" "$M" -o name=vda
 	run_ok timeout 10 ls -A "$M"
-	[ "$output" = vda ]
+	[ "$output" = "$(printf 'snapshots\nvda')" ]
 	[ "$(timeout 10 stat -c %s "$M/vda")" -eq $((100 * MiB)) ]
 	pf_umount "$M"
 	run_ok ploopctl check "$D"
@@ -440,7 +443,7 @@ PY
 	run_ok qemu-img check -f parallels "$D/root.hds"
 }
 
-@test "a second ploopfs and ploopctl snapshot are refused while mounted (exit 5)" {
+@test "a second ploopfs and offline-only commands are refused while mounted (exit 5)" {
 	run_ok ploopctl init -s 64M "$D"
 	pf_mount "$D" "$M"
 	mkdir -p "$T/mnt2"
@@ -448,7 +451,11 @@ PY
 	[[ "$output" == *busy* ]]
 	no_sanitizer_reports "$output"
 	run ! pf_is_mounted "$T/mnt2"
-	run -5 ploopctl snapshot "$D"
+	# snapshot goes to the daemon now (72-online); switch and repair
+	# work on unmounted images only
+	run -5 ploopctl snapshot-switch "$D" "{5fbaabe3-6958-40ff-92a7-860e329aab41}"
+	[[ "$output" == *busy* ]]
+	run -5 ploopctl check --repair "$D"
 	[[ "$output" == *busy* ]]
 	run_ok ploopctl snapshot-list --json "$D"
 	[ "$(json_get "$output" 'len(j["snapshots"])')" = 1 ]
