@@ -272,6 +272,7 @@ static int crash_wrap(void *ctx, int fd, const char *name, bool writable,
 {
 	struct crash_world *w = ctx;
 	struct crash_file *cf = calloc(1, sizeof(*cf));
+	unsigned i;
 
 	(void)name;
 	(void)writable;
@@ -284,13 +285,19 @@ static int crash_wrap(void *ctx, int fd, const char *name, bool writable,
 	cf->base.aio_ok = false;
 	cf->w = w;
 	pthread_mutex_lock(&w->lock);
-	if (w->n_files == CRASH_MAX_FILES) {
+	/* a slot of a closed file first: snapshots and merges open files
+	 * while the world lives */
+	for (i = 0; i < w->n_files && w->files[i]; i++)
+		;
+	if (i == CRASH_MAX_FILES) {
 		pthread_mutex_unlock(&w->lock);
 		close(fd);
 		free(cf);
 		return -EMFILE;
 	}
-	w->files[w->n_files++] = cf;
+	w->files[i] = cf;
+	if (i == w->n_files)
+		w->n_files++;
 	pthread_mutex_unlock(&w->lock);
 	*out = &cf->base;
 	return 0;

@@ -15,6 +15,19 @@
  * Then no delta may be corrupt (leaks are allowed) and the recovered
  * image must close cleanly.
  *
+ * The mix also takes online snapshots (pf_stack_snapshot) and deletes
+ * snapshots (pf_stack_delete_snapshot, down and up merges).  They change
+ * no data, so the oracle's rules stay; a snapshot and an up merge commit
+ * the top, so what was written before them counts as flushed.  A down
+ * merge the power cut interrupted leaves its snapshot <Temporary/>; after
+ * recovery it is completed by deleting it again and the oracle checks
+ * once more.  Limitation: only delta contents are crash-simulated.
+ * DiskDescriptor.xml (tmp, fsync, rename, directory fsync) and new delta
+ * files (pf_delta_create) are written with real system calls, outside
+ * the crash world, so a power cut never loses or tears a descriptor
+ * update or a new delta's header; those steps are covered by their own
+ * W6 tests.
+ *
  *   test_crash [-n SCENARIOS] [-s FIRST_SEED] [-v]
  *
  * A failing scenario prints its seed and the command that replays it.
@@ -45,9 +58,11 @@
 #define HOT_PAIRS	8		/* pairs of adjacent clusters in play */
 #define N_HOT		(2 * HOT_PAIRS)
 #define OPS		48
+#define MAX_STRUCT	4		/* structural operations per scenario */
 
 static const char *prog;
 static bool verbose;
+static uint64_t n_structural, n_completed;	/* over all scenarios */
 static char tmp_root[] = "/tmp/pf-test-crash.XXXXXX";
 
 /* Scenario random numbers (separate from the crash world's). */
@@ -117,6 +132,7 @@ struct scenario {
 	uint32_t hot[N_HOT];		/* virtual cluster of slot k */
 	struct sector_state *st;	/* N_HOT * spc */
 	uint32_t next_id;
+	unsigned structural;		/* snapshots and deletes done */
 	char why[512];
 };
 
@@ -215,6 +231,38 @@ static struct pf_stack *open_stack(struct scenario *sc,
 	return ret ? NULL : s;
 }
 
+/*
+ * A snapshot (@snap) or the delete of a random snapshot.  Neither changes
+ * data; a snapshot and an up merge commit the top delta first, so on
+ * success every write before them is durable.
+ */
+static int structural_op(struct scenario *sc, struct pf_stack *s, bool snap)
+{
+	struct pf_stack_level lv[16];
+	struct pf_stack_merge_info info;
+	struct pf_why why = { "" };
+	char guid[PF_GUID_LEN + 1];
+	size_t n = pf_stack_levels(s, lv, 16);
+	int ret;
+
+	sc->structural++;
+	if (snap) {
+		if (n >= 8)
+			return 0;
+		ret = pf_stack_snapshot(s, NULL, guid, &why);
+		if (!ret)
+			note_flushed(sc);
+		return ret;
+	}
+	if (n < 2 || n > 16)
+		return 0;
+	ret = pf_stack_delete_snapshot(s, lv[rnd_below(n - 1)].guid, &info,
+				       &why);
+	if (!ret && !info.down)
+		note_flushed(sc);
+	return ret;
+}
+
 /* One random operation; returns the stack's result. */
 static int random_op(struct scenario *sc, struct pf_stack *s)
 {
@@ -223,6 +271,8 @@ static int random_op(struct scenario *sc, struct pf_stack *s)
 	uint32_t sec0, n, spc = sc->spc;
 	int ret;
 
+	if (r < 4 && sc->structural < MAX_STRUCT)
+		return structural_op(sc, s, rnd_below(2));
 	if (r < 15) {
 		ret = pf_stack_flush(s);
 		if (!ret)
@@ -313,6 +363,39 @@ static bool deltas_ok(struct scenario *sc, bool clean, const char *when)
 	return ok;
 }
 
+/* Complete the snapshot deletes the power cut interrupted (shots left
+ * <Temporary/>): deleting them again must work and change no data. */
+static bool complete_merges(struct scenario *sc, struct pf_stack *s,
+			    unsigned *done)
+{
+	struct pf_why why = { "" };
+	struct pf_dd *dd = NULL;
+	int fd = open(sc->dir, O_RDONLY | O_DIRECTORY);
+	bool ok = fd >= 0 && pf_dd_load(fd, &dd, &why) == 0;
+	size_t i;
+
+	if (!ok)
+		snprintf(sc->why, sizeof(sc->why), "descriptor: %s", why.msg);
+	for (i = 0; ok && i < dd->n_shots; i++) {
+		struct pf_stack_merge_info info;
+
+		if (!dd->shots[i].temporary)
+			continue;
+		(*done)++;
+		if (pf_stack_delete_snapshot(s, dd->shots[i].guid, &info,
+					     &why)) {
+			snprintf(sc->why, sizeof(sc->why),
+				 "completing the delete of %s: %s",
+				 dd->shots[i].guid, why.msg);
+			ok = false;
+		}
+	}
+	pf_dd_free(dd);
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
 /* Runs scenario @seed; returns 0 ok, 1 violation; *crashed: mid-run. */
 static int run_scenario(uint64_t seed, bool *crashed)
 {
@@ -383,14 +466,15 @@ static int run_scenario(uint64_t seed, bool *crashed)
 	for (ops = 0; s && ops < OPS && !w.crashed; ops++)
 		random_op(&sc, s);
 	*crashed = w.crashed;
+	n_structural += sc.structural;
 	crash_now(&w);
 	if (s)
 		pf_stack_close(s);	/* every I/O fails: changes nothing */
 	crash_world_destroy(&w);
 	if (verbose)
-		tap_diag("seed %" PRIu64 ": %u ops, crash after %" PRIu64
+		tap_diag("seed %" PRIu64 ": %u ops (%u structural), crash after %" PRIu64
 			 " I/O ops, %" PRIu64 " pieces kept, %" PRIu64 " lost",
-			 seed, ops, w.ops, w.kept, w.lost);
+			 seed, ops, sc.structural, w.ops, w.kept, w.lost);
 
 	/* After the power cut */
 	if (!deltas_ok(&sc, false, "after the crash"))
@@ -399,6 +483,14 @@ static int run_scenario(uint64_t seed, bool *crashed)
 	if (!s)
 		goto fail;
 	ok = verify(&sc, s, "after recovery");
+	if (ok) {
+		unsigned merged = 0;
+
+		ok = complete_merges(&sc, s, &merged);
+		n_completed += merged;
+		if (ok && merged)
+			ok = verify(&sc, s, "after completing a merge");
+	}
 	if (pf_stack_close(s) && ok) {
 		snprintf(sc.why, sizeof(sc.why), "close after recovery failed");
 		ok = false;
@@ -476,6 +568,9 @@ int main(int argc, char **argv)
 	printf("# crash: %" PRIu64 " scenarios, %" PRIu64
 	       " crashed mid-scenario, %" PRIu64 " violations\n",
 	       n, crashed_mid, violations);
+	printf("# %" PRIu64 " snapshots and snapshot deletes, %" PRIu64
+	       " interrupted deletes completed after recovery\n",
+	       n_structural, n_completed);
 	if (!violations) {
 		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
 		if (system(cmd))
