@@ -39,7 +39,7 @@ clang-tidy --quiet src/*.c -- "${cflags[@]}" -std=gnu11 2>/dev/null |
 	grep -E 'warning:|error:' && fail=1
 
 echo "lint: shellcheck"
-shellcheck -x scripts/*.sh tests/bench/*.sh .ci/run || fail=1
+shellcheck -x scripts/*.sh scripts/ploop-rotate tests/bench/*.sh .ci/run || fail=1
 shellcheck -s bash tests/integration/helpers.bash || fail=1
 
 echo "lint: man pages"

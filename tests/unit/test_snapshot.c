@@ -18,9 +18,14 @@
  *     taken and deleted, status readers, racing structural commands;
  *   - an interrupted down merge (a failed write into the parent) that is
  *     completed by running the delete again, in the same session and
- *     after a remount;
+ *     after a remount, also into an empty parent; a merge that only
+ *     overwrites the parent's clusters (CIF_Empty must not come back);
  *   - writes held for lack of space (CTL-8): events, release, timeout,
- *     stop, and a snapshot taken while a write is held.
+ *     stop, a snapshot taken while a write is held, and one while a
+ *     partial discard finds no space.
+ * Deltas are checked with pf_check_delta (no corruption; after a close
+ * no in-use flag, no leak, no CIF_Empty on a delta with data) and with
+ * qemu-img check -f parallels when it is installed.
  * Every wait is bounded: a test that does not finish in WAIT_S seconds
  * fails and the binary bails out instead of hanging.
  */
@@ -856,7 +861,8 @@ static void test_snapshot_basic(bool start)
 	check_int(pf_stack_snapshot(s, "{not-a-guid}", g2, &why), ==, -EINVAL);
 	h_dir2 = dir_hash(dir, &nf2);
 	check_int(nf2, ==, nf);
-	check_msg(h_dir2 == h_dir, "refused snapshots leave every file byte-identical");
+	check_msg(h_dir2 == h_dir,
+		  "refused snapshots leave every file byte-identical");
 	pf_stack_stat(s, &st);
 	check_int(st.deltas, ==, 3);
 	check_int(st.freezes, ==, 2);
@@ -1112,7 +1118,8 @@ static void check_categories(const struct fixture *fx, unsigned p)
 	for (idx = 0; idx < fx->n_clu; idx++)
 		cat[fx->mapped[p][idx] * 2 + fx->mapped[p + 1][idx]]++;
 	check_msg(cat[1] && cat[2] && cat[3] && cat[0],
-		  "clusters in the child only (%u), parent only (%u), both (%u), neither (%u)",
+		  "clusters in the child only (%u), parent only (%u), "
+		  "both (%u), neither (%u)",
 		  cat[1], cat[2], cat[3], cat[0]);
 }
 
@@ -2051,6 +2058,84 @@ static void test_enospc_snapshot_while_held(void)
 	free(dir);
 }
 
+struct held_discard {
+	struct pf_stack *s;
+	uint64_t off, len;
+};
+
+static int held_discard_fn(void *arg)
+{
+	struct held_discard *h = arg;
+
+	return pf_stack_discard(h->s, h->off, h->len);
+}
+
+/* A partial discard over snapshot data writes zeros into a new cluster
+ * of the top.  Without space it may be held like a write or fail with
+ * ENOSPC (and change nothing); either way it never blocks a freeze. */
+static void test_enospc_snapshot_while_discard(void)
+{
+	const uint64_t size = 16 * MiB;
+	uint8_t *ref = calloc(1, size);
+	char *dir = new_image(size, CLU);
+	struct pf_why why = { "" };
+	struct pf_stack_stat st;
+	struct pf_header h;
+	struct tw_ctx tw;
+	struct open_args oa = { .factory = &tw.factory };
+	struct held_discard hd;
+	struct call c, sn;
+	struct pf_stack *s;
+	double end;
+	int ret;
+
+	tap_diag("ENOSPC: a snapshot while a partial discard finds no space");
+	if (pf_header_init(&h, size, CLU, &why))
+		abort();
+	tw_init(&tw, pf_meta_bytes(&h));
+	s = open_stack(dir, true, NULL);
+	if (!s) {
+		check(0);
+		return;
+	}
+	fill(ref, 3 * CLU, 83, 0);
+	check_int(pf_stack_pwrite(s, ref, 3 * CLU, 0), ==, 0);
+	check_int(pf_stack_close(s), ==, 0);
+	tu_snapshot(dir);	/* the data is in a lower delta now */
+	s = open_stack(dir, true, &oa);
+	if (!s) {
+		check(0);
+		return;
+	}
+	atomic_store(&tw.nospace, true);
+	hd = (struct held_discard){ s, CLU + 100, 1000 };
+	call_start(&c, held_discard_fn, &hd);
+	end = now_s() + WAIT_S;	/* held, or already failed */
+	do {
+		pf_stack_stat(s, &st);
+		sleep_ms(2);
+	} while (!st.held && !atomic_load(&c.done) && now_s() < end);
+	call_start(&sn, snapshot_fn, s);
+	check_int(call_join(&sn, "snapshot while a discard finds no space"), ==,
+		  0);
+	atomic_store(&tw.nospace, false);
+	ret = call_join(&c, "discard without space");
+	check_msg(ret == 0 || ret == -ENOSPC, "discard: held or ENOSPC (%d)",
+		  ret);
+	check_msg(atomic_load(&tw.nospace_hits) > 0, "the backend refused space");
+	if (ret == -ENOSPC) {
+		/* nothing changed; with space it works */
+		check(disk_equals(s, ref, size));
+		check_int(pf_stack_discard(s, CLU + 100, 1000), ==, 0);
+	}
+	memset(ref + CLU + 100, 0, 1000);
+	check(disk_equals(s, ref, size));
+	check_int(pf_stack_close(s), ==, 0);
+	check_chain_deltas(dir, true, "discard without space: after close");
+	free(ref);
+	free(dir);
+}
+
 int main(void)
 {
 	/* base, s1, s2, top: which level to delete, in turn */
@@ -2093,6 +2178,7 @@ int main(void)
 	test_enospc_hold_and_release();
 	test_enospc_timeout_and_stop();
 	test_enospc_snapshot_while_held();
+	test_enospc_snapshot_while_discard();
 
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
 	if (system(cmd) != 0)
