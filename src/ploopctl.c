@@ -1139,6 +1139,7 @@ static int daemon_of(const char *dir, int *fd)
 {
 	int dirfd, ret;
 
+	*fd = -1;
 	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (dirfd < 0) {
 		err_line(dir, "%s", strerror(errno));
@@ -1151,7 +1152,7 @@ static int daemon_of(const char *dir, int *fd)
 	if (ret) {
 		err_line(dir, "cannot reach the ploopfs daemon: %s",
 			 strerror(-ret));
-		return ret == -EACCES ? EXIT_FAIL : EXIT_FAIL;
+		return EXIT_FAIL;
 	}
 	return 1;
 }

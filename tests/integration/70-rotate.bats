@@ -93,7 +93,7 @@ qemu_write() {
 # chain_sum DIR: sha256 of the disk as qemu reads the unmounted chain
 # (qemu-img convert of the parallels deltas, top first, as backing files)
 chain_sum() {
-	local f pre= opts=
+	local f pre="" opts=""
 	local -a files
 	mapfile -t files < <(deltas "$1")
 	[ "${#files[@]}" -gt 0 ] || return 1
@@ -372,6 +372,19 @@ time.sleep(float(sys.argv[3]))
 	# only the lock file was added
 	rm "$D/.ploop-rotate.lock"
 	[ "$(tree_sum "$D")" = "$before" ]
+	# the oldest snapshot has two children (a side branch left by
+	# snapshot-switch): the snapshot is taken, its delete fails (1)
+	run_ok ploopctl init -s 64M "$T/branch"
+	run_ok ploopctl snapshot "$T/branch"
+	g1=$output
+	run_ok ploopctl snapshot "$T/branch"
+	run_ok ploopctl snapshot-switch "$T/branch" "$g1"
+	run --separate-stderr rotate --keep 1 "$T/branch"
+	echo "$output"; echo "$stderr"
+	[ "$status" -eq 1 ]
+	[ "${#lines[@]}" -eq 1 ] && [[ "${lines[0]}" == "$T/branch: created snapshot {"* ]]
+	[ "${#stderr_lines[@]}" -eq 1 ]
+	[[ "$stderr" == "ploop-rotate: $T/branch: "*"more than one child"* ]]
 	# an image that is busy (a daemon starting, another command): 5
 	poke "$D/root.hds" 44 00000000
 	run_ok rotate --quiet "$D"

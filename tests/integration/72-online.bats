@@ -100,7 +100,7 @@ image_ok() {
 
 # qemu_chain_opts DIR: qemu --image-opts for the current chain, top first
 qemu_chain_opts() {
-	local out f pre= opts=
+	local out f pre="" opts=""
 	local -a files
 	out=$(ploopctl info "$1") || return 1
 	mapfile -t files < <(awk '$1 == "file:" { print $2 }' <<<"$out")
