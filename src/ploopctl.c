@@ -817,6 +817,31 @@ out:
 	return rc;
 }
 
+/*
+ * For the offline commands that replace the top: lock @arg exclusively,
+ * open and validate its chain, and refuse an image whose in-use flag is
+ * set (it is recovered first, not guessed at).  Returns an exit status.
+ */
+static int open_clean_chain(struct image *im, const char *arg,
+			    struct pf_delta ***v, size_t *n)
+{
+	size_t i;
+	int rc;
+
+	rc = image_open(im, arg, 2, false);
+	if (rc == EXIT_OK)
+		rc = chain_open(im, v, n);
+	if (rc == EXIT_OK)
+		rc = validate_stack(im, *v, *n);
+	for (i = 0; rc == EXIT_OK && i < *n; i++)
+		if ((*v)[i]->hdr.in_use == PF_INUSE_OPEN) {
+			err_line((*v)[i]->name,
+				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
+			rc = EXIT_UNCLEAN;
+		}
+	return rc;
+}
+
 /* snapshot */
 
 static int snapshot_guid_line(void *ctx, const char *line)
@@ -863,7 +888,7 @@ static int cmd_snapshot(int argc, char **argv)
 	struct pf_delta **v = NULL;
 	struct image im;
 	char *newname = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	int c, rc, ret, fd;
 
 	while ((c = getopt_long(argc, argv, "u:h", opts, NULL)) != -1) {
@@ -892,20 +917,9 @@ static int cmd_snapshot(int argc, char **argv)
 		return snapshot_online(fd, argv[optind], guid);
 	if (rc != 0)
 		return rc;
-	rc = image_open(&im, argv[optind], 2, false);
-	if (rc == EXIT_OK)
-		rc = chain_open(&im, &v, &n);
-	if (rc == EXIT_OK)
-		rc = validate_stack(&im, v, n);
+	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
-	for (i = 0; i < n; i++)
-		if (v[i]->hdr.in_use == PF_INUSE_OPEN) {
-			err_line(v[i]->name,
-				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
-			rc = EXIT_UNCLEAN;
-			goto out;
-		}
 	if (!guid[0])
 		pf_guid_new(guid);
 	if (pf_dd_find_shot(im.dd, guid) || pf_dd_find_image(im.dd, guid) ||
@@ -1033,21 +1047,10 @@ static int cmd_snapshot_switch(int argc, char **argv)
 	}
 	/* Exclusive lock: the top is discarded and the descriptor replaced,
 	 * so a mounted image is busy. */
-	rc = image_open(&im, argv[optind], 2, false);
-	if (rc == EXIT_OK)
-		rc = chain_open(&im, &v, &n);
-	if (rc == EXIT_OK)
-		rc = validate_stack(&im, v, n);
+	/* As snapshot: an unclean image is recovered first, not guessed at. */
+	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
-	/* As snapshot: an unclean image is recovered first, not guessed at. */
-	for (i = 0; i < n; i++)
-		if (v[i]->hdr.in_use == PF_INUSE_OPEN) {
-			err_line(v[i]->name,
-				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
-			rc = EXIT_UNCLEAN;
-			goto out;
-		}
 
 	s = pf_dd_find_shot(im.dd, argv[optind + 1]);
 	if (!s) {

@@ -510,11 +510,6 @@ static int free_push(struct pf_stack *s, uint32_t clu)
 	return 0;
 }
 
-/*
- * A cluster of the top file that reads as zeros and nothing references:
- * a punched hole from the free list (W4), or the next one at the end,
- * growing the file (sparse) in PREALLOC_BYTES steps.
- */
 /* Give the top file's clusters [first, first + n) space (file.h
  * allocate), or just grow the file where the backend cannot. */
 static int space_for(struct pf_stack *s, uint64_t first, uint64_t n)
