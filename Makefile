@@ -78,6 +78,9 @@ help:
 	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
 	@echo "  install            install programs and man pages (PREFIX, DESTDIR)"
 	@echo "  crash-soak         CRASH_SCENARIOS=N random power-cut scenarios (default 10000)"
+	@echo "                     from CRASH_SEED (default 1); CRASH_POINT=name cuts each"
+	@echo "                     exactly at that crash point (test_crash -l lists them),"
+	@echo "                     CRASH_POINT=all gives N exact cuts at every point"
 	@echo "  bench              benchmarks (tests/bench)"
 	@echo "  clean              remove build/"
 
@@ -138,12 +141,20 @@ man-lint:
 
 CRASH_SCENARIOS ?= 10000
 CRASH_SEED      ?= 1
+CRASH_POINT     ?=
 crash-soak: $(B)/tests/test_crash
-	@echo "crash-soak: $(CRASH_SCENARIOS) scenarios from seed $(CRASH_SEED)"
-	@$(B)/tests/test_crash -n $(CRASH_SCENARIOS) -s $(CRASH_SEED) 2>/dev/null | \
+	@echo "crash-soak: $(CRASH_SCENARIOS) scenarios from seed $(CRASH_SEED)$(if $(CRASH_POINT), at crash point $(CRASH_POINT))"
+	@$(B)/tests/test_crash $(if $(CRASH_POINT),-p $(CRASH_POINT)) \
+		-n $(CRASH_SCENARIOS) -s $(CRASH_SEED) 2>/dev/null | \
 		grep -v '^ok '
 
-bench: all
+# the FUSE ceilings of the benchmarks (fuse-null, fuse-pass; not a test)
+$(B)/tests/fuse_ceiling: tests/bench/fuse_ceiling.c
+	@mkdir -p $(dir $@)
+	@echo "  CCLD    $@"
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MF $@.d -MT $@ $(LDFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(B)/tests/fuse_ceiling
 	@if [ -x tests/bench/run.sh ]; then tests/bench/run.sh $(B); \
 	else echo "bench: no benchmarks yet (they need the ploopfs daemon)"; fi
 

@@ -176,7 +176,73 @@ struct pf_stack {
 	void *stopping_ctx;
 	void (*event)(void *ctx, const char *type, const char *text);
 	void *event_ctx;
+	void (*crash_point)(void *ctx, const char *name);	/* tests */
+	void *crash_point_ctx;
 };
+
+/*
+ * Crash points: the boundaries between the steps of the update sequences
+ * (open, allocation, copy-on-write, discard, commit, snapshot, merge down
+ * and up, close), named for the test hook pf_stack_opts.crash_point.
+ * One list; HACKING ("Crash points") says what a crash at each proves.
+ */
+#define CRASH_POINTS(X)							\
+	X(CP_OPEN_LEAK_PUNCHED,		"open.leak-punched")		\
+	X(CP_OPEN_TAIL_TRIMMED,		"open.tail-trimmed")		\
+	X(CP_OPEN_INUSE_WRITTEN,	"open.in-use-written")		\
+	X(CP_OPEN_INUSE_SYNCED,		"open.in-use-synced")		\
+	X(CP_ALLOC_FILE_GROWN,		"alloc.file-grown")		\
+	X(CP_ALLOC_DATA_WRITTEN,	"alloc.data-written")		\
+	X(CP_COW_DATA_WRITTEN,		"cow.data-written")		\
+	X(CP_ALLOC_MAPPED,		"alloc.mapped")			\
+	X(CP_DISCARD_PUNCHED,		"discard.punched")		\
+	X(CP_DISCARD_UNMAPPED,		"discard.unmapped")		\
+	X(CP_DISCARD_SHADOWED,		"discard.shadowed")		\
+	X(CP_COMMIT_DATA_SYNCED,	"commit.data-synced")		\
+	X(CP_COMMIT_BAT_WRITTEN,	"commit.bat-page-written")	\
+	X(CP_COMMIT_BAT_SYNCED,		"commit.bat-synced")		\
+	X(CP_COMMIT_FREED_PUNCHED,	"commit.freed-punched")		\
+	X(CP_SNAP_DELTA_CREATED,	"snap.delta-created")		\
+	X(CP_SNAP_DD_TMP,		"snap.dd-tmp-written")		\
+	X(CP_SNAP_COMMITTED,		"snap.old-top-committed")	\
+	X(CP_SNAP_DD_RENAMED,		"snap.dd-renamed")		\
+	X(CP_SNAP_OLD_CLOSED,		"snap.old-top-closed")		\
+	X(CP_SNAP_OLD_TRIMMED,		"snap.old-top-trimmed")		\
+	X(CP_MD_MARKED,			"merge-down.marked-temporary")	\
+	X(CP_MD_GROWN,			"merge-down.parent-grown")	\
+	X(CP_MD_COPIED,			"merge-down.copied")		\
+	X(CP_MD_COPY_SYNCED,		"merge-down.copy-synced")	\
+	X(CP_MD_BAT_WRITTEN,		"merge-down.bat-page-written")	\
+	X(CP_MD_BAT_SYNCED,		"merge-down.bat-synced")	\
+	X(CP_MD_DD_TMP,			"merge-down.dd-tmp-written")	\
+	X(CP_MD_DD_RENAMED,		"merge-down.dd-renamed")	\
+	X(CP_MD_UNLINKED,		"merge-down.child-unlinked")	\
+	X(CP_MU_COPIED,			"merge-up.copied")		\
+	X(CP_MU_COMMITTED,		"merge-up.committed")		\
+	X(CP_MU_DD_TMP,			"merge-up.dd-tmp-written")	\
+	X(CP_MU_DD_RENAMED,		"merge-up.dd-renamed")		\
+	X(CP_MU_UNLINKED,		"merge-up.parent-unlinked")	\
+	X(CP_CLOSE_COMMITTED,		"close.committed")		\
+	X(CP_CLOSE_TRIMMED,		"close.tail-trimmed")		\
+	X(CP_CLOSE_INUSE_WRITTEN,	"close.in-use-cleared")
+
+#define CP_ENUM(id, name)	id,
+#define CP_NAME(id, name)	name,
+enum crash_point { CRASH_POINTS(CP_ENUM) CP_COUNT };
+static const char *const crash_point_names[] = { CRASH_POINTS(CP_NAME) };
+
+const char *const *pf_stack_crash_points(size_t *n)
+{
+	*n = CP_COUNT;
+	return crash_point_names;
+}
+
+/* Step @cp is done: a test may cut the power here. */
+static inline void crash_point(struct pf_stack *s, enum crash_point cp)
+{
+	if (s->crash_point)
+		s->crash_point(s->crash_point_ctx, crash_point_names[cp]);
+}
 
 /* Small helpers */
 
@@ -547,7 +613,7 @@ static int space_for(struct pf_stack *s, uint64_t first, uint64_t n)
 static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 {
 	const struct pf_header *h = s->hdr;
-	uint64_t grow, max = pf_max_file_clusters(h);
+	uint64_t grow = 0, max = pf_max_file_clusters(h);
 	int ret = 0;
 
 	pthread_mutex_lock(&s->alloc_lock);
@@ -579,6 +645,8 @@ static int cluster_alloc(struct pf_stack *s, uint32_t *clu)
 	*clu = (uint32_t)s->alloc_head++;
 out:
 	pthread_mutex_unlock(&s->alloc_lock);
+	if (!ret && grow)
+		crash_point(s, CP_ALLOC_FILE_GROWN);
 	return ret;
 }
 
@@ -706,10 +774,14 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 			if (len)
 				memcpy(cbuf + in_off, src, len);
 			ret = data_pwrite(s, cbuf, cs, pf_clu_to_off(s->hdr, clu));
+			if (!ret)
+				crash_point(s, CP_COW_DATA_WRITTEN);
 		}
 	} else if (aligned(s, src, in_off, len)) {
 		/* the rest of a fresh cluster reads as zeros already */
 		ret = data_pwrite(s, src, len, pf_clu_to_off(s->hdr, clu) + in_off);
+		if (!ret)
+			crash_point(s, CP_ALLOC_DATA_WRITTEN);
 	} else {
 		a0 = round_down(in_off, s->align);
 		a1 = round_up(in_off + len, s->align);
@@ -720,6 +792,8 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 			memcpy(cbuf + (in_off - a0), src, len);
 			ret = data_pwrite(s, cbuf, a1 - a0,
 					  pf_clu_to_off(s->hdr, clu) + a0);
+			if (!ret)
+				crash_point(s, CP_ALLOC_DATA_WRITTEN);
 		}
 	}
 	if (ret) {
@@ -737,6 +811,8 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 		goto out;
 	}
 	ret = top_set(s, idx, clu, top);
+	if (!ret)
+		crash_point(s, CP_ALLOC_MAPPED);
 out:
 	free(cbuf);
 	rlock_release(s, &rl);
@@ -1225,8 +1301,11 @@ static int discard_cluster(struct pf_stack *s, uint32_t idx)
 		/* Keep the entry (clearing it would expose the snapshot's
 		 * data, DIS-1); the punched cluster reads as zeros. */
 		ret = punch(s->top, pf_clu_to_off(s->hdr, clu), cs);
-		if (!ret)	/* still mapped: keep later writes from -ENOSPC */
+		if (!ret) {
+			crash_point(s, CP_DISCARD_PUNCHED);
+			/* still mapped: keep later writes from -ENOSPC */
 			(void)space_for(s, clu, 1);
+		}
 		if (ret == -EOPNOTSUPP) {
 			zeros = alloc_aligned(s, cs);
 			ret = zeros ? 0 : -ENOMEM;
@@ -1241,11 +1320,15 @@ static int discard_cluster(struct pf_stack *s, uint32_t idx)
 		/* Unmap; the cluster is punched and reused only after the
 		 * commit that unmaps it is durable (W4). */
 		ret = top_set(s, idx, 0, LEVEL_NONE);
+		if (!ret)
+			crash_point(s, CP_DISCARD_UNMAPPED);
 	} else if (lower) {
 		/* Shadow the snapshot's data with a zero cluster. */
 		ret = cluster_alloc(s, &clu);
 		if (!ret)
 			ret = top_set(s, idx, clu, top);
+		if (!ret)
+			crash_point(s, CP_DISCARD_SHADOWED);
 	}
 	rlock_release(s, &rl);
 	return ret;
@@ -1361,6 +1444,7 @@ static int commit_locked(struct pf_stack *s, bool force)
 		set_failed(s, "data flush", ret);
 		goto out;
 	}
+	crash_point(s, CP_COMMIT_DATA_SYNCED);
 	/* 3. the BAT pages, then W3: durable before anyone is answered */
 	for (i = 0; i < n_pages; i++) {
 		ret = meta_pwrite(s, copy + i * PF_BAT_PAGE_SIZE,
@@ -1370,6 +1454,7 @@ static int commit_locked(struct pf_stack *s, bool force)
 			set_failed(s, "BAT write", ret);
 			goto out;
 		}
+		crash_point(s, CP_COMMIT_BAT_WRITTEN);
 	}
 	if (n_pages) {
 		ret = datasync(s);
@@ -1378,6 +1463,7 @@ static int commit_locked(struct pf_stack *s, bool force)
 			goto out;
 		}
 		atomic_fetch_add(&s->commits, 1);
+		crash_point(s, CP_COMMIT_BAT_SYNCED);
 	}
 	/* 4. W4: the unmapping is durable; the clusters may go */
 	for (i = 0; i < n_freeing; i++) {
@@ -1386,6 +1472,7 @@ static int commit_locked(struct pf_stack *s, bool force)
 		if (punch(s->top, pf_clu_to_off(s->hdr, clu),
 			  s->hdr->cluster_bytes))
 			continue;	/* cannot make it read zeros: leak */
+		crash_point(s, CP_COMMIT_FREED_PUNCHED);
 		pthread_mutex_lock(&s->alloc_lock);
 		if (free_push(s, clu))
 			pf_log(PF_LOG_WARNING, "%s: out of memory, cluster %" PRIu32
@@ -1571,12 +1658,15 @@ static int recover_top(struct pf_stack *s)
 		if (punch(top, pf_clu_to_off(h, clu), h->cluster_bytes) ||
 		    free_push(s, clu))
 			continue;	/* stays a leak */
+		crash_point(s, CP_OPEN_LEAK_PUNCHED);
 	}
 	free(used);
 	if (n > s->alloc_head || top->d->file_bytes % h->cluster_bytes) {
 		leaked += n > s->alloc_head ? n - s->alloc_head : 0;
 		ret = top->f->ops->truncate(top->f,
 					    pf_clu_to_off(h, (uint32_t)s->alloc_head));
+		if (!ret)
+			crash_point(s, CP_OPEN_TAIL_TRIMMED);
 	}
 	s->file_clusters = s->alloc_head;
 	if (leaked)
@@ -1714,8 +1804,12 @@ static int top_prepare(struct pf_stack *s)
 	s->top_hdr.ext_sectors = 0;
 	pf_header_encode(&s->top_hdr, s->top_meta);
 	ret = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
-	if (!ret)
+	if (!ret) {
+		crash_point(s, CP_OPEN_INUSE_WRITTEN);
 		ret = datasync(s);
+	}
+	if (!ret)
+		crash_point(s, CP_OPEN_INUSE_SYNCED);
 	return ret;
 }
 
@@ -1767,6 +1861,8 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	s->stopping_ctx = o->stopping_ctx;
 	s->event = o->event;
 	s->event_ctx = o->event_ctx;
+	s->crash_point = o->crash_point;
+	s->crash_point_ctx = o->crash_point_ctx;
 	pthread_mutex_init(&s->levels_lock, NULL);
 	pthread_mutex_init(&s->gate_lock, NULL);
 	pthread_cond_init(&s->gate_open, NULL);
@@ -1885,10 +1981,13 @@ int pf_stack_close(struct pf_stack *s)
 	ret = commit(s, true);
 	if (ret)
 		goto out;
+	crash_point(s, CP_CLOSE_COMMITTED);
 	/* Trim the preallocated tail; clusters past alloc_head are unused. */
 	if (s->file_clusters > s->alloc_head) {
 		r = s->top->f->ops->truncate(
 			s->top->f, pf_clu_to_off(s->hdr, (uint32_t)s->alloc_head));
+		if (!r)
+			crash_point(s, CP_CLOSE_TRIMMED);
 		if (r)
 			pf_log(PF_LOG_WARNING,
 			       "%s: cannot trim preallocated space: %s", s->dir,
@@ -1904,8 +2003,10 @@ int pf_stack_close(struct pf_stack *s)
 	pf_header_encode(&s->top_hdr, s->top_meta);
 	pthread_mutex_unlock(&s->bat_lock);
 	r = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
-	if (!r)
+	if (!r) {
+		crash_point(s, CP_CLOSE_INUSE_WRITTEN);
 		r = datasync(s);
+	}
 	if (r) {
 		pf_log(PF_LOG_ERR, "%s: cannot clear the in-use flag: %s",
 		       s->dir, strerror(-r));
@@ -2034,10 +2135,14 @@ static void retire_top(struct pf_stack *s, struct level *lv,
 	int ret;
 
 	ret = write_page0(s, lv->f, lv->meta, h);
-	if (!ret)
+	if (!ret) {
+		crash_point(s, CP_SNAP_OLD_CLOSED);
 		ret = lv->f->ops->truncate(lv->f, alloc_head << h->cluster_shift);
-	if (!ret)
+	}
+	if (!ret) {
+		crash_point(s, CP_SNAP_OLD_TRIMMED);
 		ret = lv->f->ops->datasync(lv->f);
+	}
 	if (ret)
 		pf_log(PF_LOG_WARNING, "%s/%s: cannot clear the in-use flag of the former top: %s",
 		       s->dir, lv->d->name, strerror(-ret));
@@ -2139,6 +2244,7 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 		goto out;
 	}
 	created = true;
+	crash_point(s, CP_SNAP_DELTA_CREATED);
 	ret = pf_delta_open(s->dirfd, name, PF_DELTA_WRITE, &nl.d, why);
 	if (!ret)
 		ret = open_data_fd(s, &nl, true, s->no_direct);
@@ -2158,6 +2264,7 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 				   strerror(-ret));
 		goto out;
 	}
+	crash_point(s, CP_SNAP_DD_TMP);
 
 	/* Freeze: drain, then commit the old top (its data and BAT are
 	 * durable before the descriptor stops naming it as the top), closed
@@ -2165,8 +2272,12 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	t0 = freeze(s);
 	top_mark_closed(s, true);
 	ret = commit_locked(s, true);
-	if (!ret)
+	if (!ret) {
+		crash_point(s, CP_SNAP_COMMITTED);
 		ret = dd_switch(s);
+	}
+	if (!ret)
+		crash_point(s, CP_SNAP_DD_RENAMED);
 	if (ret) {
 		/* still the top: in use again (a failed commit is W7) */
 		top_mark_closed(s, false);
@@ -2403,6 +2514,7 @@ static int merge_down(struct merge *m, struct pf_why *why)
 				   pl->d->name, need, strerror(-ret));
 			goto out;
 		}
+		crash_point(s, CP_MD_GROWN);
 	}
 	ret = merge_run(m, merge_down_worker);
 	if (ret) {
@@ -2410,9 +2522,12 @@ static int merge_down(struct merge *m, struct pf_why *why)
 			   pl->d->name, strerror(-ret));
 		goto out;
 	}
+	crash_point(s, CP_MD_COPIED);
 	ret = m->pw->ops->datasync(m->pw);	/* W5: the copies, then ... */
 	if (!ret) {	/* page 0 holds the header: always rewritten */
 		struct pf_header nh = *ph;
+
+		crash_point(s, CP_MD_COPY_SYNCED);
 
 		/* ph is the header as opened: stale for a former top, and
 		 * an earlier failed attempt may have mapped everything
@@ -2421,15 +2536,23 @@ static int merge_down(struct merge *m, struct pf_why *why)
 		if (need || max_used || atomic_load(&m->copied))
 			nh.flags &= ~PF_FLAG_EMPTY;
 		ret = write_page0(s, m->pw, pl->meta, &nh);
+		if (!ret)
+			crash_point(s, CP_MD_BAT_WRITTEN);
 	}
-	for (idx = 1; !ret && idx < pages; idx++)
-		if (m->pdirty[idx])
-			ret = m->pw->ops->pwrite(m->pw,
-						 pl->meta + (size_t)idx * PF_BAT_PAGE_SIZE,
-						 PF_BAT_PAGE_SIZE,
-						 (uint64_t)idx * PF_BAT_PAGE_SIZE);
+	for (idx = 1; !ret && idx < pages; idx++) {
+		if (!m->pdirty[idx])
+			continue;
+		ret = m->pw->ops->pwrite(m->pw,
+					 pl->meta + (size_t)idx * PF_BAT_PAGE_SIZE,
+					 PF_BAT_PAGE_SIZE,
+					 (uint64_t)idx * PF_BAT_PAGE_SIZE);
+		if (!ret)
+			crash_point(s, CP_MD_BAT_WRITTEN);
+	}
 	if (!ret)
 		ret = m->pw->ops->datasync(m->pw);	/* ... the BAT */
+	if (!ret)
+		crash_point(s, CP_MD_BAT_SYNCED);
 	if (ret)
 		pf_why_fmt(why, "%s: cannot commit the merged clusters: %s",
 			   pl->d->name, strerror(-ret));
@@ -2519,6 +2642,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 				   guid, strerror(-ret));
 			goto out;
 		}
+		crash_point(s, CP_MD_MARKED);
 		/* no view of the parent reads while it changes */
 		t0 = freeze(s);
 		pthread_mutex_lock(&s->levels_lock);
@@ -2532,11 +2656,14 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 			pf_why_fmt(why, "copy from %s into the top failed: %s",
 				   s->levels[p].d->name, strerror(-ret));
 		if (!ret) {
+			crash_point(s, CP_MU_COPIED);
 			/* W5: the receiving BAT is durable first */
 			ret = pf_stack_flush(s);
 			if (ret)
 				pf_why_fmt(why, "commit of the top failed: %s",
 					   strerror(-ret));
+			else
+				crash_point(s, CP_MU_COMMITTED);
 		}
 	}
 	if (ret)
@@ -2548,6 +2675,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		pf_why_fmt(why, PF_DD_NAME ": cannot prepare: %s", strerror(-ret));
 		goto out;
 	}
+	crash_point(s, down ? CP_MD_DD_TMP : CP_MU_DD_TMP);
 
 	t0 = freeze(s);
 	if (!down)	/* every cluster of the parent now in the top? */
@@ -2558,6 +2686,8 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 			}
 	if (!ret)
 		ret = dd_switch(s);
+	if (!ret)
+		crash_point(s, down ? CP_MD_DD_RENAMED : CP_MU_DD_RENAMED);
 	if (ret) {
 		thaw(s, t0);
 		pf_dd_drop_tmp(s->dirfd);
@@ -2590,6 +2720,8 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	if (unlinkat(s->dirfd, gone_file, 0) < 0)
 		pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the merged delta: %s",
 		       s->dir, gone_file, strerror(errno));
+	else
+		crash_point(s, down ? CP_MD_UNLINKED : CP_MU_UNLINKED);
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	info->clusters = atomic_load(&m.copied);
 	info->bytes = info->clusters * s->hdr->cluster_bytes;

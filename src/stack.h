@@ -37,7 +37,17 @@ struct pf_stack_opts {
 	 * from any thread, must not block */
 	void (*event)(void *ctx, const char *type, const char *text);
 	void *event_ctx;
+	/* crash-simulation tests: called at every named step boundary of
+	 * the update sequences (pf_stack_crash_points()), in the thread
+	 * that finished the step, possibly with engine locks held: must
+	 * not call into the stack.  NULL: no cost. */
+	void (*crash_point)(void *ctx, const char *name);
+	void *crash_point_ctx;
 };
+
+/* The names of all crash points (pf_stack_opts.crash_point), *@n of them.
+ * HACKING ("Crash points") says what a crash at each one proves. */
+const char *const *pf_stack_crash_points(size_t *n);
 
 /* Completion of a read or write: @err is 0 or -errno. */
 typedef void (*pf_stack_done_fn)(void *arg, int err);

@@ -110,6 +110,8 @@ static void crash_locked(struct crash_world *w)
 		}
 		cache_clear(cf);
 	}
+	if (w->on_crash)
+		w->on_crash(w->on_crash_ctx);
 }
 
 /* Count a mutating operation; true if the crash happens now (the

@@ -8,6 +8,14 @@
  * or 4 KiB pieces, each kept or lost on its own) and the rest is dropped;
  * from then on every operation fails with EIO, as if the power went.
  * The files can then be reopened as after a power cut.
+ *
+ * The power goes when the countdown of mutating operations runs out, or
+ * when a test calls crash_now() (test_crash does it from the stack's
+ * crash-point hook).  At that instant, with the world's lock held, the
+ * world calls on_crash: test_crash copies the image directory there, so
+ * that what the stack does afterwards with real system calls
+ * (DiskDescriptor.xml, new deltas, unlink) cannot reach the image it
+ * checks either.
  */
 #ifndef PF_IO_CRASH_H
 #define PF_IO_CRASH_H
@@ -32,12 +40,17 @@ struct crash_world {
 	unsigned n_files;
 	uint64_t ops;		/* mutating operations seen */
 	uint64_t kept, lost;	/* cached pieces applied / dropped at the crash */
+	/* called once at the crash, after the kept pieces reached the real
+	 * files, with the lock held and from the thread that crashed: it may
+	 * read the real files but must not use the world's files */
+	void (*on_crash)(void *ctx);
+	void *on_crash_ctx;
 	struct pf_file_factory factory;	/* hand this to pf_stack_open */
 };
 
 void crash_world_init(struct crash_world *w, uint64_t seed, long countdown,
 		      unsigned torn);
-/* Crash now (if not yet crashed). */
+/* Crash now (if not yet crashed); any thread. */
 void crash_now(struct crash_world *w);
 void crash_world_destroy(struct crash_world *w);
 
