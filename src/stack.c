@@ -37,7 +37,9 @@
  * Threads: callers (FUSE workers) run lookups, submit I/O and do the
  * synchronous parts (copy-on-write, read-modify-write, discard); the aio
  * completion thread finishes reads and in-place writes; the writeback
- * thread commits periodically and on pf_stack_flush().
+ * thread commits periodically, and pf_stack_flush() runs the commit it
+ * waits for in its caller's thread unless one is running (group commit
+ * without a hand-off to another thread).
  *
  * Lock order: range lock, then alloc_lock or bat_lock (never both), then
  * wb_lock.  No lock but a range lock is held across I/O.
@@ -144,9 +146,11 @@ struct pf_stack {
 	/* Writeback. */
 	pthread_mutex_t commit_lock;	/* one commit at a time */
 	pthread_mutex_t wb_lock;
-	pthread_cond_t wb_kick;		/* want > started, or stop */
+	pthread_cond_t wb_kick;		/* stop */
 	pthread_cond_t wb_done;		/* done advanced */
-	uint64_t started, done, want;	/* commit sequence numbers */
+	uint64_t started, done;		/* commit sequence numbers */
+	uint64_t want;			/* a flush waits for this commit */
+	bool committing;		/* a thread runs commit started */
 	bool wb_stop, wb_running;
 	pthread_t wb_thread;
 	unsigned commit_ms;
@@ -1498,12 +1502,30 @@ static int commit(struct pf_stack *s, bool force)
 	return ret;
 }
 
+/*
+ * Runs the next commit in the calling thread, with wb_lock held on entry
+ * and on return (dropped while committing); !s->committing on entry.  It
+ * syncs data even with no BAT page dirty when a flush waits for it.
+ */
+static void run_commit(struct pf_stack *s)
+{
+	uint64_t seq = ++s->started;
+	bool force = s->want >= seq;
+
+	s->committing = true;
+	pthread_mutex_unlock(&s->wb_lock);
+	commit(s, force);	/* errors: sticky failed state */
+	pthread_mutex_lock(&s->wb_lock);
+	s->done = seq;
+	s->committing = false;
+	pthread_cond_broadcast(&s->wb_done);
+}
+
+/* The periodic commit of dirty BAT pages. */
 static void *writeback(void *arg)
 {
 	struct pf_stack *s = arg;
 	struct timespec deadline;
-	uint64_t seq;
-	bool requested;
 
 	pthread_mutex_lock(&s->wb_lock);
 	for (;;) {
@@ -1514,26 +1536,25 @@ static void *writeback(void *arg)
 			deadline.tv_sec++;
 			deadline.tv_nsec -= 1000000000;
 		}
-		while (!s->wb_stop && s->want <= s->started &&
+		while (!s->wb_stop &&
 		       pthread_cond_timedwait(&s->wb_kick, &s->wb_lock,
 					      &deadline) != ETIMEDOUT)
 			;
 		if (s->wb_stop)
 			break;
-		requested = s->want > s->started;
-		seq = ++s->started;
-		pthread_mutex_unlock(&s->wb_lock);
-
-		commit(s, requested);	/* errors: sticky failed state */
-
-		pthread_mutex_lock(&s->wb_lock);
-		s->done = seq;
-		pthread_cond_broadcast(&s->wb_done);
+		if (!s->committing)
+			run_commit(s);
 	}
 	pthread_mutex_unlock(&s->wb_lock);
 	return NULL;
 }
 
+/*
+ * Group commit without a hand-off: the flush waits for a commit that
+ * starts after it was called.  When none is running the caller runs it
+ * itself; callers that arrive meanwhile wait for the next one, which the
+ * first of them to find the way clear runs for all.
+ */
 int pf_stack_flush(struct pf_stack *s)
 {
 	uint64_t target;
@@ -1545,13 +1566,15 @@ int pf_stack_flush(struct pf_stack *s)
 		pthread_mutex_unlock(&s->wb_lock);
 		return commit(s, true);
 	}
-	/* group commit: the next commit to start began after this call */
 	target = s->started + 1;
 	if (s->want < target)
 		s->want = target;
-	pthread_cond_signal(&s->wb_kick);
-	while (s->done < target)
-		pthread_cond_wait(&s->wb_done, &s->wb_lock);
+	while (s->done < target) {
+		if (!s->committing)
+			run_commit(s);
+		else
+			pthread_cond_wait(&s->wb_done, &s->wb_lock);
+	}
 	pthread_mutex_unlock(&s->wb_lock);
 	return atomic_load(&s->failed) ? -EIO : 0;
 }
