@@ -215,6 +215,11 @@ static void fe_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_write = PF_FE_MAX_IO;
 	conn->max_read = PF_FE_MAX_IO;
 	conn->max_readahead = 0;
+	/* Asynchronous direct I/O travels as background requests, of which
+	 * the kernel lets only max_background (12 by default) be in flight:
+	 * without this a queue depth of 32 reaches the daemon as 12. */
+	conn->max_background = PF_FE_MAX_BACKGROUND;
+	conn->congestion_threshold = PF_FE_MAX_BACKGROUND * 3 / 4;
 }
 
 static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -14,6 +14,7 @@
 
 #define PF_FE_DEFAULT_NAME	"disk"
 #define PF_FE_MAX_IO		(1024u * 1024)	/* max_read / max_write */
+#define PF_FE_MAX_BACKGROUND	256u	/* async requests the kernel may queue */
 #define PF_FE_SNAP_DIR		"snapshots"	/* read-only snapshot views */
 
 struct pf_fe_view;

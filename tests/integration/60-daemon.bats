@@ -148,6 +148,22 @@ qemu_expect() {
 	run_ok ploopctl check "$D"
 }
 
+@test "the kernel lets 256 asynchronous requests through, not its default 12" {
+	# Asynchronous direct I/O travels as FUSE background requests; the
+	# kernel holds back all but max_background of them (default 12), so
+	# a queue depth of 32 would reach the daemon as 12.
+	run_ok ploopctl init -s 100M "$D"
+	pf_mount "$D" "$M"
+	c=/sys/fs/fuse/connections
+	mountpoint -q "$c" || mount -t fusectl fusectl "$c"
+	dev=$(mountpoint -d "$M")
+	[ -n "$dev" ]
+	echo "connection ${dev#*:}: $(cat "$c/${dev#*:}/max_background")"
+	[ "$(cat "$c/${dev#*:}/max_background")" -eq 256 ]
+	[ "$(cat "$c/${dev#*:}/congestion_threshold")" -eq 192 ]
+	pf_umount "$M"
+}
+
 @test "ext4 on a direct-I/O loop device over the disk keeps its files across a remount" {
 	F=$T/fs
 	mkdir -p "$F"
