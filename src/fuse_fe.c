@@ -14,6 +14,12 @@
  * completion thread); fsync, fallocate and O_SYNC/O_DSYNC writes block
  * the worker thread that received them.  Errors become fuse_reply_err()
  * here and nowhere else.
+ *
+ * The namespace is fixed: nothing can be created, removed, renamed or
+ * linked, in the root or in "snapshots", and every such request fails
+ * with EROFS, as on a read-only file system, rather than with ENOSYS
+ * from libfuse.  Extended attributes are left unimplemented: the kernel
+ * turns that ENOSYS into EOPNOTSUPP once and stops asking.
  */
 #define FUSE_USE_VERSION 312
 #include "fuse_fe.h"
@@ -517,6 +523,75 @@ static void fe_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 	fuse_reply_err(req, EOPNOTSUPP);
 }
 
+/* The namespace: fixed (see the top of the file) */
+
+static void fe_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)fi;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fe_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	(void)rdev;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fe_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name,
+		     mode_t mode)
+{
+	(void)parent;
+	(void)name;
+	(void)mode;
+	fuse_reply_err(req, EROFS);
+}
+
+/* unlink and rmdir */
+static void fe_remove(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fe_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
+		       const char *name)
+{
+	(void)link;
+	(void)parent;
+	(void)name;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fe_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
+		    const char *newname)
+{
+	(void)ino;
+	(void)newparent;
+	(void)newname;
+	fuse_reply_err(req, EROFS);
+}
+
+static void fe_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	(void)parent;
+	(void)name;
+	(void)newparent;
+	(void)newname;
+	(void)flags;
+	fuse_reply_err(req, EROFS);
+}
+
 /* The directory */
 
 static void fe_opendir(fuse_req_t req, fuse_ino_t ino,
@@ -629,6 +704,14 @@ static const struct fuse_lowlevel_ops ops = {
 	.opendir = fe_opendir,
 	.readdir = fe_readdir,
 	.statfs = fe_statfs,
+	.create = fe_create,
+	.mknod = fe_mknod,
+	.mkdir = fe_mkdir,
+	.unlink = fe_remove,
+	.rmdir = fe_remove,
+	.symlink = fe_symlink,
+	.link = fe_link,
+	.rename = fe_rename,
 };
 
 const struct fuse_lowlevel_ops *pf_fe_ops(void)

@@ -542,6 +542,83 @@ assert os.pread(fd, 8, 64 * 2**20) == b"", "past the end"
 	run_ok ploopctl check "$D"
 }
 
+# expect_erofs CMD...: CMD fails with "Read-only file system" (EROFS), not
+# with "Function not implemented" (ENOSYS)
+expect_erofs() {
+	run timeout 20 "$@"
+	if [ "$status" -eq 0 ] || [[ "$output" != *"Read-only file system"* ]] ||
+		[[ "$output" == *"not implemented"* ]]; then
+		echo "want EROFS from: $*; got $status: $output" >&2
+		return 1
+	fi
+}
+
+@test "the namespace is fixed: create, remove, rename and link fail with EROFS; the disk is unchanged" {
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	scatter "$M/disk" 7 0:$MiB $((5 * MiB + 3)):4096
+	run_ok ploopctl snapshot "$D"
+	view=$(tr -d '{}' <<<"$output")
+	sum=$(timeout 60 sha256sum <"$M/disk")
+	listing=$(timeout 10 ls -A "$M")
+	[ "$listing" = "$(printf 'disk\nsnapshots')" ]
+	[ "$(timeout 10 ls -A "$M/snapshots")" = "$view" ]
+
+	expect_erofs touch "$M/x"
+	expect_erofs mkdir "$M/d"
+	expect_erofs mknod "$M/p" p
+	expect_erofs rm "$M/disk"
+	expect_erofs rm -f "$M/disk"
+	expect_erofs mv "$M/disk" "$M/y"
+	expect_erofs mv "$M/disk" "$M/snapshots/y"
+	expect_erofs ln -s disk "$M/l"
+	expect_erofs ln "$M/disk" "$M/h"
+	expect_erofs rmdir "$M/snapshots"
+	expect_erofs mv "$M/snapshots" "$M/s"
+	expect_erofs touch "$M/snapshots/x"
+	expect_erofs mkdir "$M/snapshots/d"
+	expect_erofs rm "$M/snapshots/$view"
+	expect_erofs mv "$M/snapshots/$view" "$M/snapshots/v"
+	expect_erofs ln -s "$view" "$M/snapshots/l"
+	# the same from open(2) and rename(2) directly
+	run_ok timeout 20 python3 -c '
+import errno, os, sys
+m = sys.argv[1]
+for f, args in ((os.open, (m + "/x", os.O_CREAT | os.O_WRONLY, 0o600)),
+                (os.open, (m + "/x", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)),
+                (os.rename, (m + "/disk", m + "/y")),
+                (os.unlink, (m + "/disk",))):
+    try:
+        f(*args)
+        sys.exit(f"{f.__name__}{args} succeeded")
+    except OSError as e:
+        assert e.errno == errno.EROFS, f"{f.__name__}{args}: {e}"
+# extended attributes are not supported, and say so
+try:
+    os.setxattr(m + "/disk", "user.x", b"1")
+    sys.exit("setxattr succeeded")
+except OSError as e:
+    assert e.errno == errno.EOPNOTSUPP, f"setxattr: {e}"
+' "$M"
+	# names that do not exist or already do keep their usual answers
+	run ! timeout 20 rm "$M/nothere"
+	[[ "$output" == *"No such file or directory"* ]]
+	run ! timeout 20 mkdir "$M/disk"
+	[[ "$output" == *"File exists"* ]]
+
+	# nothing changed, and the disk works as before
+	[ "$(timeout 10 ls -A "$M")" = "$listing" ]
+	[ "$(timeout 10 ls -A "$M/snapshots")" = "$view" ]
+	[ "$(timeout 60 sha256sum <"$M/disk")" = "$sum" ]
+	[ "$(timeout 10 stat -c %s "$M/disk")" -eq $((64 * MiB)) ]
+	run_ok timeout 10 touch "$M/disk"
+	scatter "$M/disk" 8 $((9 * MiB)):8192
+	expect_bytes "$M/disk" 20M:1M:0
+	pf_umount "$M"
+	run_ok ploopctl check "$D"
+	[ "$(find "$D" -name 'root.hds*' | wc -l)" -eq 2 ]
+}
+
 @test "unaligned pwrite/pread through the mount match a plain sparse file" {
 	run_ok ploopctl init -s 16M "$D"
 	run_ok qemu-io -f parallels -c 'write -P 0x77 2M 1M' "$D/root.hds"
