@@ -9,7 +9,10 @@
  * peer at once and closing, and starts one thread per admitted
  * connection, which reads its requests and runs their handlers.  Finished
  * connection threads are joined by the accept thread at its next accept
- * and by pf_ctl_stop().  All of them run with every signal blocked.
+ * and by pf_ctl_stop().  While a handler of a keepalive command runs, a
+ * ticker thread of its own sends the keepalive lines; the connection
+ * thread joins it before the end line.  All of them run with every
+ * signal blocked.
  *
  * Stopping.  pf_ctl_stop() sets stopping and writes one byte into the
  * wake pipe that is never read: every poll() of the server includes the
@@ -28,7 +31,10 @@
  * Locking: pf_ctl.conns_lock protects the connection list and each
  * connection's finished flag; pf_events.lock protects the ring, the
  * sequence counter and the totals.  Both are leaves, and neither is held
- * across a send, a handler or a stop predicate.
+ * across a send, a handler or a stop predicate.  ctl_conn.send_lock, a
+ * leaf, is held across the send of one line to its connection, so that a
+ * handler's lines and its ticker's keepalives never interleave; the
+ * ticker's own lock is never held together with it.
  */
 #include "control.h"
 
@@ -54,6 +60,32 @@
 #define STOP_POLL_MS	100	/* pf_events_wait() checks @stop this often */
 #define STOP_GRACE_MS	1000	/* a stopping server waits this long for a
 				   client to take a line */
+
+/* Time */
+
+static void ts_add_ms(struct timespec *ts, long ms)
+{
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec ||
+	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
+static long mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Lines */
 
@@ -91,12 +123,14 @@ static int wait_fd(int fd, short events, int wake_fd, int timeout_ms)
 /*
  * Read the next '\n'-terminated line of @fd into @b; *@line is it without
  * the '\n', valid until the next call.  With @wake_fd >= 0 the socket is
- * non-blocking and the wait ends when @wake_fd turns readable.
+ * non-blocking and the wait ends when @wake_fd turns readable.  With
+ * @idle_ms >= 0, no byte for @idle_ms ends the wait.
  * Returns: 1 (a line); 0 (end of file; @b->len says whether a partial
  * line came before it); -EMSGSIZE (line longer than PF_CTL_LINE_MAX);
- * -ESHUTDOWN (woken); other -errno.
+ * -ESHUTDOWN (woken); -ETIMEDOUT (@idle_ms passed); other -errno.
  */
-static int line_read(struct line_buf *b, int fd, int wake_fd, char **line)
+static int line_read(struct line_buf *b, int fd, int wake_fd, int idle_ms,
+		     char **line)
 {
 	size_t scanned;
 
@@ -120,13 +154,13 @@ static int line_read(struct line_buf *b, int fd, int wake_fd, char **line)
 		scanned = b->len;
 		if (b->len == sizeof(b->buf))
 			return -EMSGSIZE;
-		if (wake_fd >= 0) {
-			ret = wait_fd(fd, POLLIN, wake_fd, -1);
+		if (wake_fd >= 0 || idle_ms >= 0) {
+			ret = wait_fd(fd, POLLIN, wake_fd, idle_ms);
 			if (ret < 0)
 				return ret;
 		}
 		n = recv(fd, b->buf + b->len, sizeof(b->buf) - b->len,
-			 wake_fd >= 0 ? MSG_DONTWAIT : 0);
+			 wake_fd >= 0 || idle_ms >= 0 ? MSG_DONTWAIT : 0);
 		if (n < 0) {
 			if (errno == EINTR || errno == EAGAIN ||
 			    errno == EWOULDBLOCK)
@@ -200,12 +234,14 @@ struct ctl_conn {
 	bool finished;			/* protected by ctl->conns_lock */
 	pthread_t thread;
 	int fd;				/* non-blocking */
+	/* one line at a time goes out: the handler's or its ticker's */
+	pthread_mutex_t send_lock;
 	struct line_buf in;
 };
 
 struct pf_ctl_reply {
 	struct ctl_conn *conn;
-	bool gone;			/* a send failed: nothing more goes out */
+	atomic_bool gone;		/* a send failed: no more goes out */
 };
 
 struct pf_ctl {
@@ -288,8 +324,9 @@ static int reply_line(struct pf_ctl_reply *r, const char *head,
 {
 	char line[PF_CTL_LINE_MAX];
 	size_t hlen = strlen(head), n, i;
+	int ret = 0;
 
-	if (r->gone)
+	if (atomic_load(&r->gone))
 		return -EPIPE;
 	memcpy(line, head, hlen);
 	n = hlen;
@@ -298,11 +335,14 @@ static int reply_line(struct pf_ctl_reply *r, const char *head,
 	if (text[i])
 		n = utf8_cut(line, n, hlen, text[i]);
 	line[n++] = '\n';
-	if (conn_send(r->conn, line, n) < 0) {
-		r->gone = true;
-		return -EPIPE;
+	/* Held across the send: a keepalive must not cut a line in two. */
+	pthread_mutex_lock(&r->conn->send_lock);
+	if (atomic_load(&r->gone) || conn_send(r->conn, line, n) < 0) {
+		atomic_store(&r->gone, true);
+		ret = -EPIPE;
 	}
-	return 0;
+	pthread_mutex_unlock(&r->conn->send_lock);
+	return ret;
 }
 
 int pf_ctl_data(struct pf_ctl_reply *r, const char *fmt, ...)
@@ -310,7 +350,7 @@ int pf_ctl_data(struct pf_ctl_reply *r, const char *fmt, ...)
 	char text[PF_CTL_LINE_MAX];
 	va_list ap;
 
-	if (r->gone)
+	if (atomic_load(&r->gone))
 		return -EPIPE;
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
@@ -346,7 +386,7 @@ bool pf_ctl_cancelled(void *reply)
 	struct pf_ctl_reply *r = reply;
 	struct pollfd p = { .fd = r->conn->fd, .events = POLLRDHUP };
 
-	if (r->gone || pf_ctl_stopping(r))
+	if (atomic_load(&r->gone) || pf_ctl_stopping(r))
 		return true;
 	return poll(&p, 1, 0) > 0 &&
 	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
@@ -390,6 +430,96 @@ static bool all_digits(const char *s)
 	return true;
 }
 
+/* Has the client closed the connection (both directions)?  A client that
+ * only shut down its sending side still reads the reply. */
+static bool peer_closed(const struct ctl_conn *cn)
+{
+	struct pollfd p = { .fd = cn->fd, .events = 0 };
+
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR));
+}
+
+/* The keepalive thread of one request (see control.h, Keepalives). */
+struct ticker {
+	struct pf_ctl_reply *r;
+	pthread_mutex_t lock;
+	pthread_cond_t done_cond;	/* done turned true */
+	bool done;			/* protected by lock */
+	pthread_t thread;
+};
+
+static void *ticker_main(void *arg)
+{
+	struct ticker *t = arg;
+	struct timespec at;
+
+	pthread_mutex_lock(&t->lock);
+	clock_gettime(CLOCK_MONOTONIC, &at);
+	while (!t->done) {
+		struct timespec now;
+
+		ts_add_ms(&at, PF_CTL_KEEPALIVE_MS);
+		do {
+			pthread_cond_timedwait(&t->done_cond, &t->lock, &at);
+			clock_gettime(CLOCK_MONOTONIC, &now);
+		} while (!t->done && ts_before(&now, &at));
+		if (t->done)
+			break;
+		pthread_mutex_unlock(&t->lock);
+		/* A client that has gone makes every later line fail. */
+		(void)reply_line(t->r, "data ", PF_CTL_KEEPALIVE);
+		pthread_mutex_lock(&t->lock);
+		at = now;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+/* Start the keepalive thread of the request answered through @r.
+ * Returns 0 or -errno. */
+static int ticker_start(struct ticker *t, struct pf_ctl_reply *r)
+{
+	pthread_condattr_t ca;
+	int ret;
+
+	t->r = r;
+	t->done = false;
+	ret = -pthread_mutex_init(&t->lock, NULL);
+	if (ret)
+		return ret;
+	ret = -pthread_condattr_init(&ca);
+	if (ret)
+		goto err_mutex;
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	ret = -pthread_cond_init(&t->done_cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (ret)
+		goto err_mutex;
+	/* our thread has every signal blocked: so has the new one */
+	ret = -pthread_create(&t->thread, NULL, ticker_main, t);
+	if (ret)
+		goto err_cond;
+	return 0;
+
+err_cond:
+	pthread_cond_destroy(&t->done_cond);
+err_mutex:
+	pthread_mutex_destroy(&t->lock);
+	return ret;
+}
+
+/* Stop and join the keepalive thread; no keepalive follows. */
+static void ticker_stop(struct ticker *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->done = true;
+	pthread_mutex_unlock(&t->lock);
+	pthread_cond_signal(&t->done_cond);
+	pthread_join(t->thread, NULL);
+	pthread_cond_destroy(&t->done_cond);
+	pthread_mutex_destroy(&t->lock);
+}
+
 /* Answer the request @line (decoded here, in place). */
 static void serve_request(struct ctl_conn *cn, char *line,
 			  struct pf_ctl_reply *r)
@@ -397,6 +527,7 @@ static void serve_request(struct ctl_conn *cn, char *line,
 	struct pf_ctl *c = cn->ctl;
 	const struct pf_ctl_cmd *cmd;
 	struct pf_why why = { "" };
+	struct ticker ticker;
 	size_t ntok = 1, i;
 	char **tok, *p;
 	int ret;
@@ -454,7 +585,23 @@ static void serve_request(struct ctl_conn *cn, char *line,
 		reply_end(r, EOPNOTSUPP, "unknown command %.64s", tok[2]);
 		goto out;
 	}
+	/* A client that gave up waiting (a daemon that was stopped and
+	 * resumed) has closed the connection: its command is not run. */
+	if (peer_closed(cn)) {
+		atomic_store(&r->gone, true);
+		goto out;
+	}
+	if (cmd->keepalive) {
+		ret = ticker_start(&ticker, r);
+		if (ret) {
+			reply_end(r, -ret, "cannot start the keepalive thread of the command: %s",
+				  strerror(-ret));
+			goto out;
+		}
+	}
 	ret = cmd->fn(c->ctx, (int)(ntok - 2), tok + 2, r, &why);
+	if (cmd->keepalive)
+		ticker_stop(&ticker);
 	if (ret > 0)
 		ret = 0;	/* handlers return 0 or -errno */
 	if (ret < -ERRNO_MAX)
@@ -472,7 +619,10 @@ static void *conn_main(void *arg)
 	while (!atomic_load(&c->stopping)) {
 		struct pf_ctl_reply r = { .conn = cn };
 		char *line = NULL;
-		int ret = line_read(&cn->in, cn->fd, c->wake[0], &line);
+		int ret;
+
+		atomic_init(&r.gone, false);
+		ret = line_read(&cn->in, cn->fd, c->wake[0], -1, &line);
 
 		if (ret == -EMSGSIZE) {
 			/* The framing is lost: answer and hang up. */
@@ -483,7 +633,7 @@ static void *conn_main(void *arg)
 		if (ret <= 0)
 			break;
 		serve_request(cn, line, &r);
-		if (r.gone)
+		if (atomic_load(&r.gone))
 			break;
 	}
 	close(cn->fd);
@@ -524,6 +674,7 @@ static void reap(struct pf_ctl *c, bool all)
 	while ((cn = done)) {
 		done = cn->next;
 		pthread_join(cn->thread, NULL);
+		pthread_mutex_destroy(&cn->send_lock);
 		free(cn);
 	}
 }
@@ -567,6 +718,11 @@ static void admit(struct pf_ctl *c, int fd)
 		refuse(fd, "end 12 out of memory for the connection\n");
 		return;
 	}
+	if (pthread_mutex_init(&cn->send_lock, NULL)) {
+		free(cn);
+		refuse(fd, "end 12 out of memory for the connection\n");
+		return;
+	}
 	cn->ctl = c;
 	cn->fd = fd;
 	/* Listed before it runs, so that pf_ctl_connections() counts it
@@ -580,6 +736,7 @@ static void admit(struct pf_ctl *c, int fd)
 		pthread_mutex_lock(&c->conns_lock);
 		c->conns = cn->next;	/* still first: only we add */
 		pthread_mutex_unlock(&c->conns_lock);
+		pthread_mutex_destroy(&cn->send_lock);
 		free(cn);
 		refuse(fd, "end 11 cannot start a thread for the connection\n");
 	}
@@ -822,8 +979,11 @@ void pf_ctl_stop(struct pf_ctl *c)
 
 /* Client */
 
-int pf_ctl_connect(int dirfd, int *fd)
+#define CONNECT_RETRY_MS	10	/* retry of a full accept queue */
+
+int pf_ctl_connect(int dirfd, int timeout_ms, int *fd)
 {
+	long end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
 	struct sockaddr_un sa;
 	socklen_t len;
 	struct stat st;
@@ -835,35 +995,84 @@ int pf_ctl_connect(int dirfd, int *fd)
 	if (!S_ISDIR(st.st_mode))
 		return -ENOTDIR;
 	len = sock_addr(dirfd, &sa);
-	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/*
+	 * With a limit, non-blocking: a Unix socket whose accept queue is
+	 * full fails with EAGAIN instead of waiting, and there is nothing
+	 * to poll for but time.  Made blocking again once connected.
+	 */
+	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+			    (timeout_ms >= 0 ? SOCK_NONBLOCK : 0), 0);
 	if (s < 0)
 		return -errno;
-	do {
+	for (;;) {
+		long left;
+
 		ret = connect(s, (struct sockaddr *)&sa, len);
-	} while (ret < 0 && errno == EINTR);
-	if (ret < 0) {
+		if (!ret)
+			break;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN || timeout_ms < 0) {
+			ret = -errno;
+			goto err;
+		}
+		left = end - mono_ms();
+		if (left <= 0) {
+			ret = -ETIMEDOUT;
+			goto err;
+		}
+		(void)wait_fd(-1, 0, -1, (int)(left < CONNECT_RETRY_MS ?
+						left : CONNECT_RETRY_MS));
+	}
+	if (timeout_ms >= 0 && fcntl(s, F_SETFL, 0) < 0) {
 		ret = -errno;
-		close(s);
-		return ret;
+		goto err;
 	}
 	*fd = s;
 	return 0;
+
+err:
+	close(s);
+	return ret;
 }
 
-static int send_all(int fd, const char *buf, size_t len)
+/* Send all of @buf, waiting at most until @end (mono_ms(); @end < 0: no
+ * limit) for room.  Returns 0, -ETIMEDOUT or -errno. */
+static int send_all(int fd, const char *buf, size_t len, long end)
 {
 	while (len) {
-		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+		ssize_t n = send(fd, buf, len,
+				 MSG_NOSIGNAL | (end >= 0 ? MSG_DONTWAIT : 0));
+		long left;
+		int ret;
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
+		if (n >= 0) {
+			buf += n;
+			len -= (size_t)n;
+			continue;
 		}
-		buf += n;
-		len -= (size_t)n;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK)
+			return -errno;
+		left = end - mono_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		ret = wait_fd(fd, POLLOUT, -1, (int)left);
+		if (ret < 0 && ret != -ETIMEDOUT)
+			return ret;
 	}
 	return 0;
+}
+
+/* "N s" or "N ms" */
+static const char *fmt_ms(int ms, char *buf, size_t len)
+{
+	if (ms % 1000 == 0)
+		snprintf(buf, len, "%d s", ms / 1000);
+	else
+		snprintf(buf, len, "%d ms", ms);
+	return buf;
 }
 
 /* Encode the request into @req; returns its length or -errno. */
@@ -931,14 +1140,15 @@ static int parse_end(const char *s, struct pf_why *why)
 		pf_why_fmt(why, "%s", strerror_r(err, buf, sizeof(buf)));
 	else
 		pf_why_fmt(why, "%s", "");
-	return -err;
+	/* -ETIMEDOUT is the client's own limit, and only that */
+	return err == ETIMEDOUT ? -EIO : -err;
 }
 
-int pf_ctl_call(int fd, int argc, const char *const *argv,
+int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
 		int (*on_data)(void *ctx, const char *line), void *ctx,
 		struct pf_why *why)
 {
-	char req[PF_CTL_LINE_MAX], shown[41];
+	char req[PF_CTL_LINE_MAX], shown[41], tbuf[32];
 	struct line_buf *in;
 	int ret, sent;
 	size_t i;
@@ -948,14 +1158,30 @@ int pf_ctl_call(int fd, int argc, const char *const *argv,
 		return ret;
 	/* A daemon that refuses us replies and closes before reading: a
 	 * failed send still leaves its reply to read. */
-	sent = send_all(fd, req, (size_t)ret);
+	sent = send_all(fd, req, (size_t)ret,
+			timeout_ms >= 0 ? mono_ms() + timeout_ms : -1);
+	if (sent == -ETIMEDOUT) {
+		shutdown(fd, SHUT_RDWR);
+		return pf_why_set(why, -ETIMEDOUT, "the daemon did not take the request within %s",
+				  fmt_ms(timeout_ms, tbuf, sizeof(tbuf)));
+	}
 	in = calloc(1, sizeof(*in));
 	if (!in)
 		return pf_why_set(why, -ENOMEM, "out of memory");
 	for (;;) {
 		char *line = NULL;
 
-		ret = line_read(in, fd, -1, &line);
+		ret = line_read(in, fd, -1, timeout_ms, &line);
+		if (ret == -ETIMEDOUT) {
+			/* Hung up, so that a daemon that resumes sees that
+			 * nobody waits for the answer and does not start
+			 * the command. */
+			shutdown(fd, SHUT_RDWR);
+			fmt_ms(timeout_ms, tbuf, sizeof(tbuf));
+			ret = pf_why_set(why, -ETIMEDOUT, "the daemon did not answer within %s",
+					 tbuf);
+			break;
+		}
 		if (ret == -EMSGSIZE) {
 			ret = pf_why_set(why, -EPROTO, "reply line from the daemon longer than %d bytes",
 					 PF_CTL_LINE_MAX);
@@ -973,6 +1199,8 @@ int pf_ctl_call(int fd, int argc, const char *const *argv,
 			break;
 		}
 		if (!strncmp(line, "data ", 5)) {
+			if (!strcmp(line + 5, PF_CTL_KEEPALIVE))
+				continue;
 			ret = on_data ? on_data(ctx, line + 5) : 0;
 			if (ret) {
 				/* The stream goes on: only a hang-up ends
@@ -1155,22 +1383,6 @@ static void take_event(struct pf_events *ev, uint64_t after,
 	snprintf(out->text, sizeof(out->text),
 		 "seq %" PRIu64 " to %" PRIu64 " lost (%" PRIu64 " event%s)",
 		 after + 1, oldest - 1, lost, lost == 1 ? "" : "s");
-}
-
-static void ts_add_ms(struct timespec *ts, long ms)
-{
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (ms % 1000) * 1000000;
-	if (ts->tv_nsec >= 1000000000) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000;
-	}
-}
-
-static bool ts_before(const struct timespec *a, const struct timespec *b)
-{
-	return a->tv_sec < b->tv_sec ||
-	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
 }
 
 int pf_events_wait(struct pf_events *ev, uint64_t after,

@@ -22,7 +22,21 @@
  * fields are malformed.  <errno> is 0 for success or a positive errno
  * number; <message> may be empty.  A streaming command sends data lines
  * until the client hangs up or the daemon stops (it then sends "end 0 "
- * if it can).  Replies to bad requests: a version other than 1 gets
+ * if it can).  A request whose client has closed the connection before
+ * its command starts is not carried out.
+ *
+ * Keepalives.  While the handler of a command marked keepalive (one that
+ * may run for minutes, such as a merge) runs, the server sends the data
+ * line "data keepalive" (PF_CTL_KEEPALIVE) every PF_CTL_KEEPALIVE_MS.
+ * pf_ctl_call() swallows them.  So a client can bound the silence
+ * between two lines of any reply that is not a stream, however long the
+ * command: a daemon that is stopped (SIGSTOP) or whose control threads
+ * are stuck falls silent, one that works does not.  A handler of such a
+ * command that is itself stuck is not detected (the keepalives come from
+ * a thread of their own).  Clients older than keepalives take the line
+ * as one more data line of the reply, which they ignore.
+ *
+ * Replies to bad requests: a version other than 1 gets
  * "end 71 unsupported control protocol version N (daemon speaks 1)", an
  * unknown command "end 95 unknown command <cmd>", a malformed request
  * "end 22 <what is wrong>", a peer of another uid "end 13 permission
@@ -37,7 +51,10 @@
  * "<seq> <time_ms> <type> <text>" (pf_event_format, pf_event_parse).
  *
  * Lock order: pf_ctl.conns_lock is a leaf; pf_events.lock is a leaf.  No
- * lock is held across a send, a handler, or a stop predicate.
+ * lock is held across a send, a handler, or a stop predicate, but for a
+ * connection's send lock (a leaf too), which keeps the lines of a handler
+ * and of its keepalives whole and is held across a send to that
+ * connection only.
  */
 #ifndef PF_CONTROL_H
 #define PF_CONTROL_H
@@ -52,6 +69,8 @@
 #define PF_CTL_VERSION		1
 #define PF_CTL_LINE_MAX		4096	/* bytes per line, '\n' included */
 #define PF_CTL_CONN_MAX		64	/* connections served at once */
+#define PF_CTL_KEEPALIVE	"keepalive"	/* a keepalive line's text */
+#define PF_CTL_KEEPALIVE_MS	250	/* keepalive interval */
 
 /* Server side */
 
@@ -74,6 +93,9 @@ typedef int (*pf_ctl_handler)(void *ctx, int argc, char **argv,
 struct pf_ctl_cmd {
 	const char *name;	/* NULL ends the table */
 	pf_ctl_handler fn;
+	/* may run long: keepalive lines go out while it runs (a command
+	 * whose data lines are a stream must not set it) */
+	bool keepalive;
 };
 
 /*
@@ -126,26 +148,38 @@ bool pf_ctl_cancelled(void *reply);
 /* Client side */
 
 /*
- * Connect to the daemon serving the image directory @dirfd.
+ * Connect to the daemon serving the image directory @dirfd, waiting at
+ * most @timeout_ms (-1: no limit) while its queue of connections not yet
+ * accepted is full.  A daemon that is stopped still lets a connection be
+ * made (the kernel queues it): pf_ctl_call()'s limit catches that.
  * Returns: 0 and *@fd (close it when done); -ENOENT or -ECONNREFUSED (no
  * daemon serves the image: work on the files); -EACCES (socket of another
- * user); -EBADF, -ENOTDIR; other -errno.
+ * user); -ETIMEDOUT (@timeout_ms passed); -EBADF, -ENOTDIR; other -errno.
  */
-PF_MUST_CHECK int pf_ctl_connect(int dirfd, int *fd);
+PF_MUST_CHECK int pf_ctl_connect(int dirfd, int timeout_ms, int *fd);
 
 /*
  * Send the request @argv[0..@argc-1] (command, then arguments) on @fd
  * and read the reply.  The text of each data line goes to @on_data
- * (NULL: ignored); when it returns nonzero the reading stops, the
- * connection is shut down (close @fd then) and that value is returned if
- * negative, else 0.  Blocks while the daemon is silent.
+ * (NULL: ignored), keepalive lines excepted; when it returns nonzero the
+ * reading stops, the connection is shut down (close @fd then) and that
+ * value is returned if negative, else 0.  With @timeout_ms >= 0 the
+ * daemon must send something within @timeout_ms of the request and of
+ * each line before (an idle limit: a command that sends keepalives may
+ * take as long as it needs); on expiry the connection is shut down, so
+ * that a daemon that resumes does not start the command (close @fd
+ * then).  @timeout_ms -1 waits without limit, which is what a stream
+ * needs: its silence is normal.
  * Returns: the daemon's result, 0 or -errno, with @why set to its message
- * (strerror when it sent none); -EINVAL (no command, or an empty
+ * (strerror when it sent none; a daemon's ETIMEDOUT comes back as -EIO,
+ * so that -ETIMEDOUT is always the client's own limit); -ETIMEDOUT (the
+ * daemon was silent for @timeout_ms); -EINVAL (no command, or an empty
  * argument); -E2BIG (request longer than a line); -EIO (the connection
  * failed or the daemon closed it before the end of its reply); -EPROTO
  * (malformed reply).  @why says which.
  */
-PF_MUST_CHECK int pf_ctl_call(int fd, int argc, const char *const *argv,
+PF_MUST_CHECK int pf_ctl_call(int fd, int timeout_ms, int argc,
+			      const char *const *argv,
 			      int (*on_data)(void *ctx, const char *line),
 			      void *ctx, struct pf_why *why);
 

@@ -10,6 +10,12 @@
  *
  * Errors are one line on stderr, "ploopctl: <file>: <problem>", and a
  * documented exit status (enum exit_code, man page EXIT STATUS).
+ *
+ * On a mounted image some commands go to the daemon over its control
+ * socket.  The daemon must answer within --timeout seconds (an idle
+ * limit: the commands that may run for minutes send keepalives, see
+ * control.h), else the command fails with EXIT_TIMEOUT: a daemon that is
+ * stopped or hung never leaves ploopctl, or a script around it, waiting.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -47,7 +53,13 @@ enum exit_code {
 	EXIT_BUSY = 5,		/* locked by ploopfs or another command */
 	EXIT_LEAKS = 6,		/* check: leaked clusters only */
 	EXIT_REPAIRED = 7,	/* check --repair: repaired, now consistent */
+	EXIT_TIMEOUT = 8,	/* the ploopfs daemon did not answer in time */
 };
+
+/* Seconds the daemon may stay silent (--timeout); 0: no limit. */
+#define CTL_TIMEOUT_DEFAULT	30
+#define CTL_TIMEOUT_MAX		86400
+static unsigned ctl_timeout = CTL_TIMEOUT_DEFAULT;
 
 static const char *prog = "ploopctl";
 
@@ -331,6 +343,45 @@ static int validate_stack(struct image *im, struct pf_delta **v, size_t n)
 		return EXIT_CORRUPT;
 	}
 	return EXIT_OK;
+}
+
+/* Parse the seconds of a --timeout option into *@out (0: no limit).
+ * Prints the error; returns 0 or -1. */
+static int parse_timeout(const char *arg, unsigned *out)
+{
+	unsigned long v;
+	char *end;
+
+	errno = 0;
+	v = strtoul(arg, &end, 10);
+	if (!*arg || *end || *arg == '-' || errno || v > CTL_TIMEOUT_MAX) {
+		err_line(NULL, "invalid timeout '%s': whole seconds from 0 to %d",
+			 arg, CTL_TIMEOUT_MAX);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+static const struct option json_timeout_opts[] = {
+	{ "json", no_argument, NULL, 'j' },
+	{ "timeout", required_argument, NULL, 't' },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* --timeout as the control module takes it: ms, -1 for no limit */
+static int ctl_timeout_ms(void)
+{
+	return ctl_timeout ? (int)(ctl_timeout * 1000) : -1;
+}
+
+/* Print that the daemon of @dir did not answer in time; EXIT_TIMEOUT. */
+static int daemon_timed_out(const char *dir)
+{
+	err_line(dir, "the ploopfs daemon did not answer within %u s (is it stopped or hung?)",
+		 ctl_timeout);
+	return EXIT_TIMEOUT;
 }
 
 /*
@@ -872,14 +923,18 @@ static int snapshot_online(int fd, const char *dir, const char *guid)
 
 static void usage_snapshot(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot [-u <guid>] <dir>\n"
-		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n");
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--timeout <s>] <dir>\n"
+		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n"
+		     "  -t, --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
+		     "                      seconds (default %d; 0: no limit)\n",
+		CTL_TIMEOUT_DEFAULT);
 }
 
 static int cmd_snapshot(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{ "guid", required_argument, NULL, 'u' },
+		{ "timeout", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -891,7 +946,7 @@ static int cmd_snapshot(int argc, char **argv)
 	size_t n = 0;
 	int c, rc, ret, fd;
 
-	while ((c = getopt_long(argc, argv, "u:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "u:t:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'u':
 			if (!pf_guid_valid(optarg)) {
@@ -899,6 +954,10 @@ static int cmd_snapshot(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			snprintf(guid, sizeof(guid), "%s", optarg);
+			break;
+		case 't':
+			if (parse_timeout(optarg, &ctl_timeout))
+				return EXIT_USAGE;
 			break;
 		case 'h':
 			usage_snapshot(stdout);
@@ -913,10 +972,10 @@ static int cmd_snapshot(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	rc = daemon_of(argv[optind], &fd);
-	if (rc == 1)
-		return snapshot_online(fd, argv[optind], guid);
-	if (rc != 0)
+	if (rc != EXIT_OK)
 		return rc;
+	if (fd >= 0)
+		return snapshot_online(fd, argv[optind], guid);
 	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
@@ -1134,9 +1193,9 @@ out:
 /* Talking to the daemon */
 
 /*
- * The daemon serving image directory @dir, if it is mounted.  Returns 1
- * with *@fd connected, 0 when no daemon serves it (work on the files), or
- * an exit status (error printed).
+ * The daemon serving image directory @dir, if it is mounted.  Returns
+ * EXIT_OK with *@fd connected, or -1 when no daemon serves it (work on
+ * the files); else an exit status (error printed).
  */
 static int daemon_of(const char *dir, int *fd)
 {
@@ -1148,16 +1207,20 @@ static int daemon_of(const char *dir, int *fd)
 		err_line(dir, "%s", strerror(errno));
 		return EXIT_FAIL;
 	}
-	ret = pf_ctl_connect(dirfd, fd);
+	ret = pf_ctl_connect(dirfd, ctl_timeout_ms(), fd);
 	close(dirfd);
-	if (ret == -ENOENT || ret == -ECONNREFUSED)
-		return 0;
+	if (ret == -ENOENT || ret == -ECONNREFUSED) {
+		*fd = -1;
+		return EXIT_OK;
+	}
+	if (ret == -ETIMEDOUT)
+		return daemon_timed_out(dir);
 	if (ret) {
 		err_line(dir, "cannot reach the ploopfs daemon: %s",
 			 strerror(-ret));
 		return EXIT_FAIL;
 	}
-	return 1;
+	return EXIT_OK;
 }
 
 /* Exit status of a structural command that failed with @err, the same
@@ -1234,10 +1297,12 @@ static int daemon_call(int fd, const char *dir, int argc,
 	struct pf_why why = { "" };
 	int ret;
 
-	ret = pf_ctl_call(fd, argc, argv, on_data, ctx, &why);
+	ret = pf_ctl_call(fd, ctl_timeout_ms(), argc, argv, on_data, ctx, &why);
 	close(fd);
 	if (!ret)
 		return EXIT_OK;
+	if (ret == -ETIMEDOUT)
+		return daemon_timed_out(dir);
 	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
 	return exit_for_struct(ret);
 }
@@ -1257,7 +1322,12 @@ struct status {
 
 static void usage_status(FILE *out)
 {
-	fprintf(out, "usage: ploopctl status [--json] <dir>\n");
+	fprintf(out,
+		"usage: ploopctl status [--json] [--timeout <s>] <dir>\n"
+		"  --json          machine-readable output\n"
+		"  --timeout <s>   a mounted image's daemon must answer within <s> seconds\n"
+		"                  (default %d; 0: wait without limit)\n",
+		CTL_TIMEOUT_DEFAULT);
 }
 
 static void print_status(const char *dir, const struct status *st, bool json)
@@ -1318,6 +1388,49 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		       st->lv[i].hidden ? "  (being deleted)" : "");
 }
 
+/* A decimal number followed by a space at *@p; *@p moves past both.
+ * Returns 0 or -1. */
+static int next_u64(const char **p, uint64_t *v)
+{
+	unsigned long long x;
+	char *end;
+
+	if (**p < '0' || **p > '9')
+		return -1;
+	errno = 0;
+	x = strtoull(*p, &end, 10);
+	if (errno || *end != ' ')
+		return -1;
+	*v = x;
+	*p = end + 1;
+	return 0;
+}
+
+/* Parse the daemon's "delta <i> <guid> <mapped> <top> <deleting> <file>"
+ * status line into @l.  Returns 0 or -1 (malformed). */
+static int parse_delta_line(const char *line, struct pf_stack_level *l)
+{
+	const char *p = line + strlen("delta ");
+	uint64_t idx, top, hidden;
+	size_t n;
+
+	if (next_u64(&p, &idx))
+		return -1;
+	n = strcspn(p, " ");
+	if (!n || n >= sizeof(l->guid) || p[n] != ' ')
+		return -1;
+	memcpy(l->guid, p, n);
+	l->guid[n] = '\0';
+	p += n + 1;
+	if (next_u64(&p, &l->mapped) || next_u64(&p, &top) || top > 1 ||
+	    next_u64(&p, &hidden) || hidden > 1 || !*p)
+		return -1;
+	snprintf(l->file, sizeof(l->file), "%s", p);
+	l->top = top;
+	l->hidden = hidden;
+	return 0;
+}
+
 static int status_online(int fd, const char *dir, struct status *st)
 {
 	static const char *const argv[] = { "status" };
@@ -1348,23 +1461,14 @@ static int status_online(int fd, const char *dir, struct status *st)
 		goto out;
 	}
 	for (i = 0; i < kv.n; i++) {
-		struct pf_stack_level *l = &st->lv[st->n];
-		int top, hidden, pos = 0;
-		size_t idx;
-
 		if (strncmp(kv.lines[i], "delta ", 6))
 			continue;
-		if (sscanf(kv.lines[i], "delta %zu %38s %" SCNu64 " %d %d %n",
-			   &idx, l->guid, &l->mapped, &top, &hidden, &pos) < 5 ||
-		    !pos) {
+		if (parse_delta_line(kv.lines[i], &st->lv[st->n])) {
 			err_line(dir, "malformed status from the daemon: %s",
 				 kv.lines[i]);
 			rc = EXIT_FAIL;
 			goto out;
 		}
-		snprintf(l->file, sizeof(l->file), "%s", kv.lines[i] + pos);
-		l->top = top;
-		l->hidden = hidden;
 		st->n++;
 	}
 out:
@@ -1410,16 +1514,35 @@ static int cmd_status(int argc, char **argv)
 	struct status st;
 	struct image im;
 	bool json = false;
-	int rc, fd;
+	int c, rc, fd;
 
-	rc = parse_json_only(argc, argv, usage_status, &json);
-	if (rc >= 0)
-		return rc;
+	while ((c = getopt_long(argc, argv, "jt:h", json_timeout_opts,
+				NULL)) != -1) {
+		switch (c) {
+		case 'j':
+			json = true;
+			break;
+		case 't':
+			if (parse_timeout(optarg, &ctl_timeout))
+				return EXIT_USAGE;
+			break;
+		case 'h':
+			usage_status(stdout);
+			return EXIT_OK;
+		default:
+			usage_status(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind + 1 != argc) {
+		usage_status(stderr);
+		return EXIT_USAGE;
+	}
 	memset(&st, 0, sizeof(st));
 	rc = daemon_of(argv[optind], &fd);
-	if (rc == 1) {
+	if (rc == EXIT_OK && fd >= 0) {
 		rc = status_online(fd, argv[optind], &st);
-	} else if (rc == 0) {
+	} else if (rc == EXIT_OK) {
 		/* no lock: status answers while another command runs */
 		rc = image_open(&im, argv[optind], 0, false);
 		if (rc == EXIT_OK)
@@ -1441,7 +1564,7 @@ static void usage_events(FILE *out)
 		"usage: ploopctl events [--after <seq>] [--count <n>] [--timeout <s>] <dir>\n"
 		"  --after <seq>    start after this sequence number (default: new events only)\n"
 		"  --count <n>      stop after <n> events\n"
-		"  --timeout <s>    stop after <s> seconds\n");
+		"  --timeout <s>    stop after <s> seconds (default 0: no limit)\n");
 }
 
 struct events_out {
@@ -1477,7 +1600,7 @@ static int cmd_events(int argc, char **argv)
 	};
 	const char *cargv[2] = { "events", NULL };
 	struct events_out eo = { 0 };
-	unsigned long timeout = 0;
+	unsigned timeout = 0;
 	char *end;
 	int c, rc, fd;
 
@@ -1499,11 +1622,8 @@ static int cmd_events(int argc, char **argv)
 			}
 			break;
 		case 't':
-			timeout = strtoul(optarg, &end, 10);
-			if (!*optarg || *end || !timeout) {
-				err_line(NULL, "invalid timeout '%s'", optarg);
+			if (parse_timeout(optarg, &timeout))
 				return EXIT_USAGE;
-			}
 			break;
 		case 'h':
 			usage_events(stdout);
@@ -1517,16 +1637,22 @@ static int cmd_events(int argc, char **argv)
 		usage_events(stderr);
 		return EXIT_USAGE;
 	}
-	rc = daemon_of(argv[optind], &fd);
-	if (rc == 0) {
-		err_line(argv[optind], "not mounted: events come from the ploopfs daemon");
-		return EXIT_FAIL;
-	}
-	if (rc != 1)
-		return rc;
+	/*
+	 * A stream is silent while nothing happens: the daemon's silence
+	 * is no error here.  --timeout is how long to listen, the whole
+	 * command included, and its end is a success.
+	 */
+	ctl_timeout = 0;
 	if (timeout) {
 		signal(SIGALRM, events_timeout);
-		alarm((unsigned)timeout);
+		alarm(timeout);
+	}
+	rc = daemon_of(argv[optind], &fd);
+	if (rc != EXIT_OK)
+		return rc;
+	if (fd < 0) {
+		err_line(argv[optind], "not mounted: events come from the ploopfs daemon");
+		return EXIT_FAIL;
 	}
 	return daemon_call(fd, argv[optind], cargv[1] ? 2 : 1, cargv,
 			   print_event, &eo);
@@ -1534,7 +1660,8 @@ static int cmd_events(int argc, char **argv)
 
 /* snapshot-delete and snapshot-merge */
 
-static const struct option help_only[] = {
+static const struct option timeout_opts[] = {
+	{ "timeout", required_argument, NULL, 't' },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -1561,7 +1688,9 @@ static int delete_snapshot(const char *dir, const char *guid)
 	int rc, fd, ret;
 
 	rc = daemon_of(dir, &fd);
-	if (rc == 1) {
+	if (rc != EXIT_OK)
+		return rc;
+	if (fd >= 0) {
 		rc = daemon_call(fd, dir, 2, cargv, kv_add, &kv);
 		if (rc == EXIT_OK) {
 			memset(&mi, 0, sizeof(mi));
@@ -1575,8 +1704,6 @@ static int delete_snapshot(const char *dir, const char *guid)
 		kv_free(&kv);
 		return rc;
 	}
-	if (rc != 0)
-		return rc;
 	/* Not mounted: the same engine, run here (it takes the lock). */
 	ret = pf_stack_open(&so, &s, &why);
 	if (ret) {
@@ -1598,21 +1725,42 @@ static int delete_snapshot(const char *dir, const char *guid)
 
 static void usage_snapshot_delete(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot-delete <dir> <guid>\n");
+	fprintf(out, "usage: ploopctl snapshot-delete [--timeout <s>] <dir> <guid>\n"
+		     "  --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
+		     "                  seconds (default %d; 0: no limit); a merge that goes\n"
+		     "                  on may take longer\n",
+		CTL_TIMEOUT_DEFAULT);
+}
+
+/* Options of snapshot-delete and snapshot-merge: --timeout only.
+ * Returns -1 to go on, or an exit status. */
+static int parse_timeout_only(int argc, char **argv, void (*usage_fn)(FILE *))
+{
+	int c;
+
+	while ((c = getopt_long(argc, argv, "t:h", timeout_opts, NULL)) != -1) {
+		switch (c) {
+		case 't':
+			if (parse_timeout(optarg, &ctl_timeout))
+				return EXIT_USAGE;
+			break;
+		case 'h':
+			usage_fn(stdout);
+			return EXIT_OK;
+		default:
+			usage_fn(stderr);
+			return EXIT_USAGE;
+		}
+	}
+	return -1;
 }
 
 static int cmd_snapshot_delete(int argc, char **argv)
 {
-	int c;
+	int rc = parse_timeout_only(argc, argv, usage_snapshot_delete);
 
-	while ((c = getopt_long(argc, argv, "h", help_only, NULL)) != -1) {
-		if (c == 'h') {
-			usage_snapshot_delete(stdout);
-			return EXIT_OK;
-		}
-		usage_snapshot_delete(stderr);
-		return EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	if (optind + 2 != argc) {
 		usage_snapshot_delete(stderr);
 		return EXIT_USAGE;
@@ -1626,10 +1774,12 @@ static int cmd_snapshot_delete(int argc, char **argv)
 
 static void usage_snapshot_merge(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot-merge <dir> [<guid>]\n"
+	fprintf(out, "usage: ploopctl snapshot-merge [--timeout <s>] <dir> [<guid>]\n"
 		     "  merge delta <guid> (default: the top) into its parent; the parent's\n"
 		     "  snapshot GUID goes.  Without <guid>, a snapshot delete that was\n"
-		     "  interrupted is completed first.\n");
+		     "  interrupted is completed first.\n"
+		     "  --timeout <s>   as for snapshot-delete (default %d)\n",
+		CTL_TIMEOUT_DEFAULT);
 }
 
 static int cmd_snapshot_merge(int argc, char **argv)
@@ -1638,16 +1788,11 @@ static int cmd_snapshot_merge(int argc, char **argv)
 	char pguid[PF_GUID_LEN + 1] = "";
 	struct image im;
 	size_t i;
-	int c, rc;
+	int rc;
 
-	while ((c = getopt_long(argc, argv, "h", help_only, NULL)) != -1) {
-		if (c == 'h') {
-			usage_snapshot_merge(stdout);
-			return EXIT_OK;
-		}
-		usage_snapshot_merge(stderr);
-		return EXIT_USAGE;
-	}
+	rc = parse_timeout_only(argc, argv, usage_snapshot_merge);
+	if (rc >= 0)
+		return rc;
 	if (optind + 1 != argc && optind + 2 != argc) {
 		usage_snapshot_merge(stderr);
 		return EXIT_USAGE;

@@ -159,11 +159,11 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 }
 
 static const struct pf_ctl_cmd cmds[] = {
-	{ "status", cmd_status },
-	{ "events", cmd_events },
-	{ "snapshot", cmd_snapshot },
-	{ "snapshot-delete", cmd_snapshot_delete },
-	{ NULL, NULL },
+	{ "status", cmd_status, false },
+	{ "events", cmd_events, false },
+	{ "snapshot", cmd_snapshot, true },
+	{ "snapshot-delete", cmd_snapshot_delete, true },
+	{ NULL, NULL, false },
 };
 
 const struct pf_ctl_cmd *pf_serve_cmds(void)

@@ -12,6 +12,9 @@
  *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
  *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
  *                               "usec <n>", "stall_us <n>"
+ * snapshot and snapshot-delete may run for minutes (a merge copies data):
+ * they are keepalive commands, "keepalive" lines go out while they run
+ * (control.h, Keepalives).
  */
 #ifndef PF_SERVE_H
 #define PF_SERVE_H

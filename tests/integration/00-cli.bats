@@ -60,3 +60,39 @@ load helpers
 	run_ok ploopctl --version
 	[[ "$output" == "ploopctl "* ]]
 }
+
+@test "--timeout takes whole seconds (0: no limit); anything else is a usage error" {
+	local g='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	for c in status snapshot snapshot-delete snapshot-merge events; do
+		run_ok ploopctl "$c" --help
+		[[ "$output" == *"--timeout <s>"* ]]
+	done
+	for t in x 1.5 -1 86401 ""; do
+		run -2 ploopctl status --timeout "$t" "$BATS_TEST_TMPDIR"
+		[[ "$output" == *"invalid timeout '$t'"* ]]
+		run -2 ploopctl snapshot --timeout "$t" "$BATS_TEST_TMPDIR"
+		run -2 ploopctl snapshot-delete --timeout "$t" "$BATS_TEST_TMPDIR" "$g"
+		run -2 ploopctl snapshot-merge --timeout "$t" "$BATS_TEST_TMPDIR"
+		run -2 ploopctl events --timeout "$t" "$BATS_TEST_TMPDIR"
+	done
+	# an image that is not mounted does not need the daemon
+	run_ok ploopctl init -s 64M "$BATS_TEST_TMPDIR/img"
+	run_ok ploopctl status --timeout 0 "$BATS_TEST_TMPDIR/img"
+	run_ok ploopctl status -t 1 --json "$BATS_TEST_TMPDIR/img"
+	run_ok ploopctl snapshot -t 1 "$BATS_TEST_TMPDIR/img"
+	run_ok ploopctl snapshot-merge --timeout 1 "$BATS_TEST_TMPDIR/img"
+	# events needs a daemon, with or without a limit
+	run -1 ploopctl events --timeout 0 "$BATS_TEST_TMPDIR/img"
+	[[ "$output" == *"not mounted"* ]]
+}
+
+@test "a missing image directory: one error line from the commands that may go to the daemon" {
+	local nope=$BATS_TEST_TMPDIR/nope g='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	for args in "status $nope" "snapshot $nope" "snapshot-delete $nope $g" \
+		"snapshot-merge $nope" "events $nope"; do
+		read -ra a <<<"$args"
+		run -1 ploopctl "${a[@]}"
+		[ "${#lines[@]}" -eq 1 ]
+		[[ "$output" == "ploopctl: $nope: "* ]]
+	done
+}

@@ -2,8 +2,9 @@
 # scripts/ploop-rotate: keep the N newest snapshots of an image, mounted
 # or not; --dry-run changes nothing; one rotation per image at a time
 # (flock, exit 5 after --lock-timeout); one error line naming the image
-# and ploopctl's exit status passed through; an interrupted delete
-# (a shot marked <Temporary/>) is completed first.
+# and ploopctl's exit status passed through (also 8, a daemon that does
+# not answer within --timeout); an interrupted delete (a shot marked
+# <Temporary/>) is completed first.
 
 load helpers
 
@@ -16,9 +17,12 @@ setup() {
 	# the script runs the ploopctl under test
 	PLOOPCTL=$(realpath "$PLOOPCTL")
 	export PLOOPCTL
+	stopped=
 }
 
 teardown() {
+	# a daemon the test stopped cannot stop cleanly
+	[ -z "$stopped" ] || kill -CONT "$stopped" 2>/dev/null || true
 	pf_teardown
 }
 
@@ -175,6 +179,9 @@ time.sleep(float(sys.argv[3]))
 	run -2 rotate --keep x "$D"
 	run -2 rotate --keep
 	run -2 rotate --lock-timeout -1 "$D"
+	run -2 rotate --timeout 1.5 "$D"
+	[[ "$output" == *"invalid --timeout '1.5'"* ]]
+	run -2 rotate --timeout
 	run -2 rotate --bogus "$D"
 	run -2 rotate "$D" "$D"
 	[ "$(tree_sum "$D")" = "$before" ]
@@ -525,4 +532,36 @@ interrupt_delete() {
 	pf_umount "$M"
 	image_ok "$D"
 	[ "$(chain_sum "$D")" = "$want" ]
+}
+
+@test "a stopped daemon: exit 8 after --timeout, one line naming the image; nothing changed, the next rotation works" {
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	write_random "$M" 0 4
+	run_ok rotate --quiet --keep 2 "$D"
+	c=$(chain "$D")
+	want=$(disk_sum "$M")
+	stopped=$(pf_pid "$M")
+	kill -STOP "$stopped"
+	t0=$(date +%s%N)
+	run rotate --timeout 1 --keep 1 "$D"
+	ms=$((($(date +%s%N) - t0) / 1000000))
+	echo "# gave up after $ms ms: $output" >&3
+	expect_one_error 8 "$D"
+	[[ "$output" == "ploop-rotate: $D: ploopctl snapshot failed (exit 8): "*"did not answer within 1 s"* ]]
+	[ "$ms" -ge 900 ] && [ "$ms" -lt 6000 ]
+	kill -CONT "$stopped"
+	stopped=
+	# the snapshot whose client gave up was not taken
+	[ "$(chain "$D")" = "$c" ]
+	[ "$(disk_sum "$M")" = "$want" ]
+	# the lock went with the failed rotation
+	run_ok rotate --timeout 1 --keep 1 --lock-timeout 0 "$D"
+	echo "$output"
+	[ "${#lines[@]}" -eq 2 ]
+	[ "${lines[1]}" = "$D: deleted snapshot $c" ]
+	[ "$(n_snapshots "$D")" -eq 1 ]
+	[ "$(disk_sum "$M")" = "$want" ]
+	pf_umount "$M"
+	image_ok "$D"
 }

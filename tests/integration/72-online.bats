@@ -3,7 +3,8 @@
 # delete of the oldest) while fio verifies its data and ploopctl status
 # is polled; ext4 over a loop device through rotations; two structural
 # commands at once (one may be refused as busy, never both wrongly
-# succeed); the read-only snapshot views in MNT/snapshots.
+# succeed); the read-only snapshot views in MNT/snapshots; a daemon that
+# is stopped (SIGSTOP) does not keep ploopctl waiting (--timeout, exit 8).
 
 load helpers
 
@@ -16,10 +17,13 @@ setup() {
 	PLOOPCTL=$(realpath "$PLOOPCTL")
 	export PLOOPCTL
 	bg_pids=()
+	stopped=
 }
 
 teardown() {
 	local p
+	# a daemon the test stopped cannot stop cleanly
+	[ -z "$stopped" ] || kill -CONT "$stopped" 2>/dev/null || true
 	# background helpers of the test first: they hold the disk open
 	: >"$T/stop-poll"
 	for p in "${bg_pids[@]}"; do
@@ -536,6 +540,127 @@ sys.exit("a read of the deleted view succeeded")
 	timeout 60 umount "$F"
 	run_ok timeout 120 e2fsck -fn "$dev"
 	loop_detach "$dev" "$M/disk"
+	pf_umount "$M"
+	image_ok "$D"
+}
+
+# timed_out_within MS_MIN MS_MAX: the last run (timed by t0, in ns) exited
+# 8 within [MS_MIN, MS_MAX) ms, with one line saying that the daemon of
+# $D did not answer within 1 s
+timed_out_within() {
+	local ms=$((($(date +%s%N) - t0) / 1000000))
+	echo "# exit $status after $ms ms: $output" >&3
+	if [ "$status" -ne 8 ] || [ "${#lines[@]}" -ne 1 ] ||
+		[ "$output" != "ploopctl: $D: the ploopfs daemon did not answer within 1 s (is it stopped or hung?)" ] ||
+		[ "$ms" -lt "$1" ] || [ "$ms" -ge "$2" ]; then
+		echo "want exit 8 within [$1, $2) ms and the timeout line" >&2
+		return 1
+	fi
+}
+
+@test "a stopped daemon: ploopctl gives up after --timeout with exit 8, the daemon does not act on it later" {
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 8
+	run_ok ploopctl snapshot "$D"
+	g1=$output
+	write_random "$M/disk" 4 8
+	want=$(sum "$M/disk")
+	list=$(ploopctl snapshot-list --json "$D")
+	stopped=$(pf_pid "$M")
+	kill -STOP "$stopped"
+
+	# the daemon is stopped: the kernel still queues connections and
+	# requests, and nobody answers
+	for cmd in "status" "status --json" "snapshot" "snapshot-delete" "snapshot-merge"; do
+		read -ra args <<<"$cmd"
+		args+=(--timeout 1 "$D")
+		[ "${args[0]}" != snapshot-delete ] || args+=("$g1")
+		t0=$(date +%s%N)
+		run ploopctl "${args[@]}"
+		timed_out_within 900 5000
+	done
+	# --timeout 0 waits as long as it takes
+	timeout 120 "$PLOOPCTL" status --timeout 0 "$D" >"$T/status0.out" 2>&1 3>&- &
+	waiter=$!
+	sleep 2
+	kill -0 "$waiter"
+	# events: --timeout is how long to listen; a silent stream is no error
+	t0=$(date +%s%N)
+	run ploopctl events --timeout 1 "$D"
+	ms=$((($(date +%s%N) - t0) / 1000000))
+	[ "$status" -eq 0 ] && [ -z "$output" ] && [ "$ms" -ge 900 ] && [ "$ms" -lt 5000 ]
+
+	kill -CONT "$stopped"
+	stopped=
+	wait "$waiter" || { cat "$T/status0.out"; false; }
+	grep -q '^mounted: ' "$T/status0.out"
+	run_ok ploopctl status --timeout 1 --json "$D"
+	[ "$(json_get "$output" 'j["frozen"]')" = False ]
+	[ "$(json_get "$output" 'len(j["deltas"])')" -eq 2 ]
+	# the snapshot and the deletes whose clients gave up were not done
+	[ "$(ploopctl snapshot-list --json "$D")" = "$list" ]
+	[ "$(sum "$M/disk")" = "$want" ]
+	run_ok ploopctl snapshot-delete --timeout 1 "$D" "$g1"
+	[ "$(n_snapshots "$D")" -eq 0 ]
+	[ "$(sum "$M/disk")" = "$want" ]
+	pf_umount "$M"
+	image_ok "$D"
+}
+
+@test "a daemon stopped in the middle of a merge: snapshot-delete exits 8; resumed, the daemon completes the merge" {
+	run_ok ploopctl init -s 512M "$D"
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 256
+	run_ok ploopctl snapshot "$D"
+	g1=$output
+	# the child of g1 holds 256 clusters: the merge down into g1 takes
+	# a while, marked <Temporary/> in the descriptor while it runs
+	write_random "$M/disk" 0 256
+	run_ok ploopctl snapshot "$D"
+	want=$(sum "$M/disk")
+	pid=$(pf_pid "$M")
+	t0=$(date +%s%N)
+	timeout 120 "$PLOOPCTL" snapshot-delete --timeout 1 "$D" "$g1" \
+		>"$T/del.out" 2>&1 3>&- &
+	del=$!
+	until grep -q '<Temporary' "$D/DiskDescriptor.xml"; do
+		if ! kill -0 "$del" 2>/dev/null; then
+			echo "the delete ended before the daemon could be stopped: $(cat "$T/del.out")" >&2
+			return 1
+		fi
+		sleep 0.005
+	done
+	kill -STOP "$pid"
+	stopped=$pid
+	rc=0
+	wait "$del" || rc=$?
+	ms=$((($(date +%s%N) - t0) / 1000000))
+	echo "# snapshot-delete: exit $rc after $ms ms: $(cat "$T/del.out")" >&3
+	[ "$rc" -eq 8 ]
+	[ "$(cat "$T/del.out")" = "ploopctl: $D: the ploopfs daemon did not answer within 1 s (is it stopped or hung?)" ]
+	[ "$ms" -lt 10000 ]
+
+	kill -CONT "$pid"
+	stopped=
+	# the merge goes on without its client and completes
+	deadline=$((SECONDS + 120))
+	while grep -q '<Temporary' "$D/DiskDescriptor.xml"; do
+		[ "$SECONDS" -lt "$deadline" ]
+		sleep 0.05
+	done
+	[ "$(n_snapshots "$D")" -eq 1 ]
+	! chain "$D" | grep -qxF "$g1"
+	run_ok ploopctl status --timeout 1 "$D"
+	[ "$(sum "$M/disk")" = "$want" ]
+	# a merge that goes on is no timeout, however long it takes (the
+	# daemon sends keepalives): 256 clusters up into the top
+	g2=$(chain "$D")
+	t0=$(date +%s%N)
+	run_ok ploopctl snapshot-delete --timeout 1 "$D" "$g2"
+	echo "# merge up of 256 MiB under --timeout 1: $((($(date +%s%N) - t0) / 1000000)) ms" >&3
+	[ "$(n_snapshots "$D")" -eq 0 ]
+	[ "$(sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 	image_ok "$D"
 }

@@ -5,16 +5,18 @@
  * protocol versions, malformed requests, socket mode, long directory
  * paths, stale and live sockets, concurrent clients, the connection
  * limit, streams that the client ends early or that pf_ctl_stop() ends,
- * clients that vanish mid-request, peers of another uid) and the events
- * ring (order, concurrent producers with a consumer that accounts for
- * every sequence number, overflow into "lost" events, per-type totals,
- * timeouts, stop predicates, the wire format).
+ * clients that vanish mid-request, the client's idle limit and the
+ * keepalives that lift it, a stopped server, peers of another uid) and
+ * the events ring (order, concurrent producers with a consumer that
+ * accounts for every sequence number, overflow into "lost" events,
+ * per-type totals, timeouts, stop predicates, the wire format).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -256,16 +258,57 @@ static int h_block(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
 	return 0;
 }
 
+/* Sleeps argv[1] ms, then answers "done"; registered as "sleep" and, as
+ * a keepalive command, as "slow". */
+static int h_sleep(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
+		   struct pf_why *why)
+{
+	(void)ctx;
+	(void)why;
+	sleep_ms(argc > 1 ? atol(argv[1]) : 0);
+	return pf_ctl_data(r, "done");
+}
+
+/* Counts its runs; "marks" tells the count without running "mark". */
+static atomic_int mark_runs;
+
+static int h_mark(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
+		  struct pf_why *why)
+{
+	(void)ctx;
+	(void)argc;
+	(void)why;
+	if (!strcmp(argv[0], "mark"))
+		atomic_fetch_add(&mark_runs, 1);
+	return pf_ctl_data(r, "%d", atomic_load(&mark_runs));
+}
+
+/* A command that itself fails with ETIMEDOUT. */
+static int h_etimedout(void *ctx, int argc, char **argv,
+		       struct pf_ctl_reply *r, struct pf_why *why)
+{
+	(void)ctx;
+	(void)argc;
+	(void)argv;
+	(void)r;
+	return pf_why_set(why, -ETIMEDOUT, "the handler's own wait timed out");
+}
+
 static const struct pf_ctl_cmd cmds[] = {
-	{ "echo", h_echo },
-	{ "fail", h_fail },
-	{ "fail-quiet", h_fail_quiet },
-	{ "gate", h_gate },
-	{ "count", h_count },
-	{ "flood", h_flood },
-	{ "events", h_events },
-	{ "block", h_block },
-	{ NULL, NULL },
+	{ "echo", h_echo, false },
+	{ "fail", h_fail, false },
+	{ "fail-quiet", h_fail_quiet, false },
+	{ "gate", h_gate, false },
+	{ "count", h_count, false },
+	{ "flood", h_flood, false },
+	{ "events", h_events, false },
+	{ "block", h_block, false },
+	{ "sleep", h_sleep, false },
+	{ "slow", h_sleep, true },
+	{ "mark", h_mark, false },
+	{ "marks", h_mark, false },
+	{ "etimedout", h_etimedout, false },
+	{ NULL, NULL, false },
 };
 
 /* Client helpers */
@@ -293,11 +336,11 @@ static int collect(void *ctx, const char *line)
 static int call(int dirfd, int argc, const char *const *argv,
 		struct lines *l, struct pf_why *why)
 {
-	int fd, ret = pf_ctl_connect(dirfd, &fd);
+	int fd, ret = pf_ctl_connect(dirfd, -1, &fd);
 
 	if (ret < 0)
 		return ret;
-	ret = pf_ctl_call(fd, argc, argv, l ? collect : NULL, l, why);
+	ret = pf_ctl_call(fd, -1, argc, argv, l ? collect : NULL, l, why);
 	close(fd);
 	return ret;
 }
@@ -401,7 +444,7 @@ static void test_echo(void)
 	check_str(l.line[6], "%41");
 
 	/* several requests on one connection; the daemon decodes any case */
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 echo a%20b %0a%25 %4a%4A\n");
 	check_vis(raw_line(fd, buf, sizeof(buf)), "data a b\n");
 	check_vis(raw_line(fd, buf, sizeof(buf)), "data ?%\n");
@@ -411,11 +454,11 @@ static void test_echo(void)
 	check_vis(rec_args[2], "\n%");
 	pthread_mutex_unlock(&rec_lock);
 	memset(&l, 0, sizeof(l));
-	check_int(pf_ctl_call(fd, 2, argv, collect, &l, &why), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 2, argv, collect, &l, &why), ==, 0);
 	check_int(l.n, ==, 1);
 	check_str(l.line[0], "a b");
 	memset(&l, 0, sizeof(l));
-	check_int(pf_ctl_call(fd, 1, argv, collect, &l, &why), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 1, argv, collect, &l, &why), ==, 0);
 	check_int(l.n, ==, 0);
 	close(fd);
 
@@ -509,7 +552,7 @@ static void test_bad_requests(void)
 	dirfd = new_dir(dir, sizeof(dir));
 	c = start(dirfd, dir);
 	/* all on one connection: a bad request does not end it */
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	for (i = 0; i < PF_ARRAY_SIZE(t); i++) {
 		raw_send(fd, t[i].req);
 		check_vis(raw_line(fd, buf, sizeof(buf)), t[i].reply);
@@ -521,7 +564,7 @@ static void test_bad_requests(void)
 		static char big[PF_CTL_LINE_MAX + 100];
 
 		memset(big, 'a', sizeof(big) - 1);
-		check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+		check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 		raw_send(fd, big);
 		check_vis(raw_line(fd, buf, sizeof(buf)),
 			  "end 22 malformed request: line longer than 4096 bytes\n");
@@ -568,7 +611,7 @@ static void test_bad_replies(void)
 			abort();
 		raw_send(sv[1], t[i].reply);
 		shutdown(sv[1], SHUT_WR);
-		check_int(pf_ctl_call(sv[0], 1, argv, NULL, NULL, &why), ==,
+		check_int(pf_ctl_call(sv[0], -1, 1, argv, NULL, NULL, &why), ==,
 			  t[i].ret);
 		check_str(why.msg, t[i].why ? t[i].why : strerror(EIO));
 		close(sv[0]);
@@ -581,14 +624,15 @@ static void test_bad_replies(void)
 		abort();
 	raw_send(sv[1], "end 13 permission denied\n");
 	close(sv[1]);
-	check_int(pf_ctl_call(sv[0], 1, argv, NULL, NULL, &why), ==, -EACCES);
+	check_int(pf_ctl_call(sv[0], -1, 1, argv, NULL, NULL, &why), ==,
+		  -EACCES);
 	check_str(why.msg, "permission denied");
 	close(sv[0]);
 	/* one that closes without a word */
 	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
 		abort();
 	close(sv[1]);
-	check_int(pf_ctl_call(sv[0], 1, argv, NULL, NULL, &why), ==, -EIO);
+	check_int(pf_ctl_call(sv[0], -1, 1, argv, NULL, NULL, &why), ==, -EIO);
 	snprintf(buf, sizeof(buf), "cannot send the request to the daemon: %s",
 		 strerror(EPIPE));
 	check_str(why.msg, buf);
@@ -603,7 +647,7 @@ static void test_bad_replies(void)
 			abort();
 		raw_send(sv[1], big);
 		shutdown(sv[1], SHUT_WR);
-		check_int(pf_ctl_call(sv[0], 1, argv, NULL, NULL, &why), ==,
+		check_int(pf_ctl_call(sv[0], -1, 1, argv, NULL, NULL, &why), ==,
 			  -EPROTO);
 		check_str(why.msg, "reply line from the daemon longer than 4096 bytes");
 		close(sv[0]);
@@ -622,7 +666,7 @@ static void test_socket_file(void)
 	int dirfd, fd, fd2;
 
 	dirfd = new_dir(dir, sizeof(dir));
-	check_int(pf_ctl_connect(dirfd, &fd), ==, -ENOENT);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ENOENT);
 	old = umask(022);
 	c = start(dirfd, dir);
 	check_int(umask(old), ==, 022);	/* restored */
@@ -641,14 +685,14 @@ static void test_socket_file(void)
 	pf_ctl_stop(c);
 	check_int(fstatat(dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW), ==, -1);
 	check_int(errno, ==, ENOENT);
-	check_int(pf_ctl_connect(dirfd, &fd), ==, -ENOENT);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ENOENT);
 
 	/* not a directory, not a descriptor */
 	fd = openat(dirfd, "file", O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
-	check_int(pf_ctl_connect(fd, &fd2), ==, -ENOTDIR);
+	check_int(pf_ctl_connect(fd, -1, &fd2), ==, -ENOTDIR);
 	check_int(pf_ctl_start(fd, "file", cmds, NULL, &c2, &why), ==, -ENOTDIR);
 	close(fd);
-	check_int(pf_ctl_connect(-1, &fd2), ==, -EBADF);
+	check_int(pf_ctl_connect(-1, -1, &fd2), ==, -EBADF);
 
 	/* a file of the socket's name that is not a socket is left alone */
 	fd = openat(dirfd, PF_CTL_SOCK_NAME, O_CREAT | O_WRONLY | O_CLOEXEC,
@@ -678,7 +722,7 @@ static void test_stale_socket(void)
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	check_int(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
 	close(fd);
-	check_int(pf_ctl_connect(dirfd, &fd), ==, -ECONNREFUSED);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ECONNREFUSED);
 
 	c = start(dirfd, dir);
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
@@ -733,11 +777,11 @@ static void *client_main(void *arg)
 	struct pf_why why;
 	int fd;
 
-	cl->ret_gate = pf_ctl_connect(cl->dirfd, &fd);
+	cl->ret_gate = pf_ctl_connect(cl->dirfd, -1, &fd);
 	if (cl->ret_gate)
 		return NULL;
-	cl->ret_gate = pf_ctl_call(fd, 1, gate, NULL, NULL, &why);
-	cl->ret_echo = pf_ctl_call(fd, 2, echo, collect, &cl->l, &why);
+	cl->ret_gate = pf_ctl_call(fd, -1, 1, gate, NULL, NULL, &why);
+	cl->ret_echo = pf_ctl_call(fd, -1, 2, echo, collect, &cl->l, &why);
 	close(fd);
 	return NULL;
 }
@@ -786,7 +830,7 @@ static void test_conn_limit(void)
 	dirfd = new_dir(dir, sizeof(dir));
 	c = start(dirfd, dir);
 	for (i = 0; i < PF_CTL_CONN_MAX; i++)
-		check_int(pf_ctl_connect(dirfd, &fds[i]), ==, 0);
+		check_int(pf_ctl_connect(dirfd, -1, &fds[i]), ==, 0);
 	check(wait_conns(c, PF_CTL_CONN_MAX));
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, -EBUSY);
 	check_str(why.msg, "too many control connections");
@@ -794,10 +838,10 @@ static void test_conn_limit(void)
 	check(wait_conns(c, PF_CTL_CONN_MAX - 1));
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
 	/* the open ones still work */
-	check_int(pf_ctl_call(fds[1], 2, argv, NULL, NULL, &why), ==, 0);
+	check_int(pf_ctl_call(fds[1], -1, 2, argv, NULL, NULL, &why), ==, 0);
 	check(wait_conns(c, PF_CTL_CONN_MAX - 1));
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
-	check_int(pf_ctl_call(fd, 2, argv, NULL, NULL, &why), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 2, argv, NULL, NULL, &why), ==, 0);
 	close(fd);
 	/* stop with every connection open and idle */
 	stop_promptly(c);
@@ -824,8 +868,8 @@ static void test_stream_ended_by_client(void)
 
 	/* after 1000 lines, ending the call with 0 */
 	l.stop_after = 1000;
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
-	check_int(pf_ctl_call(fd, 1, count, collect, &l, &why), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 1, count, collect, &l, &why), ==, 0);
 	check_int(l.n, ==, 1000);
 	check_str(l.line[15], "15");
 	close(fd);
@@ -837,10 +881,11 @@ static void test_stream_ended_by_client(void)
 	memset(&l, 0, sizeof(l));
 	l.stop_after = 1;
 	l.stop_ret = -ECANCELED;
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
-	check_int(pf_ctl_call(fd, 1, count, collect, &l, &why), ==, -ECANCELED);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 1, count, collect, &l, &why), ==,
+		  -ECANCELED);
 	/* the connection is shut down: later calls fail, not hang */
-	check_int(pf_ctl_call(fd, 2, echo, NULL, NULL, &why), ==, -EIO);
+	check_int(pf_ctl_call(fd, -1, 2, echo, NULL, NULL, &why), ==, -EIO);
 	close(fd);
 	check(wait_conns(c, 0));
 	check_int(atomic_load(&count_ended), ==, 2);
@@ -879,10 +924,10 @@ static void *streamer_main(void *arg)
 	const char *argv[] = { s->cmd };
 	int fd;
 
-	s->ret = pf_ctl_connect(s->dirfd, &fd);
+	s->ret = pf_ctl_connect(s->dirfd, -1, &fd);
 	if (s->ret)
 		return NULL;
-	s->ret = pf_ctl_call(fd, 1, argv, stream_data, s, &s->why);
+	s->ret = pf_ctl_call(fd, -1, 1, argv, stream_data, s, &s->why);
 	close(fd);
 	return NULL;
 }
@@ -990,7 +1035,7 @@ static void test_event_stream(void)
 	check(wait_conns(c, 0));
 
 	/* a client that hangs up on an idle stream ends its handler */
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 events 8\n");
 	pf_events_emit(srv_events, "e", "streamed");
 	raw_line(fd, buf, sizeof(buf));
@@ -1018,7 +1063,7 @@ static void test_disconnect_mid_request(void)
 	c = start(dirfd, dir);
 
 	/* half a request line */
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 ec");
 	close(fd);
 	check(wait_conns(c, 0));
@@ -1026,7 +1071,7 @@ static void test_disconnect_mid_request(void)
 	/* gone while its handler runs: the handler sees it, the answer
 	 * fails quietly */
 	atomic_store(&block_entered, 0);
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 block\n");
 	end = mono_ms() + WAIT_MS;
 	while (!atomic_load(&block_entered) && mono_ms() < end)
@@ -1039,13 +1084,171 @@ static void test_disconnect_mid_request(void)
 	check_int(atomic_load(&block_data_ret), ==, -EPIPE);
 
 	/* with requests queued behind it */
-	check_int(pf_ctl_connect(dirfd, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 echo a\nploopfs-ctl 1 echo b\nploopfs-ctl 1 ec");
 	close(fd);
 	check(wait_conns(c, 0));
 
 	check_int(call(dirfd, 2, echo, NULL, &why), ==, 0);
 	pf_ctl_stop(c);
+	close(dirfd);
+}
+
+/* Connect and make one call with an idle limit of @ms. */
+static int call_ms(int dirfd, int ms, int argc, const char *const *argv,
+		   struct lines *l, struct pf_why *why)
+{
+	int fd, ret = pf_ctl_connect(dirfd, ms, &fd);
+
+	if (ret < 0)
+		return ret;
+	ret = pf_ctl_call(fd, ms, argc, argv, l ? collect : NULL, l, why);
+	close(fd);
+	return ret;
+}
+
+/*
+ * The client's idle limit: a silent command times out, one that sends
+ * keepalives may take longer than the limit, keepalives are on the wire
+ * but not handed to on_data, and a daemon's own ETIMEDOUT is not taken
+ * for the client's.
+ */
+static void test_client_timeouts(void)
+{
+	const char *slow[] = { "slow", "1500" };
+	const char *sleep_[] = { "sleep", "1500" };
+	const char *etimedout[] = { "etimedout" };
+	struct pf_why why = { "" };
+	struct lines l = { 0 };
+	char dir[256], buf[256];
+	struct pf_ctl *c;
+	int dirfd, fd, keepalives = 0;
+	uint64_t t0, ms;
+
+	dirfd = new_dir(dir, sizeof(dir));
+	c = start(dirfd, dir);
+
+	t0 = mono_ms();
+	check_int(call_ms(dirfd, 500, 2, slow, &l, &why), ==, 0);
+	ms = mono_ms() - t0;
+	check_msg(ms >= 1500, "slow took %" PRIu64 " ms", ms);
+	check_int(l.n, ==, 1);
+	check_str(l.line[0], "done");
+
+	t0 = mono_ms();
+	check_int(call_ms(dirfd, 400, 2, sleep_, NULL, &why), ==, -ETIMEDOUT);
+	ms = mono_ms() - t0;
+	check_msg(ms >= 400 && ms < 400 + 2000,
+		  "timed out after %" PRIu64 " ms", ms);
+	check_str(why.msg, "the daemon did not answer within 400 ms");
+
+	/* the wire: keepalive lines while the handler runs, then its own */
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	raw_send(fd, "ploopfs-ctl 1 slow 800\n");
+	while (!strcmp(raw_line(fd, buf, sizeof(buf)), "data keepalive\n"))
+		keepalives++;
+	check_msg(keepalives >= 1, "%d keepalive lines in 800 ms", keepalives);
+	check_vis(buf, "data done\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), "end 0 \n");
+	close(fd);
+
+	check_int(call_ms(dirfd, 1000, 1, etimedout, NULL, &why), ==, -EIO);
+	check_str(why.msg, "the handler's own wait timed out");
+
+	check(wait_conns(c, 0));
+	pf_ctl_stop(c);
+	close(dirfd);
+}
+
+/*
+ * A daemon that is stopped (SIGSTOP; a server in a child process): the
+ * connection is queued by the kernel, the call times out, and once the
+ * daemon resumes it does not run the request of the client that gave
+ * up.  A full accept queue makes the connect time out.
+ */
+static void test_stopped_server(void)
+{
+	const char *mark[] = { "mark" }, *marks[] = { "marks" };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct pf_why why = { "" };
+	struct lines l = { 0 };
+	char dir[256], ready;
+	int dirfd, fd, lfd, pipefd[2], st, i, raw[8], n_raw = 0;
+	uint64_t t0, ms;
+	pid_t pid;
+
+	dirfd = new_dir(dir, sizeof(dir));
+	if (pipe(pipefd) < 0)
+		abort();
+	pid = fork();
+	if (pid < 0)
+		abort();
+	if (pid == 0) {
+		struct pf_ctl *c = NULL;
+
+		close(pipefd[0]);
+		if (pf_ctl_start(dirfd, dir, cmds, NULL, &c, &why))
+			_exit(1);
+		if (write(pipefd[1], "r", 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pipefd[1]);
+	check_int(read(pipefd[0], &ready, 1), ==, 1);
+	close(pipefd[0]);
+
+	check_int(kill(pid, SIGSTOP), ==, 0);
+	check_int(waitpid(pid, &st, WUNTRACED), ==, pid);
+	check(WIFSTOPPED(st));
+	t0 = mono_ms();
+	check_int(pf_ctl_connect(dirfd, 300, &fd), ==, 0);
+	check_int(pf_ctl_call(fd, 300, 1, mark, NULL, NULL, &why), ==,
+		  -ETIMEDOUT);
+	ms = mono_ms() - t0;
+	check_msg(ms >= 300 && ms < 300 + 2000,
+		  "timed out after %" PRIu64 " ms", ms);
+	check_str(why.msg, "the daemon did not answer within 300 ms");
+	close(fd);
+	check_int(kill(pid, SIGCONT), ==, 0);
+	check_int(call_ms(dirfd, 5000, 1, marks, &l, &why), ==, 0);
+	check_int(l.n, ==, 1);
+	/* the request left behind never ran */
+	check_str(l.line[0], "0");
+	memset(&l, 0, sizeof(l));
+	check_int(call_ms(dirfd, 5000, 1, mark, &l, &why), ==, 0);
+	check_str(l.line[0], "1");
+	kill(pid, SIGKILL);
+	check_int(waitpid(pid, &st, 0), ==, pid);
+	close(dirfd);
+
+	/* nobody accepts and the queue is full */
+	dirfd = new_dir(dir, sizeof(dir));
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s",
+		 dirfd, PF_CTL_SOCK_NAME);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	check_int(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+	check_int(listen(lfd, 0), ==, 0);
+	for (i = 0; i < 8; i++) {
+		raw[n_raw] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+					     SOCK_NONBLOCK, 0);
+		if (connect(raw[n_raw], (struct sockaddr *)&sa, sizeof(sa))) {
+			check_int(errno, ==, EAGAIN);
+			close(raw[n_raw]);
+			break;
+		}
+		n_raw++;
+	}
+	check_msg(i < 8, "the accept queue is full after %d connections",
+		  n_raw);
+	t0 = mono_ms();
+	check_int(pf_ctl_connect(dirfd, 200, &fd), ==, -ETIMEDOUT);
+	ms = mono_ms() - t0;
+	check_msg(ms >= 200 && ms < 200 + 2000,
+		  "timed out after %" PRIu64 " ms", ms);
+	for (i = 0; i < n_raw; i++)
+		close(raw[i]);
+	close(lfd);
 	close(dirfd);
 }
 
@@ -1508,6 +1711,8 @@ int main(void)
 	test_stop_during_streams();
 	test_event_stream();
 	test_disconnect_mid_request();
+	test_client_timeouts();
+	test_stopped_server();
 	test_peer_uid();
 	test_events_basic();
 	test_events_sanitize();

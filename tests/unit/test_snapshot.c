@@ -776,6 +776,9 @@ static void test_snapshot_basic(bool start)
 	tap_diag("snapshot on an open stack (%s)", start ? "threads" : "synchronous");
 	if (!s) {
 		check(0);
+		free(ref);
+		free(at_snap);
+		free(dir);
 		return;
 	}
 	/* clusters 0-3 whole, a partial piece of 10, one straddling 20/21 */
@@ -907,6 +910,9 @@ static void test_views(void)
 	tap_diag("snapshot views");
 	if (!s) {
 		check(0);
+		free(a);
+		free(buf);
+		free(dir);
 		return;
 	}
 	fill(a, 40 * CLU, 11, 0);
@@ -1369,6 +1375,8 @@ static void test_concurrent_snapshots_and_deletes(void)
 	tap_diag("4 writers while snapshots are taken and deleted");
 	if (!s) {
 		check(0);
+		free(ref);
+		free(dir);
 		return;
 	}
 	atomic_init(&stop, false);
@@ -1457,7 +1465,6 @@ struct structural {
 	pthread_barrier_t *go;
 	const char *del_guid;	/* NULL: take a snapshot */
 	char guid[PF_GUID_LEN + 1];
-	int ret;
 };
 
 static int structural_fn(void *arg)
@@ -1491,6 +1498,8 @@ static void test_racing_structural(void)
 	tap_diag("racing snapshot/snapshot and snapshot/delete");
 	if (!s) {
 		check(0);
+		free(ref);
+		free(dir);
 		return;
 	}
 	atomic_init(&stop, false);
@@ -1581,6 +1590,9 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
+		free(ref);
+		free(buf);
+		free(dir);
 		return;
 	}
 	for (idx = 0; idx < n_clu; idx += 6) {
@@ -1708,6 +1720,9 @@ static void test_interrupted_empty_parent(void)
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
+		free(ref);
+		free(buf);
+		free(dir);
 		return;
 	}
 	check_int(pf_stack_snapshot(s, NULL, gp, &why), ==, 0);
@@ -1755,6 +1770,9 @@ static void test_down_merge_overwrite_only(void)
 	tap_diag("down merge of a child that only overwrites its parent");
 	if (!s) {
 		check(0);
+		free(ref);
+		free(v2);
+		free(dir);
 		return;
 	}
 	fill(ref, 4 * CLU, 91, 0);
@@ -1865,6 +1883,9 @@ static void test_enospc_hold_and_release(void)
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
+		free(data);
+		free(got);
+		free(dir);
 		return;
 	}
 	atomic_store(&tw.nospace, true);
@@ -1943,6 +1964,10 @@ static void test_enospc_timeout_and_stop(void)
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
+		free(data);
+		free(got);
+		free(zero);
+		free(dir);
 		return;
 	}
 	atomic_store(&tw.nospace, true);
@@ -2008,6 +2033,9 @@ static void test_enospc_snapshot_while_held(void)
 	s = open_stack(dir, true, NULL);
 	if (!s) {
 		check(0);
+		free(ref);
+		free(data);
+		free(dir);
 		return;
 	}
 	fill(ref, 3 * CLU, 81, 0);
@@ -2096,6 +2124,8 @@ static void test_enospc_snapshot_while_discard(void)
 	s = open_stack(dir, true, NULL);
 	if (!s) {
 		check(0);
+		free(ref);
+		free(dir);
 		return;
 	}
 	fill(ref, 3 * CLU, 83, 0);
