@@ -11,8 +11,11 @@ python3 (3.11) with python3-matplotlib.
 import json
 import sys
 
-TARGETS = ["raw", "ploopfs", "loop-ploopfs", "loop-raw", "qsd"]
+TARGETS = ["raw", "fuse-null", "fuse-pass", "ploopfs", "loop-ploopfs",
+           "loop-raw", "qsd"]
 OURS = ["ploopfs", "loop-ploopfs"]
+# reference FUSE servers (tests/bench/fuse_ceiling.c): not judged
+CEILINGS = ["fuse-null", "fuse-pass"]
 
 # name, unit, goal (ratio to raw, design targets), reference job of raw
 # and qsd for the ratios (None: the job itself)
@@ -31,6 +34,11 @@ WRITE_JOBS = {"seqwrite_1M_qd8", "randwrite_4k_qd32",
 UNITS = {name: unit for name, unit, _, _ in JOBS}
 
 NOTES = [
+    "fuse-null: the FUSE round trip alone, no I/O; fuse-pass: one "
+    "synchronous pread/pwrite per request, no mapping: ceilings of any "
+    "FUSE daemon here (tests/bench/fuse_ceiling.c, ploopfs's FUSE setup).  "
+    "Reference rows like loop-raw, not judged; ratio_to_fuse_null and "
+    "ratio_to_fuse_pass are ploopfs's figure over theirs.",
     "qsd: qemu-storage-daemon 7.2 corrupts data under concurrent O_DIRECT "
     "writes (peers.md 3.2); its write figures (marked +) are reported but "
     "not trustworthy.",
@@ -111,7 +119,8 @@ def build(recs):
         vals = jobs.get(name, {})
         entry = {"unit": unit, "values": {t: vals.get(t) for t in TARGETS},
                  "goal_ratio_to_raw": goal,
-                 "ratio_to_raw": {}, "ratio_to_qsd": {}}
+                 "ratio_to_raw": {}, "ratio_to_qsd": {},
+                 "ratio_to_fuse_null": {}, "ratio_to_fuse_pass": {}}
         if ref:
             entry["reference_job"] = ref
         raw = value_in(jobs, refname, "raw", unit)
@@ -124,6 +133,14 @@ def build(recs):
                 entry["ratio_to_raw"][t] = round(v / raw, 3)
             if t in OURS and qsd:
                 entry["ratio_to_qsd"][t] = round(v / qsd, 3)
+        # ploopfs over the FUSE ceilings (the cow and 3-delta rows over
+        # their reference job, as for raw)
+        pfs = vals.get("ploopfs")
+        for c in CEILINGS:
+            cv = value_in(jobs, refname, c, unit)
+            if pfs is not None and cv:
+                entry["ratio_to_" + c.replace("-", "_")]["ploopfs"] = \
+                    round(pfs / cv, 3)
         if name in WRITE_JOBS:
             entry["qsd_untrustworthy"] = True
         out_jobs[name] = entry
@@ -141,6 +158,7 @@ def build(recs):
     return {
         "meta": meta,
         "targets": TARGETS,
+        "reference_targets": CEILINGS + ["loop-raw"],
         "jobs": out_jobs,
         "seqwrite_passes": details.get("seqwrite_passes", {}),
         "cow_ploopfs": cow,
@@ -281,6 +299,38 @@ def fmt(v, unit):
     return f"{v:.1f}"
 
 
+def ceiling_table(res):
+    """Lines of the FUSE ceilings' table: fuse-null and fuse-pass over
+    raw, ploopfs over each of them (none if neither was measured)."""
+    if not any(res["jobs"][name]["values"].get(c) is not None
+               for name, _, _, _ in JOBS for c in CEILINGS):
+        return []
+    head = ["job", "null/raw", "pass/raw", "pfs/null", "pfs/pass"]
+    rows = [head]
+    for name, _, _, ref in JOBS:
+        e = res["jobs"][name]
+        row = [name + (f" (vs {ref})" if ref else "")]
+        for c in CEILINGS:
+            r = e["ratio_to_raw"].get(c)
+            row.append("-" if r is None else f"{r:.2f}")
+        for c in CEILINGS:
+            r = e["ratio_to_" + c.replace("-", "_")].get("ploopfs")
+            row.append("-" if r is None else f"{r:.2f}")
+        if all(c == "-" for c in row[1:]):
+            continue
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["", "FUSE ceilings (reference, not judged): fuse-null and "
+             "fuse-pass over raw, ploopfs over each of them"]
+    for i, r in enumerate(rows):
+        lines.append("  " + "  ".join(
+            [r[0].ljust(widths[0])] +
+            [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+        if i == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(res):
     lines = []
     m = res["meta"]
@@ -329,8 +379,10 @@ def table(res):
                  "* below the goal.")
     lines.append("+ qsd write figure: not trustworthy, qemu-storage-daemon "
                  "7.2 corrupts data under concurrent O_DIRECT writes.")
-    for n in NOTES[1:]:
-        lines.append("- " + n)
+    for n in NOTES:
+        if not n.startswith("qsd:"):
+            lines.append("- " + n)
+    lines += ceiling_table(res)
 
     lines.append("")
     passes = res["seqwrite_passes"]
@@ -349,6 +401,9 @@ def table(res):
         if "allocated_clusters" in d:
             extra = (f", {d['allocated_clusters']} clusters allocated "
                      f"in {d.get('prep_ms')} ms")
+        if "host_mib" in d:
+            extra += (f"; on an ext4 on a sparse file (loop device), which "
+                      f"took {d['host_mib']} MiB of the host")
         if "init_ms" in d:
             extra = f", ploopctl init {d['init_ms']} ms"
         lines.append(
@@ -383,10 +438,28 @@ def chart(res, path):
     bars = ["ploopfs", "loop-ploopfs", "loop-raw", "qsd"]
     colors = {"ploopfs": "#1f77b4", "loop-ploopfs": "#2ca02c",
               "loop-raw": "#7f7f7f", "qsd": "#ff7f0e"}
+    # the FUSE ceilings: thin lines across their job's group, not bars
+    ceil_style = {"fuse-null": {"color": "black", "linestyle": ":",
+                                "linewidth": 1.8},
+                  "fuse-pass": {"color": "#444444", "linestyle": "-.",
+                                "linewidth": 1.5}}
     names = [j[0] for j in JOBS]
     width = 0.2
     fig, ax = plt.subplots(figsize=(16, 7.5), dpi=100)
     top = 1.2
+    for name, _, _, _ in JOBS:
+        for t in bars:
+            r = res["jobs"][name]["ratio_to_raw"].get(t)
+            if r is not None:
+                top = max(top, r + 0.25)
+    # ceilings far above raw (writes acknowledged without I/O) would
+    # squash the bars: the scale follows them only up to 2.0, higher
+    # ones are drawn as an arrow at the top with their figure
+    for name, _, _, _ in JOBS:
+        for t in CEILINGS:
+            r = res["jobs"][name]["ratio_to_raw"].get(t)
+            if r is not None:
+                top = max(top, min(r + 0.15, 2.0))
     for gi, (name, _, goal, ref) in enumerate(JOBS):
         e = res["jobs"][name]
         for bi, t in enumerate(bars):
@@ -405,6 +478,21 @@ def chart(res, path):
         if goal:
             ax.plot([gi - 2.3 * width, gi + 2.3 * width], [goal, goal],
                     color="red", linestyle="--", linewidth=1.5)
+        for ci, t in enumerate(CEILINGS):
+            r = e["ratio_to_raw"].get(t)
+            if r is None:
+                continue
+            if r <= top - 0.05:
+                ax.plot([gi - 2.1 * width, gi + 2.1 * width], [r, r],
+                        **ceil_style[t])
+            else:
+                x = gi + (ci - 0.5) * 2.4 * width
+                ax.plot([x], [top - 0.03], marker="^", markersize=6,
+                        color=ceil_style[t]["color"])
+                ax.text(x, top - 0.07,
+                        f"{t[len('fuse-'):]}\n{r:.1f}", ha="center",
+                        va="top", fontsize=6.5,
+                        color=ceil_style[t]["color"])
     ax.axhline(1.0, color="black", linewidth=1)
     ax.text(len(JOBS) - 0.45, 1.0, "raw = 1.0", fontsize=8, va="bottom",
             ha="right")
@@ -423,7 +511,8 @@ def chart(res, path):
     ax.set_ylabel("ratio to raw file (same job, same run)")
     m = res["meta"]
     ax.set_title(
-        f"ploopfs, loop devices and qemu-storage-daemon: throughput as a "
+        f"ploopfs, loop devices, qemu-storage-daemon, FUSE ceilings: "
+        f"throughput as a "
         f"ratio to the raw file's (fio, direct I/O, {m.get('size_mb')} MiB, {m.get('runtime_s')} s "
         f"per job, {m.get('timestamp', '')})", fontsize=10)
     handles = [Patch(facecolor=colors[t], edgecolor="black", label=t)
@@ -434,6 +523,14 @@ def chart(res, path):
                                "corrupts concurrent O_DIRECT writes)"))
     handles.append(plt.Line2D([], [], color="red", linestyle="--",
                               label="goal for ploopfs (ratio to raw)"))
+    if any(res["jobs"][n]["ratio_to_raw"].get(t) is not None
+           for n in names for t in CEILINGS):
+        handles.append(plt.Line2D(
+            [], [], **ceil_style["fuse-null"],
+            label="fuse-null: FUSE round trip alone, no I/O (^: off scale)"))
+        handles.append(plt.Line2D(
+            [], [], **ceil_style["fuse-pass"],
+            label="fuse-pass: one sync pread/pwrite per request"))
     ax.legend(handles=handles, fontsize=8, loc="upper center",
               bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)

@@ -1,6 +1,10 @@
 #!/bin/bash
 # Benchmarks of ploopfs (`make bench`): one run of the same fio jobs against
 #   raw           a plain file on the host file system (the limit)
+#   fuse-null     tests/fuse_ceiling: a FUSE server with ploopfs's setup
+#                 that answers zeros and acks writes (the FUSE round trip)
+#   fuse-pass     tests/fuse_ceiling over a raw file: one synchronous
+#                 O_DIRECT pread/pwrite per request, no mapping
 #   ploopfs       the disk file of a ploopfs mount of a fresh image
 #   loop-ploopfs  a loop device (direct I/O) over that file
 #   loop-raw      a loop device (direct I/O) over the raw file
@@ -35,11 +39,12 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 B=$(cd "$1" && pwd) || exit 2
 PLOOPFS=$B/ploopfs
 PLOOPCTL=$B/ploopctl
+FCEIL=$B/tests/fuse_ceiling		# the fuse-null and fuse-pass server
 
 RT=${BENCH_RUNTIME:-10}
 SIZE=${BENCH_SIZE_MB:-1024}
 BASE=${BENCH_DIR:-/var/tmp}
-ALL_TARGETS="raw ploopfs loop-ploopfs loop-raw qsd"
+ALL_TARGETS="raw fuse-null fuse-pass ploopfs loop-ploopfs loop-raw qsd"
 TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 [ "$TARGETS" = none ] && TARGETS=""	# only the extras and snapshots
 EXTRA=${BENCH_EXTRA:-1}
@@ -77,9 +82,11 @@ W=""
 RES=""
 FAILED=()		# "target: reason" for every measurement not taken
 LOOPS=()		# loop devices we attached
+THIN_LOOP=""		# the loop device under the 1 TiB image
 TPIDS=()		# timeout(1) wrappers of our daemons
 PF_TPID="" PF_PID="" PF_MNT="" PF_DIR="" MOUNT_US=0
 Q_TPID="" Q_PID=""
+FC_TPID=""		# timeout(1) wrapper of fuse_ceiling
 ROT_PID=""		# the snapshot rotation loop
 SKIPPED=0		# a measurement skipped for lack of space
 LOOP="" TFILE=""
@@ -97,15 +104,20 @@ cleanup() {
 	local d m t i
 	trap '' INT TERM
 	[ -n "$ROT_PID" ] && kill "$ROT_PID" 2>/dev/null
+	# loop devices over FUSE disk files first; the one under the thin
+	# ext4 (bench_mount) only once that is unmounted, below
 	for d in "${LOOPS[@]}"; do
+		[ "$d" = "$THIN_LOOP" ] && continue
 		timeout 30 losetup -d "$d" 2>/dev/null
 	done
 	if [ -n "$W" ]; then
-		# every FUSE mount we made is under $W (ploopfs dirs, qsd file)
+		# every FUSE mount we made is under $W (ploopfs dirs, qsd file,
+		# fuse_ceiling); the thin ext4 at $W/thin/mnt is not one of them
 		while read -r m; do
 			timeout 30 fusermount3 -u "$m" 2>/dev/null ||
 				timeout 30 umount -l "$m" 2>/dev/null
-		done < <(findmnt -rn -o TARGET | grep -F "$W/" | sort -r)
+		done < <(findmnt -rn -o TARGET | grep -F "$W/" |
+			grep -vxF "$W/thin/mnt" | sort -r)
 	fi
 	for t in "${TPIDS[@]}"; do
 		kill -0 "$t" 2>/dev/null && kill -TERM "$t" 2>/dev/null
@@ -118,6 +130,17 @@ cleanup() {
 		kill -0 "$t" 2>/dev/null && kill -KILL "$t" 2>/dev/null
 		wait "$t" 2>/dev/null
 	done
+	# the thin ext4 of the 1 TiB image: its daemon is gone now
+	if [ -n "$W" ] && findmnt -rn -M "$W/thin/mnt" >/dev/null; then
+		for ((i = 0; i < 50; i++)); do
+			timeout 30 umount "$W/thin/mnt" 2>/dev/null && break
+			sleep 0.1
+		done
+		findmnt -rn -M "$W/thin/mnt" >/dev/null &&
+			timeout 30 umount -l "$W/thin/mnt" 2>/dev/null
+	fi
+	# a busy device would be detached when its last user lets go
+	[ -n "$THIN_LOOP" ] && timeout 30 losetup -d "$THIN_LOOP" 2>/dev/null
 	if [ -n "$W" ] && [ -d "$W" ]; then
 		if findmnt -rn -o TARGET | grep -qF "$W/"; then
 			log "left $W in place: something is still mounted there"
@@ -355,6 +378,60 @@ qsd_stop() {
 	fi
 }
 
+# ---------------------------------------------------------------- FUSE ceilings
+
+# fc_start [BACKING]: tests/fuse_ceiling serving $W/fcmnt/disk (SIZE MiB):
+# zeros and acknowledged writes without BACKING (fuse-null), a synchronous
+# O_DIRECT pread/pwrite of BACKING per request with it (fuse-pass).  It
+# runs in the foreground: started in the background under timeout, like
+# ploopfs, and stopped by unmounting.
+fc_start() {
+	local deadline m=$W/fcmnt
+	mkdir -p "$m"
+	timeout -k 10 "$DAEMON_LIMIT" "$FCEIL" "$m" "$SIZE" "$@" \
+		2>>"$W/fuse_ceiling.log" &
+	FC_TPID=$!
+	TPIDS+=("$FC_TPID")
+	deadline=$((SECONDS + 60))
+	until [ -e "$m/disk" ]; do
+		if ! kill -0 "$FC_TPID" 2>/dev/null; then
+			wait "$FC_TPID"
+			log "fuse_ceiling exited ($?) before serving:"
+			tail -n 5 "$W/fuse_ceiling.log" >&2
+			FC_TPID=""
+			return 1
+		fi
+		if [ $SECONDS -ge $deadline ]; then
+			log "fuse_ceiling: $m/disk not there after 60 s"
+			return 1
+		fi
+		sleep 0.01
+	done
+	TFILE=$m/disk
+}
+
+fc_stop() {
+	local i rc m=$W/fcmnt
+	[ -n "$FC_TPID" ] || return 0
+	for ((i = 0; i < 50; i++)); do
+		timeout "$CMD_LIMIT" fusermount3 -u "$m" 2>/dev/null && break
+		findmnt -rn -M "$m" >/dev/null || break
+		sleep 0.1
+	done
+	for ((i = 0; i < 600; i++)); do
+		kill -0 "$FC_TPID" 2>/dev/null || break
+		sleep 0.05
+	done
+	if kill -0 "$FC_TPID" 2>/dev/null; then
+		log "fuse_ceiling did not stop within 30 s"
+		return 1
+	fi
+	wait "$FC_TPID"
+	rc=$?
+	FC_TPID=""
+	[ $rc -eq 0 ] || { log "fuse_ceiling exited with status $rc"; return 1; }
+}
+
 # ---------------------------------------------------------------- targets
 
 # target_up T: a fresh (empty, sparse) file or disk of SIZE MiB for T in
@@ -373,6 +450,12 @@ target_up() {
 		TFILE=$W/pmnt/disk
 		[ "$1" = ploopfs ] || loop_attach "$W/pmnt/disk"
 		;;
+	fuse-null) fc_start ;;
+	fuse-pass)
+		rm -f "$W/raw.img"
+		truncate -s "${SIZE}M" "$W/raw.img" || return 1
+		fc_start "$W/raw.img"
+		;;
 	qsd) qsd_start ;;
 	*) log "unknown target $1"; return 1 ;;
 	esac
@@ -385,6 +468,8 @@ target_down() {
 	ploopfs) pf_umount && rm -rf "$W/pimg" ;;
 	loop-ploopfs) loop_detach && pf_umount && rm -rf "$W/pimg" ;;
 	qsd) qsd_stop && rm -rf "$W/q" ;;
+	fuse-null) fc_stop ;;
+	fuse-pass) fc_stop && rm -f "$W/raw.img" ;;
 	esac
 }
 
@@ -532,23 +617,41 @@ bench_mount() {
 	# strides 10 clusters per write; number_ios stops it after one
 	# pass).  It goes through the daemon's own allocation path instead
 	# of forging a BAT.  The daemon gives every new cluster its space
-	# (fallocate), so this takes 10% of 1 TiB, about 100 GiB, on the
-	# host: without that much free space the measurement is skipped.
+	# (fallocate), about 100 GiB here, so the image lives on an ext4
+	# made on a sparse file: fallocate there reserves extents without
+	# writing them, and the host spends only what is written (4 KiB per
+	# cluster, the BAT and the file system's metadata), under 1 GiB.
 	log "== mount time and RSS: 1 TiB, 10% allocated"
+	local n10 need_mb free_mb thin=$W/thin
+	cs=1048576	# ploopctl init's default cluster
+	n10=$(((1048576 * 1048576 / cs + 9) / 10))	# clusters written
+	need_mb=$((n10 * cs / 1048576 + 8192))
+	free_mb=$(df -Pk "$W" | awk 'NR == 2 { print int($4 / 1024) }')
+	if [ "$free_mb" -lt 4096 ]; then
+		log "1 TiB, 10% allocated: needs 4096 MiB free in $W, has $free_mb: skipped"
+		record problem "mount time and RSS of 1TiB_10pct not measured: needs 4096 MiB free on the bench file system, had $free_mb" all 1
+		SKIPPED=1	# not a complete run: latest.json stays
+		return 0
+	fi
+	mkdir -p "$thin/mnt" || return 1
+	truncate -s "${need_mb}M" "$thin/fs.img" || return 1
+	if ! timeout "$CMD_LIMIT" mkfs.ext4 -q -F -N 65536 \
+		-E lazy_itable_init=1,lazy_journal_init=1,nodiscard \
+		"$thin/fs.img" >"$W/mkfs.out" 2>&1; then
+		log "mkfs.ext4 on $thin/fs.img failed:"
+		cat "$W/mkfs.out" >&2
+		return 1
+	fi
+	loop_attach "$thin/fs.img" || return 1
+	# from here on the device belongs to the thin mount: cleanup detaches
+	# it only after unmounting, and no loop_detach of LOOP touches it
+	THIN_LOOP=$LOOP LOOP=""
+	timeout "$CMD_LIMIT" mount -t ext4 "$THIN_LOOP" "$thin/mnt" || return 1
+	d=$thin/mnt/big
 	pf_init "$d" 1T || return 1
 	read -r _ cs < <(pf_top_alloc "$d") || return 1
 	[ -n "$cs" ] || return 1
-	local n10 need_mb free_mb
-	n10=$(((1048576 * 1048576 / cs + 9) / 10))	# clusters written
-	need_mb=$((n10 * cs / 1048576 + 4096))
-	free_mb=$(df -Pk "$W" | awk 'NR == 2 { print int($4 / 1024) }')
-	if [ "$free_mb" -lt "$need_mb" ]; then
-		log "1 TiB, 10% allocated: needs $need_mb MiB free in $W, has $free_mb: skipped"
-		record problem "mount time and RSS of 1TiB_10pct not measured: needs $need_mb MiB free on the bench file system, had $free_mb" all 1
-		SKIPPED=1	# not a complete run: latest.json stays
-		rm -rf "$d"
-		return 0
-	fi
+	n10=$(((1048576 * 1048576 / cs + 9) / 10))
 	pf_mount "$d" "$W/mmnt" || return 1
 	t0=$(now_us)
 	run_fio alloc10 "$W/mmnt/disk" "write:$((10 * cs - 4096))" 4k 32 \
@@ -558,7 +661,32 @@ bench_mount() {
 	read -r alloc _ < <(pf_top_alloc "$d") || return 1
 	record extra allocated_clusters 1TiB_10pct "$alloc"
 	measure_mount 1TiB_10pct "$d" || return 1
+	record extra host_mib 1TiB_10pct \
+		"$(du -m "$thin/fs.img" | cut -f1)"
 	rm -rf "$d"
+	thin_down
+}
+
+# Unmount the thin ext4 of bench_mount (its daemon must be stopped),
+# detach its loop device and remove it.
+thin_down() {
+	local i thin=$W/thin
+	if findmnt -rn -M "$thin/mnt" >/dev/null; then
+		for ((i = 0; i < 50; i++)); do
+			timeout "$CMD_LIMIT" umount "$thin/mnt" 2>/dev/null && break
+			sleep 0.1
+		done
+		if findmnt -rn -M "$thin/mnt" >/dev/null; then
+			log "cannot unmount $thin/mnt (left to the cleanup)"
+			return 1
+		fi
+	fi
+	if [ -n "$THIN_LOOP" ]; then
+		LOOP=$THIN_LOOP
+		loop_detach || return 1
+		THIN_LOOP=""
+	fi
+	rm -rf "$thin"
 }
 
 # fdatasync calls of the daemon (all threads, strace -f -p) while fio makes
@@ -840,6 +968,15 @@ for c in fio qemu-img qemu-storage-daemon losetup strace fusermount3 \
 	command -v "$c" >/dev/null || missing="$missing $c"
 done
 [ -x "$PLOOPFS" ] && [ -x "$PLOOPCTL" ] || missing="$missing $B/ploopfs,ploopctl"
+case " $TARGETS " in
+*" fuse-null "* | *" fuse-pass "*)
+	[ -x "$FCEIL" ] || missing="$missing $FCEIL" ;;
+esac
+if [ "$EXTRA" = 1 ]; then	# the thin ext4 of the 1 TiB image
+	for c in mkfs.ext4 mount umount; do
+		command -v "$c" >/dev/null || missing="$missing $c"
+	done
+fi
 # Debian's python3 (a pyenv or venv python3 first on the PATH may lack
 # matplotlib)
 PY=""
@@ -851,7 +988,7 @@ for p in ${BENCH_PYTHON:-} /usr/bin/python3 python3; do
 done
 [ -n "$PY" ] || missing="$missing python3-matplotlib"
 if [ -n "$missing" ]; then
-	log "missing:$missing (make deps; make)"
+	log "missing:$missing (make deps; make bench)"
 	exit 1
 fi
 
@@ -907,7 +1044,7 @@ for t in $TARGETS; do
 done
 if [ "$EXTRA" = 1 ]; then
 	wait_quiet
-	bench_mount || { fail "ploopfs: mount time and RSS"; pf_umount; }
+	bench_mount || { fail "ploopfs: mount time and RSS"; pf_umount; thin_down; }
 	bench_fsync || { fail "ploopfs: fdatasync per fsync"; pf_umount; }
 fi
 if [ "$SNAP" = 1 ]; then
