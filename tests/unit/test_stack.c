@@ -557,6 +557,8 @@ static void test_w4_write_racing_commit(void)
 	sem_destroy(&r.go);
 	sem_destroy(&r.done);
 	reopen_and_verify(dir, ref, size);
+	free(ref);
+	free(dir);
 }
 
 static void test_busy_and_corrupt(void)
