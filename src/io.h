@@ -46,6 +46,8 @@ PF_MUST_CHECK int pf_aio_start(struct pf_aio *a);
 void pf_aio_destroy(struct pf_aio *a);
 
 int pf_aio_is_async(const struct pf_aio *a);
+/* Requests submitted and not yet completed (a racy snapshot). */
+unsigned pf_aio_inflight(struct pf_aio *a);
 
 /* Submit a read or write; waits for a free slot when @depth requests are
  * in flight.  The callback always runs exactly once, also on a submit

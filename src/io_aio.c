@@ -64,6 +64,11 @@ int pf_aio_is_async(const struct pf_aio *a)
 	return a->async;
 }
 
+unsigned pf_aio_inflight(struct pf_aio *a)
+{
+	return atomic_load_explicit(&a->inflight, memory_order_relaxed);
+}
+
 static void *reaper(void *arg)
 {
 	struct pf_aio *a = arg;

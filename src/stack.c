@@ -163,6 +163,7 @@ struct pf_stack {
 	 * flight (see freeze()).  Held writes step out while they wait. */
 	atomic_uint gate_active;
 	atomic_uint writes_inflight;
+	atomic_uint sync_io;		/* data_submit()s running in place */
 	atomic_bool frozen;
 	pthread_mutex_t gate_lock;
 	pthread_cond_t gate_open;	/* frozen went false */
@@ -686,15 +687,24 @@ static int meta_pwrite(struct pf_stack *s, const void *buf, size_t len,
 	return s->top->f->ops->pwrite(s->top->f, buf, len, off);
 }
 
-/* Reads and writes for the completion path: through libaio where the
- * file allows it, else synchronously with the callback run here. */
+/*
+ * Reads and writes for the completion path: through libaio where the
+ * file allows it and other I/O is in flight, else synchronously with the
+ * callback run here.  A request that is alone (queue depth 1: a
+ * database's fsync'd writes, a single reader) is faster done in the
+ * calling thread than handed to the completion thread, which would have
+ * to wake up for it; once requests overlap, libaio keeps many in flight
+ * from a few threads.
+ */
 static void data_submit(struct pf_stack *s, struct level *lv, bool write,
 			struct pf_aio_req *r, void *buf, size_t len,
 			uint64_t off, pf_aio_done_fn done, void *arg)
 {
 	int ret;
 
-	if (lv->f->aio_ok) {
+	if (lv->f->aio_ok &&
+	    (atomic_load_explicit(&s->sync_io, memory_order_relaxed) ||
+	     pf_aio_inflight(s->aio))) {
 		if (write)
 			pf_aio_pwrite(s->aio, r, lv->f->fd, buf, len, off, done,
 				      arg);
@@ -703,8 +713,10 @@ static void data_submit(struct pf_stack *s, struct level *lv, bool write,
 				     arg);
 		return;
 	}
+	atomic_fetch_add_explicit(&s->sync_io, 1, memory_order_relaxed);
 	ret = write ? lv->f->ops->pwrite(lv->f, buf, len, off) :
 		      lv->f->ops->pread(lv->f, buf, len, off);
+	atomic_fetch_sub_explicit(&s->sync_io, 1, memory_order_relaxed);
 	done(arg, ret ? ret : (ssize_t)len);
 }
 
