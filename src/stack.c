@@ -1562,8 +1562,9 @@ static void *writeback(void *arg)
 }
 
 /*
- * Group commit without a hand-off: the flush waits for a commit that
- * starts after it was called.  When none is running the caller runs it
+ * W3 for a client's fsync: it is answered only after a commit that
+ * started after it was called has made the data and the BAT durable.
+ * Group commit without a hand-off: the flush waits for such a commit.  When none is running the caller runs it
  * itself; callers that arrive meanwhile wait for the next one, which the
  * first of them to find the way clear runs for all.
  */

@@ -404,7 +404,7 @@ static void test_flush_datasyncs(void)
 }
 
 /*
- * Group commit under concurrency: threads each write a fresh cluster and
+ * W3 under group commit: threads each write a fresh cluster and
  * flush.  When a flush returns, the BAT entry of its cluster must be on
  * disk (read behind the stack's back), whichever thread ran the commit
  * that covered it.  A flush answered by a commit that began before its
