@@ -1272,6 +1272,16 @@ int pf_stack_pread(struct pf_stack *s, void *buf, size_t len, uint64_t off)
 	return waiter_wait(&w);
 }
 
+int pf_stack_pread_view(struct pf_stack *s, const char *guid, void *buf,
+			size_t len, uint64_t off)
+{
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+			    false, 0 };
+
+	pf_stack_read_view(s, guid, buf, len, off, waiter_done, &w);
+	return waiter_wait(&w);
+}
+
 static int stack_pwrite(struct pf_stack *s, const void *buf, size_t len,
 			uint64_t off, bool gated)
 {

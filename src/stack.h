@@ -131,6 +131,9 @@ PF_MUST_CHECK int pf_stack_flush(struct pf_stack *s);
 void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
 			size_t len, uint64_t off, pf_stack_done_fn done,
 			void *arg);
+/* The same, waiting for completion.  Returns 0 or -errno. */
+PF_MUST_CHECK int pf_stack_pread_view(struct pf_stack *s, const char *guid,
+				      void *buf, size_t len, uint64_t off);
 
 /* Structural commands.  One at a time (a second gets -EBUSY, CTL-5); they
  * run in the caller's thread while I/O goes on, and stop I/O only for a

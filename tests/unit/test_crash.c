@@ -564,40 +564,6 @@ static int random_op(struct scenario *sc, struct pf_stack *s)
 	return do_write(sc, s, slot, sec0, n, r >= 85);
 }
 
-struct view_wait {
-	pthread_mutex_t lock;
-	pthread_cond_t cv;
-	bool done;
-	int err;
-};
-
-static void view_done(void *arg, int err)
-{
-	struct view_wait *v = arg;
-
-	pthread_mutex_lock(&v->lock);
-	v->err = err;
-	v->done = true;
-	pthread_cond_signal(&v->cv);
-	pthread_mutex_unlock(&v->lock);
-}
-
-static int read_view(struct pf_stack *s, const char *guid, void *buf,
-		     size_t len, uint64_t off)
-{
-	struct view_wait v = { PTHREAD_MUTEX_INITIALIZER,
-			       PTHREAD_COND_INITIALIZER, false, 0 };
-
-	pf_stack_read_view(s, guid, buf, len, off, view_done, &v);
-	pthread_mutex_lock(&v.lock);
-	while (!v.done)
-		pthread_cond_wait(&v.cv, &v.lock);
-	pthread_mutex_unlock(&v.lock);
-	pthread_mutex_destroy(&v.lock);
-	pthread_cond_destroy(&v.cv);
-	return v.err;
-}
-
 /* Snapshot @r's view must read exactly as when it was taken. */
 static bool view_ok(struct scenario *sc, struct pf_stack *s,
 		    const struct shot_rec *r, const char *when, uint8_t *buf)
@@ -605,8 +571,8 @@ static bool view_ok(struct scenario *sc, struct pf_stack *s,
 	uint32_t k, i;
 
 	for (k = 0; k < N_HOT; k++) {
-		if (read_view(s, r->guid, buf, sc->cluster,
-			      (uint64_t)sc->hot[k] * sc->cluster)) {
+		if (pf_stack_pread_view(s, r->guid, buf, sc->cluster,
+					(uint64_t)sc->hot[k] * sc->cluster)) {
 			snprintf(sc->why, sizeof(sc->why),
 				 "%s: read of snapshot %s failed", when,
 				 r->guid);

@@ -536,38 +536,6 @@ static struct pf_stack *open_stack(const char *dir, bool start,
 	return s;
 }
 
-struct waiter {
-	pthread_mutex_t lock;
-	pthread_cond_t cv;
-	bool done;
-	int err;
-};
-
-static void waiter_done(void *arg, int err)
-{
-	struct waiter *w = arg;
-
-	pthread_mutex_lock(&w->lock);
-	w->err = err;
-	w->done = true;
-	pthread_cond_signal(&w->cv);
-	pthread_mutex_unlock(&w->lock);
-}
-
-static int read_view(struct pf_stack *s, const char *guid, void *buf,
-		     size_t len, uint64_t off)
-{
-	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-			    false, 0 };
-
-	pf_stack_read_view(s, guid, buf, len, off, waiter_done, &w);
-	pthread_mutex_lock(&w.lock);
-	while (!w.done)
-		pthread_cond_wait(&w.cv, &w.lock);
-	pthread_mutex_unlock(&w.lock);
-	return w.err;
-}
-
 /* The whole disk (@guid NULL) or snapshot view equals @ref; on a
  * mismatch the first differing offset is reported. */
 static bool view_equals(struct pf_stack *s, const char *guid,
@@ -582,7 +550,7 @@ static bool view_equals(struct pf_stack *s, const char *guid,
 	for (off = 0; off < size && ok; off += chunk) {
 		size_t n = size - off < chunk ? (size_t)(size - off) : chunk, i;
 
-		ret = guid ? read_view(s, guid, buf, n, off) :
+		ret = guid ? pf_stack_pread_view(s, guid, buf, n, off) :
 			     pf_stack_pread(s, buf, n, off);
 		if (ret) {
 			tap_diag("read of %zu bytes at %" PRIu64 " failed: %d",
@@ -933,34 +901,37 @@ static void test_views(void)
 		check_int(pf_stack_pwrite(s, live + off + 100, 2 * CLU, off + 100),
 			  ==, 0);
 		/* while it is: the views hold still */
-		check_int(read_view(s, g1, buf, 3 * CLU, off), ==, 0);
+		check_int(pf_stack_pread_view(s, g1, buf, 3 * CLU, off), ==, 0);
 		check(!memcmp(buf, a + off, 3 * CLU));
-		check_int(read_view(s, g2, buf, CLU, off), ==, 0);
+		check_int(pf_stack_pread_view(s, g2, buf, CLU, off), ==, 0);
 		check(!memcmp(buf, b + off, CLU));
 	}
 	check(disk_equals(s, live, size));
 	check(view_equals(s, g1, a, size));
 	check(view_equals(s, g2, b, size));
 	/* unaligned view reads (bounce buffer) */
-	check_int(read_view(s, g1, buf + 1, 1000, 5 * CLU - 333), ==, 0);
+	check_int(pf_stack_pread_view(s, g1, buf + 1, 1000, 5 * CLU - 333),
+		  ==, 0);
 	check(!memcmp(buf + 1, a + 5 * CLU - 333, 1000));
-	check_int(read_view(s, g2, buf + 3, 7, 5 * CLU + 120), ==, 0);
+	check_int(pf_stack_pread_view(s, g2, buf + 3, 7, 5 * CLU + 120), ==, 0);
 	check(!memcmp(buf + 3, b + 5 * CLU + 120, 7));
 	/* unknown snapshots, the top, the range */
-	check_int(read_view(s, "{11111111-2222-3333-4444-555555555555}", buf,
-			    4096, 0), ==, -ESTALE);
-	check_int(read_view(s, PF_TOP_GUID, buf, 4096, 0), ==, -ESTALE);
-	check_int(read_view(s, g1, buf, 4096, size), ==, -EINVAL);
+	check_int(pf_stack_pread_view(s,
+				      "{11111111-2222-3333-4444-555555555555}",
+				      buf, 4096, 0), ==, -ESTALE);
+	check_int(pf_stack_pread_view(s, PF_TOP_GUID, buf, 4096, 0), ==,
+		  -ESTALE);
+	check_int(pf_stack_pread_view(s, g1, buf, 4096, size), ==, -EINVAL);
 
 	/* deleted snapshots have no view; the others keep theirs */
 	check_int(pf_stack_delete_snapshot(s, g1, &info, &why), ==, 0);
 	check(info.down);
-	check_int(read_view(s, g1, buf, 4096, 0), ==, -ESTALE);
+	check_int(pf_stack_pread_view(s, g1, buf, 4096, 0), ==, -ESTALE);
 	check(view_equals(s, g2, b, size));
 	check(disk_equals(s, live, size));
 	check_int(pf_stack_delete_snapshot(s, g2, &info, &why), ==, 0);
 	check(!info.down);
-	check_int(read_view(s, g2, buf, 4096, 0), ==, -ESTALE);
+	check_int(pf_stack_pread_view(s, g2, buf, 4096, 0), ==, -ESTALE);
 	check(disk_equals(s, live, size));
 	/* a deleted snapshot is gone: deleting it again is refused */
 	check_int(pf_stack_delete_snapshot(s, g2, &info, &why), ==, -ENOENT);
@@ -1207,7 +1178,8 @@ static struct pf_stack *fixture_delete(struct pf_stack *s, struct fixture *fx,
 	check_int(dd_chain_len(fx->dir), ==, fx->n);
 	check_msg(!dd_mentions(fx->dir, guid), "%s: descriptor forgot %s", when,
 		  guid);
-	check_int(read_view(s, guid, probe, sizeof(probe), 0), ==, -ESTALE);
+	check_int(pf_stack_pread_view(s, guid, probe, sizeof(probe), 0), ==,
+		  -ESTALE);
 	check_chain_deltas(fx->dir, false, when);
 
 	check_int(pf_stack_close(s), ==, 0);
@@ -1638,7 +1610,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	check_int(dd_chain_len(dir), ==, 3);
 	check_int(levels_of(s, lv), ==, 3);
 	check(lv[0].hidden);
-	check_int(read_view(s, gp, buf, 4096, 0), ==, -ESTALE);
+	check_int(pf_stack_pread_view(s, gp, buf, 4096, 0), ==, -ESTALE);
 	check(disk_equals(s, ref, size));
 	check(view_equals(s, gc, v1, size));
 	/* the stack goes on */
@@ -1658,7 +1630,8 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 			goto out;
 		check_int(levels_of(s, lv), ==, 3);
 		check(lv[0].hidden);
-		check_int(read_view(s, gp, buf, 4096, 0), ==, -ESTALE);
+		check_int(pf_stack_pread_view(s, gp, buf, 4096, 0), ==,
+			  -ESTALE);
 		check(disk_equals(s, ref, size));
 	}
 	why.msg[0] = 0;
