@@ -149,10 +149,10 @@ crash-soak: $(B)/tests/test_crash
 		grep -v '^ok '
 
 # the FUSE ceilings of the benchmarks (fuse-null, fuse-pass; not a test)
-$(B)/tests/fuse_ceiling: tests/bench/fuse_ceiling.c
+$(B)/tests/fuse_ceiling: tests/bench/fuse_ceiling.c $(LIB)
 	@mkdir -p $(dir $@)
 	@echo "  CCLD    $@"
-	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MF $@.d -MT $@ $(LDFLAGS) -o $@ $< $(LDLIBS)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MF $@.d -MT $@ $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench: all $(B)/tests/fuse_ceiling
 	@if [ -x tests/bench/run.sh ]; then tests/bench/run.sh $(B); \

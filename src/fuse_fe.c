@@ -208,9 +208,8 @@ static bool is_view(fuse_ino_t ino)
 	return ino >= VIEW_INO0;
 }
 
-static void fe_init(void *userdata, struct fuse_conn_info *conn)
+void pf_fe_conn_setup(struct fuse_conn_info *conn)
 {
-	(void)userdata;
 	/* several direct I/O requests of one file in flight at once */
 	if (conn->capable & FUSE_CAP_ASYNC_DIO)
 		conn->want |= FUSE_CAP_ASYNC_DIO;
@@ -226,6 +225,12 @@ static void fe_init(void *userdata, struct fuse_conn_info *conn)
 	 * without this a queue depth of 32 reaches the daemon as 12. */
 	conn->max_background = PF_FE_MAX_BACKGROUND;
 	conn->congestion_threshold = PF_FE_MAX_BACKGROUND * 3 / 4;
+}
+
+static void fe_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	pf_fe_conn_setup(conn);
 }
 
 static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)

@@ -15,6 +15,7 @@
 #define PF_FE_DEFAULT_NAME	"disk"
 #define PF_FE_MAX_IO		(1024u * 1024)	/* max_read / max_write */
 #define PF_FE_MAX_BACKGROUND	256u	/* async requests the kernel may queue */
+#define PF_FE_THREADS		16u	/* FUSE worker threads by default */
 #define PF_FE_SNAP_DIR		"snapshots"	/* read-only snapshot views */
 
 struct pf_fe_view;
@@ -36,8 +37,14 @@ void pf_fe_init(struct pf_fe *fe);
 void pf_fe_destroy(struct pf_fe *fe);
 
 struct fuse_lowlevel_ops;
+struct fuse_conn_info;
 
 /* The low-level operations; the userdata of the session is a pf_fe. */
 const struct fuse_lowlevel_ops *pf_fe_ops(void);
+
+/* What ploopfs asks of a FUSE connection at init: direct I/O with many
+ * requests in flight, no page cache, no splice (the benchmark's FUSE
+ * ceilings use it too, so that they measure the same transport). */
+void pf_fe_conn_setup(struct fuse_conn_info *conn);
 
 #endif /* PF_FUSE_FE_H */

@@ -124,7 +124,7 @@ static bool session_ending(void *ctx)
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct config cfg = { .threads = 16 };
+	struct config cfg = { .threads = PF_FE_THREADS };
 	struct fuse_cmdline_opts fo;
 	struct pf_stack_opts so = { 0 };
 	struct fuse_loop_config *lc = NULL;
@@ -260,7 +260,8 @@ int main(int argc, char **argv)
 	if (!lc)
 		goto out_unmount;
 	fuse_loop_cfg_set_clone_fd(lc, 1);
-	fuse_loop_cfg_set_max_threads(lc, cfg.threads ? cfg.threads : 16);
+	fuse_loop_cfg_set_max_threads(lc, cfg.threads ? cfg.threads :
+							  PF_FE_THREADS);
 	ret = fuse_session_loop_mt(se, lc);
 	/* libfuse's signal handler leaves the signal number as the loop's
 	 * result: SIGTERM, SIGINT and SIGHUP are requests to stop cleanly */

@@ -5,15 +5,16 @@
  *   fuse_ceiling MOUNTPOINT SIZE_MB [BACKING_FILE]
  *
  * Serves one file, MOUNTPOINT/disk, through the same libfuse setup as
- * ploopfs (low-level API, direct I/O, asynchronous direct I/O, clone_fd,
- * 16 worker threads, the same max_background).  Without BACKING_FILE
- * every read answers zeros and every write is acknowledged at once: what
- * fio measures is the cost of the FUSE round trip alone.  With it, each
- * request is a plain pread/pwrite (O_DIRECT) at the same offset of
- * BACKING_FILE and fsync is fdatasync: a pass-through with no mapping, no
- * metadata and no crash safety.  Neither is a product; both bound what
- * any FUSE daemon can reach here, so ploopfs's ratios can be read against
- * them.  Runs in the foreground; unmount (fusermount3 -u) to stop it.
+ * ploopfs (low-level API, direct I/O, clone_fd, PF_FE_THREADS workers,
+ * and ploopfs's own connection setup, pf_fe_conn_setup()).  Without
+ * BACKING_FILE every read answers zeros and every write is acknowledged
+ * at once: what fio measures is the cost of the FUSE round trip alone.
+ * With it, each request is a plain pread/pwrite (O_DIRECT) at the same
+ * offset of BACKING_FILE and fsync is fdatasync: a pass-through with no
+ * mapping, no metadata and no crash safety.  Neither is a product; both
+ * bound what any FUSE daemon can reach here, so ploopfs's ratios can be
+ * read against them.  Runs in the foreground; unmount (fusermount3 -u) to
+ * stop it.
  */
 #define FUSE_USE_VERSION 314
 
@@ -29,7 +30,6 @@
 #include "fuse_fe.h"
 
 #define DISK_INO	2
-#define THREADS		16
 
 static uint64_t disk_size;
 static int backing = -1;
@@ -38,16 +38,7 @@ static char zeros[PF_FE_MAX_IO] __attribute__((aligned(4096)));
 static void c_init(void *userdata, struct fuse_conn_info *conn)
 {
 	(void)userdata;
-	if (conn->capable & FUSE_CAP_ASYNC_DIO)
-		conn->want |= FUSE_CAP_ASYNC_DIO;
-	conn->want &= ~(FUSE_CAP_WRITEBACK_CACHE | FUSE_CAP_SPLICE_READ |
-			FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE |
-			FUSE_CAP_AUTO_INVAL_DATA);
-	conn->max_write = PF_FE_MAX_IO;
-	conn->max_read = PF_FE_MAX_IO;
-	conn->max_readahead = 0;
-	conn->max_background = PF_FE_MAX_BACKGROUND;
-	conn->congestion_threshold = PF_FE_MAX_BACKGROUND * 3 / 4;
+	pf_fe_conn_setup(conn);
 }
 
 static void fill(fuse_ino_t ino, struct stat *st)
@@ -216,7 +207,7 @@ int main(int argc, char **argv)
 	lc = fuse_loop_cfg_create();
 	if (lc) {
 		fuse_loop_cfg_set_clone_fd(lc, 1);
-		fuse_loop_cfg_set_max_threads(lc, THREADS);
+		fuse_loop_cfg_set_max_threads(lc, PF_FE_THREADS);
 		ret = fuse_session_loop_mt(se, lc) ? 1 : 0;
 		fuse_loop_cfg_destroy(lc);
 	}
