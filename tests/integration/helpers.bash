@@ -375,3 +375,30 @@ pf_teardown() {
 	fi
 	return "$rc"
 }
+
+# chain DIR: the snapshots of the current chain, oldest first, one GUID a
+# line (the top delta is not a snapshot); from the text of snapshot-list
+# (PARENT_UUID C UUID FNAME, C = * for the top), following parent links
+chain() {
+	local out
+	out=$(ploopctl snapshot-list "$1") || return 1
+	awk 'NR > 1 {
+		if ($2 == "*") { top = $3; par[$3] = $1 } else par[$2] = $1
+	}
+	END {
+		g = par[top]
+		while (g != "{00000000-0000-0000-0000-000000000000}" && n < 1000) {
+			if (!(g in par)) { print "broken chain at " g; exit 1 }
+			out[n++] = g
+			g = par[g]
+		}
+		for (i = n - 1; i >= 0; i--) print out[i]
+	}' <<<"$out"
+}
+
+# n_snapshots DIR: how many snapshots the current chain holds
+n_snapshots() {
+	local c
+	c=$(chain "$1") || return 1
+	if [ -z "$c" ]; then echo 0; else wc -l <<<"$c"; fi
+}
