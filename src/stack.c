@@ -156,6 +156,7 @@ struct pf_stack {
 	unsigned commit_ms;
 	bool no_direct;
 	atomic_bool failed;		/* W7 */
+	atomic_bool frozen;		/* the gate is closed (below) */
 	atomic_uint_fast64_t commits, datasyncs;
 
 	/* The gate: every request holds it while it runs; a freeze closes
@@ -164,7 +165,7 @@ struct pf_stack {
 	atomic_uint gate_active;
 	atomic_uint writes_inflight;
 	atomic_uint sync_io;		/* data_submit()s running in place */
-	atomic_bool frozen;
+	atomic_uint batching;		/* callers submitting a batch */
 	pthread_mutex_t gate_lock;
 	pthread_cond_t gate_open;	/* frozen went false */
 	pthread_cond_t gate_drained;	/* active or inflight may be 0 */
@@ -694,7 +695,8 @@ static int meta_pwrite(struct pf_stack *s, const void *buf, size_t len,
  * database's fsync'd writes, a single reader) is faster done in the
  * calling thread than handed to the completion thread, which would have
  * to wake up for it; once requests overlap, libaio keeps many in flight
- * from a few threads.
+ * from a few threads.  A caller with several requests in hand says so
+ * (pf_stack_batch), since for it "alone" is only true of the first.
  */
 static void data_submit(struct pf_stack *s, struct level *lv, bool write,
 			struct pf_aio_req *r, void *buf, size_t len,
@@ -704,6 +706,7 @@ static void data_submit(struct pf_stack *s, struct level *lv, bool write,
 
 	if (lv->f->aio_ok &&
 	    (atomic_load_explicit(&s->sync_io, memory_order_relaxed) ||
+	     atomic_load_explicit(&s->batching, memory_order_relaxed) ||
 	     pf_aio_inflight(s->aio))) {
 		if (write)
 			pf_aio_pwrite(s->aio, r, lv->f->fd, buf, len, off, done,
@@ -718,6 +721,14 @@ static void data_submit(struct pf_stack *s, struct level *lv, bool write,
 		      lv->f->ops->pread(lv->f, buf, len, off);
 	atomic_fetch_sub_explicit(&s->sync_io, 1, memory_order_relaxed);
 	done(arg, ret ? ret : (ssize_t)len);
+}
+
+void pf_stack_batch(struct pf_stack *s, bool begin)
+{
+	if (begin)
+		atomic_fetch_add_explicit(&s->batching, 1, memory_order_relaxed);
+	else
+		atomic_fetch_sub_explicit(&s->batching, 1, memory_order_relaxed);
 }
 
 /*

@@ -99,6 +99,14 @@ void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		    uint64_t off, pf_stack_done_fn done, void *arg);
 
+/*
+ * A request that is alone is done in the calling thread (no hand-off to
+ * the completion thread).  A caller about to submit several requests
+ * from one thread brackets them with these, so that each goes to libaio
+ * instead of waiting for the one before it.  Calls nest.
+ */
+void pf_stack_batch(struct pf_stack *s, bool begin);
+
 /* The same, waiting for completion.  Return 0 or -errno. */
 PF_MUST_CHECK int pf_stack_pread(struct pf_stack *s, void *buf, size_t len,
 				 uint64_t off);
