@@ -20,14 +20,15 @@ only_in() {
 only_in 'libxml/' src/descriptor.c
 only_in 'uuid/' src/descriptor.c
 only_in 'libaio\.h' src/io_aio.c
-only_in 'fuse' src/fuse_fe.c src/ploopfs.c
+only_in 'fuse' src/fuse_fe.c src/fuse_uring.c src/ploopfs.c
+only_in 'liburing' src/fuse_uring.c
 only_in 'openssl/' src/csum.c
 only_in 'syslog\.h' src/log.c
 
 # layer of each module; a module may include only its layer or lower
 declare -A layer=([util]=0 [log]=0 [format]=1 [descriptor]=1 [io_aio]=2
 	[io]=2 [file]=2 [delta]=3 [image]=3 [map]=3 [stack]=4 [writeback]=5 [check]=3
-	[fuse_fe]=6 [control]=5 [serve]=6)
+	[fuse_fe]=6 [fuse_uring]=6 [control]=5 [serve]=6)
 for f in src/*.c src/*.h; do
 	m=$(basename "${f%.*}")
 	[ -n "${layer[$m]:-}" ] || continue

@@ -5,7 +5,7 @@ set -eu
 
 PKGS="
 build-essential pkg-config
-libfuse3-dev fuse3 libaio-dev libssl-dev libxml2-dev uuid-dev
+libfuse3-dev fuse3 libaio-dev liburing-dev libssl-dev libxml2-dev uuid-dev
 bats bats-assert bats-support
 qemu-utils qemu-system-common qemu-block-extra
 fio e2fsprogs util-linux xxd python3

@@ -9,7 +9,9 @@
  * snapshot was taken; once the snapshot is deleted it is gone from the
  * directory and reads of open handles fail with ESTALE.  Files are
  * opened with direct_io, so every read and write reaches us and no page
- * cache sits between the client and the deltas.  Reads and writes are
+ * cache sits between the client and the deltas.  Reads and writes (one
+ * core, fe_read_start and fe_write_start, for libfuse's requests and for
+ * the io_uring transport's, fuse_uring.h) are
  * answered from the stack's completion callback (often on the aio
  * completion thread); fsync, fallocate and O_SYNC/O_DSYNC writes block
  * the worker thread that received them.  Errors become fuse_reply_err()
@@ -347,135 +349,216 @@ static void fe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_open(req, fi);
 }
 
-/* Reads */
+/* Reads and writes: one core for both transports (libfuse's requests
+ * here, io_uring's straight from its ring buffers, fuse_uring.c) */
 
-struct rd {
-	fuse_req_t req;
-	void *buf;
+struct fe_io {
+	pf_ring_done_fn done;
+	void *arg;
 	size_t len;
 };
 
-static void read_done(void *arg, int err)
+static void fe_io_done(void *p, int err)
 {
-	struct rd *r = arg;
+	struct fe_io *io = p;
+	pf_ring_done_fn done = io->done;
+	void *arg = io->arg;
+	ssize_t res = err ? err : (ssize_t)io->len;
 
-	if (err)
-		fuse_reply_err(r->req, -err);
+	free(io);
+	done(arg, res);
+}
+
+static struct fe_io *fe_io_new(size_t len, pf_ring_done_fn done, void *arg)
+{
+	struct fe_io *io = malloc(sizeof(*io));
+
+	if (!io) {
+		done(arg, -ENOMEM);
+		return NULL;
+	}
+	io->done = done;
+	io->arg = arg;
+	io->len = len;
+	return io;
+}
+
+/* Read up to @size bytes at @off of @ino into @buf (4096-aligned). */
+static void fe_read_start(void *ctx, uint64_t ino, void *buf, size_t size,
+			  uint64_t off, pf_ring_done_fn done, void *arg)
+{
+	struct pf_fe *fe = ctx;
+	uint64_t disk = pf_stack_size(fe->stack);
+	char guid[PF_GUID_LEN + 1];
+	struct fe_io *io;
+
+	if (is_view(ino) && !view_guid(fe, ino, guid)) {
+		done(arg, -ESTALE);
+		return;
+	}
+	if (ino != DISK_INO && !is_view(ino)) {
+		done(arg, -EISDIR);
+		return;
+	}
+	if (off >= disk || !size) {
+		done(arg, 0);	/* end of file */
+		return;
+	}
+	if (size > disk - off)
+		size = (size_t)(disk - off);
+	io = fe_io_new(size, done, arg);
+	if (!io)
+		return;
+	if (is_view(ino))
+		pf_stack_read_view(fe->stack, guid, buf, size, off, fe_io_done,
+				   io);
 	else
-		fuse_reply_buf(r->req, r->buf, r->len);
+		pf_stack_read(fe->stack, buf, size, off, fe_io_done, io);
+}
+
+/* Write @size bytes of @buf (4096-aligned) at @off of @ino. */
+static void fe_write_start(void *ctx, uint64_t ino, const void *buf,
+			   size_t size, uint64_t off, int open_flags,
+			   pf_ring_done_fn done, void *arg)
+{
+	struct pf_fe *fe = ctx;
+	uint64_t disk = pf_stack_size(fe->stack);
+	struct fe_io *io;
+	int ret;
+
+	if (ino != DISK_INO) {
+		done(arg, -EROFS);
+		return;
+	}
+	if (!size) {
+		done(arg, 0);
+		return;
+	}
+	if (off >= disk) {
+		done(arg, -ENOSPC);
+		return;
+	}
+	/* a write that runs past the end stops there, like a block device */
+	if (size > disk - off)
+		size = (size_t)(disk - off);
+	if (open_flags & (O_SYNC | O_DSYNC)) {
+		/* durable before the answer: data, then a commit (W3) */
+		ret = pf_stack_pwrite(fe->stack, buf, size, off);
+		if (!ret)
+			ret = pf_stack_flush(fe->stack);
+		done(arg, ret ? ret : (ssize_t)size);
+		return;
+	}
+	io = fe_io_new(size, done, arg);
+	if (io)
+		pf_stack_write(fe->stack, buf, size, off, fe_io_done, io);
+}
+
+static void fe_batch(void *ctx, bool begin)
+{
+	struct pf_fe *fe = ctx;
+
+	pf_stack_batch(fe->stack, begin);
+}
+
+void pf_fe_ring_data(struct pf_fe *fe, struct pf_ring_data *d)
+{
+	d->ctx = fe;
+	d->read = fe_read_start;
+	d->write = fe_write_start;
+	d->batch = fe_batch;
+}
+
+/* A libfuse request and its aligned buffer */
+struct fe_req {
+	fuse_req_t req;
+	void *buf;
+};
+
+static struct fe_req *fe_req_new(fuse_req_t req, size_t size)
+{
+	struct fe_req *r = malloc(sizeof(*r));
+
+	if (!r || posix_memalign(&r->buf, 4096, size ? size : 4096)) {
+		free(r);
+		fuse_reply_err(req, ENOMEM);
+		return NULL;
+	}
+	r->req = req;
+	return r;
+}
+
+static void fe_req_free(struct fe_req *r)
+{
 	free(r->buf);
 	free(r);
+}
+
+static void read_done(void *arg, ssize_t res)
+{
+	struct fe_req *r = arg;
+
+	if (res < 0)
+		fuse_reply_err(r->req, (int)-res);
+	else
+		fuse_reply_buf(r->req, r->buf, (size_t)res);
+	fe_req_free(r);
 }
 
 static void fe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
-	struct pf_fe *fe = fe_of(req);
-	uint64_t disk = pf_stack_size(fe->stack);
-	char guid[PF_GUID_LEN + 1];
-	struct rd *r;
+	struct fe_req *r;
 
 	(void)fi;
-	if (is_view(ino) && !view_guid(fe, ino, guid)) {
-		fuse_reply_err(req, ESTALE);
+	if (off < 0) {
+		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	if (off < 0 || (uint64_t)off >= disk || !size) {
-		fuse_reply_buf(req, NULL, 0);	/* end of file */
-		return;
-	}
-	if (size > disk - (uint64_t)off)
-		size = (size_t)(disk - (uint64_t)off);
-	r = malloc(sizeof(*r));
-	if (!r || posix_memalign(&r->buf, 4096, size)) {
-		free(r);
-		fuse_reply_err(req, ENOMEM);
-		return;
-	}
-	r->req = req;
-	r->len = size;
-	if (is_view(ino))
-		pf_stack_read_view(fe->stack, guid, r->buf, size, (uint64_t)off,
-				   read_done, r);
-	else
-		pf_stack_read(fe->stack, r->buf, size, (uint64_t)off,
+	r = fe_req_new(req, size);
+	if (r)
+		fe_read_start(fe_of(req), ino, r->buf, size, (uint64_t)off,
 			      read_done, r);
 }
 
-/* Writes */
-
-struct wr {
-	fuse_req_t req;
-	void *buf;
-	size_t len;
-};
-
-static void write_done(void *arg, int err)
+static void write_done(void *arg, ssize_t res)
 {
-	struct wr *w = arg;
+	struct fe_req *r = arg;
 
-	if (err)
-		fuse_reply_err(w->req, -err);
+	if (res < 0)
+		fuse_reply_err(r->req, (int)-res);
 	else
-		fuse_reply_write(w->req, w->len);
-	free(w->buf);
-	free(w);
+		fuse_reply_write(r->req, (size_t)res);
+	fe_req_free(r);
 }
 
 static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
 			 struct fuse_bufvec *in, off_t off,
 			 struct fuse_file_info *fi)
 {
-	struct pf_fe *fe = fe_of(req);
-	uint64_t disk = pf_stack_size(fe->stack);
 	size_t size = fuse_buf_size(in);
 	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(size);
 	ssize_t copied;
-	struct wr *w;
-	int ret;
+	struct fe_req *r;
 
-	if (ino != DISK_INO) {
-		fuse_reply_err(req, EROFS);
-		return;
-	}
-	if (!size) {
-		fuse_reply_write(req, 0);
-		return;
-	}
-	if (off < 0 || (uint64_t)off >= disk) {
+	if (off < 0) {
 		fuse_reply_err(req, ENOSPC);
 		return;
 	}
-	w = malloc(sizeof(*w));
-	if (!w || posix_memalign(&w->buf, 4096, size)) {
-		free(w);
-		fuse_reply_err(req, ENOMEM);
+	r = fe_req_new(req, size);
+	if (!r)
 		return;
-	}
 	/* our own aligned copy: the request buffer is reused once we
 	 * return, and O_DIRECT wants alignment */
-	dst.buf[0].mem = w->buf;
+	dst.buf[0].mem = r->buf;
 	copied = fuse_buf_copy(&dst, in, 0);
 	if (copied < 0 || (size_t)copied != size) {
-		free(w->buf);
-		free(w);
 		fuse_reply_err(req, copied < 0 ? (int)-copied : EIO);
+		fe_req_free(r);
 		return;
 	}
-	/* a write that runs past the end stops there, like a block device */
-	if (size > disk - (uint64_t)off)
-		size = (size_t)(disk - (uint64_t)off);
-	w->req = req;
-	w->len = size;
-	if (fi->flags & (O_SYNC | O_DSYNC)) {
-		/* durable before the answer: data, then a commit (W3) */
-		ret = pf_stack_pwrite(fe->stack, w->buf, size, (uint64_t)off);
-		if (!ret)
-			ret = pf_stack_flush(fe->stack);
-		write_done(w, ret);
-		return;
-	}
-	pf_stack_write(fe->stack, w->buf, size, (uint64_t)off, write_done, w);
+	fe_write_start(fe_of(req), ino, r->buf, size, (uint64_t)off, fi->flags,
+		       write_done, r);
 }
 
 static void fe_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,

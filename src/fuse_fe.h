@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <time.h>
 
+#include "fuse_uring.h"
 #include "stack.h"
 
 #define PF_FE_DEFAULT_NAME	"disk"
@@ -35,6 +36,9 @@ struct pf_fe {
  * mounted are the caller's to fill in). */
 void pf_fe_init(struct pf_fe *fe);
 void pf_fe_destroy(struct pf_fe *fe);
+
+/* The data path for the io_uring transport, with @fe as its context. */
+void pf_fe_ring_data(struct pf_fe *fe, struct pf_ring_data *d);
 
 struct fuse_lowlevel_ops;
 struct fuse_conn_info;

@@ -1312,6 +1312,8 @@ static int daemon_call(int fd, const char *dir, int argc,
 struct status {
 	bool mounted;
 	const char *disk;	/* the file in the mount */
+	const char *transport;	/* "io_uring" or "dev" */
+	uint64_t ring_requests;	/* requests that came over io_uring */
 	uint64_t size, cluster;
 	size_t n;
 	struct pf_stack_level *lv;
@@ -1347,12 +1349,19 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		       ",\"held_writes\":%" PRIu64 ",\"enospc_events\":%" PRIu64
 		       ",\"dirty_pages\":%" PRIu64 ",\"freezes\":%" PRIu64
 		       ",\"stall_last_us\":%" PRIu64 ",\"stall_max_us\":%" PRIu64
-		       ",\"last_event\":%" PRIu64 ",\"deltas\":[",
+		       ",\"last_event\":%" PRIu64,
 		       st->size, st->cluster, st->failed ? "true" : "false",
 		       st->frozen ? "true" : "false",
 		       st->unclean ? "true" : "false", st->held, st->enospc,
 		       st->dirty, st->freezes, st->stall_last, st->stall_max,
 		       st->last_event);
+		if (st->transport) {
+			printf(",\"fuse_transport\":");
+			json_str(stdout, st->transport);
+			printf(",\"fuse_ring_requests\":%" PRIu64,
+			       st->ring_requests);
+		}
+		printf(",\"deltas\":[");
 		for (i = 0; i < st->n; i++) {
 			printf("%s{\"guid\":", i ? "," : "");
 			json_str(stdout, st->lv[i].guid);
@@ -1380,6 +1389,10 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		printf("freezes:        %" PRIu64 " (last stall %" PRIu64
 		       " us, longest %" PRIu64 " us)\n",
 		       st->freezes, st->stall_last, st->stall_max);
+	if (st->transport)
+		printf("transport:      %s\n",
+		       strcmp(st->transport, "io_uring") ? "/dev/fuse" :
+							   "FUSE over io_uring");
 	printf("deltas:         %zu (base first)\n", st->n);
 	for (i = 0; i < st->n; i++)
 		printf("  %-38s %10" PRIu64 " clusters  %s%s%s\n",
@@ -1444,6 +1457,9 @@ static int status_online(int fd, const char *dir, struct status *st)
 	st->mounted = true;
 	st->disk = kv_get(&kv, "mounted");
 	st->disk = st->disk ? strdup(st->disk) : NULL;
+	st->transport = kv_get(&kv, "fuse_transport");
+	st->transport = st->transport ? strdup(st->transport) : NULL;
+	st->ring_requests = kv_u64(&kv, "fuse_ring_requests");
 	st->size = kv_u64(&kv, "size");
 	st->cluster = kv_u64(&kv, "cluster");
 	st->failed = kv_u64(&kv, "failed");
@@ -1553,6 +1569,7 @@ static int cmd_status(int argc, char **argv)
 		print_status(argv[optind], &st, json);
 	free(st.lv);
 	free((char *)st.disk);
+	free((char *)st.transport);
 	return rc;
 }
 

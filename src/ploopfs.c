@@ -51,6 +51,7 @@ struct config {
 	unsigned threads;
 	unsigned enospc_timeout;
 	int no_direct;
+	int uring;
 	int ro;
 };
 
@@ -61,6 +62,7 @@ static const struct fuse_opt cfg_opts[] = {
 	OPT("threads=%u", threads),
 	OPT("enospc_timeout=%u", enospc_timeout),
 	OPT("no_direct", no_direct),
+	OPT("uring", uring),
 	FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
 	FUSE_OPT_END
 };
@@ -92,6 +94,8 @@ static void usage(FILE *out)
 		"  enospc_timeout=<s> fail writes held for lack of host space after\n"
 		"                     <s> seconds (default 0: hold until space is freed)\n"
 		"  no_direct          do not use O_DIRECT on the delta files\n"
+		"  uring              take requests over io_uring when the kernel offers\n"
+		"                     it (fuse module parameter enable_uring=Y)\n"
 		"  ro                 read-only\n"
 		"\n"
 		"FUSE options:\n",
@@ -135,6 +139,8 @@ int main(int argc, char **argv)
 	struct pf_ctl *ctl = NULL;
 	struct pf_serve serve;
 	struct pf_fe fe;
+	struct pf_ring_data ring_data;
+	struct pf_ring *ring = NULL;
 	char *fsopt = NULL, *disk_path = NULL;
 	int rc = EXIT_FAIL, ret, dirfd = -1;
 	bool fe_ready = false;
@@ -229,6 +235,15 @@ int main(int argc, char **argv)
 	fuse_daemonize(fo.foreground);
 	if (!fo.foreground)
 		pf_log_init("ploopfs", false);
+	/* FUSE over io_uring if asked for and offered (fuse_uring.h) */
+	if (cfg.uring) {
+		pf_fe_ring_data(&fe, &ring_data);
+		ret = pf_ring_attach(se, &ring_data, 0, &ring);
+		if (ret)
+			pf_log(PF_LOG_WARNING,
+			       "%s: FUSE over io_uring not used: %s",
+			       cfg.image_dir, strerror(-ret));
+	}
 
 	ret = pf_stack_start(stack);
 	if (ret) {
@@ -246,6 +261,7 @@ int main(int argc, char **argv)
 	serve.stack = stack;
 	serve.events = events;
 	serve.disk_path = disk_path;
+	serve.ring = ring;
 	ret = pf_ctl_start(dirfd, cfg.image_dir, pf_serve_cmds(), &serve, &ctl,
 			   &why);
 	if (ret) {
@@ -272,6 +288,8 @@ int main(int argc, char **argv)
 		     EXIT_FAIL;
 
 out_unmount:
+	/* no request may reach the stack while it closes */
+	pf_ring_stop(ring);
 	/* control commands use the stack: they finish first */
 	pf_ctl_stop(ctl);
 	ctl = NULL;
@@ -285,6 +303,8 @@ out_unmount:
 	} else {
 		pf_log(PF_LOG_INFO, "%s: closed cleanly", cfg.image_dir);
 	}
+	/* every reply is out: the rings can go */
+	pf_ring_detach(ring);
 	fuse_session_unmount(se);
 out_signals:
 	fuse_remove_signal_handlers(se);

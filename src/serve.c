@@ -79,6 +79,12 @@ static int cmd_status(void *ctx, int argc, char **argv,
 	if (!ret)
 		ret = pf_ctl_data(r, "commits %" PRIu64, st.commits);
 	if (!ret)
+		ret = pf_ctl_data(r, "fuse_transport %s",
+				  pf_ring_transport(sv->ring));
+	if (!ret)
+		ret = pf_ctl_data(r, "fuse_ring_requests %llu",
+				  pf_ring_served(sv->ring));
+	if (!ret)
 		ret = pf_ctl_data(r, "datasyncs %" PRIu64, st.datasyncs);
 	if (!ret)
 		ret = pf_ctl_data(r, "freezes %" PRIu64, st.freezes);

@@ -5,7 +5,9 @@
  * in its connection's thread, never in a FUSE worker (CTL-2).
  *
  * Commands of protocol 1 and their data lines (ploopctl(8) shows them):
- *   status                      "<key> <value>" lines; per delta
+ *   status                      "<key> <value>" lines (fuse_transport
+ *                               "io_uring" or "dev", fuse_ring_requests
+ *                               <n> among them); per delta
  *                               "delta <i> <guid> <mapped> <top> <hidden> <file>"
  *   events [<after>]            streams event lines after sequence <after>
  *                               (default: from the next one emitted)
@@ -20,12 +22,14 @@
 #define PF_SERVE_H
 
 #include "control.h"
+#include "fuse_uring.h"
 #include "stack.h"
 
 struct pf_serve {
 	struct pf_stack *stack;
 	struct pf_events *events;
 	const char *disk_path;	/* the disk file in the mount, for status */
+	const struct pf_ring *ring;	/* FUSE over io_uring, or NULL */
 };
 
 /* The command table; the handlers' context is a struct pf_serve. */
