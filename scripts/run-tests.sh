@@ -23,7 +23,13 @@ export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:die_after_fork=0}"
 passed=0
 failed=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+uring_param=/sys/module/fuse/parameters/enable_uring
+uring_saved=""
+restore_uring() {
+	[ -z "$uring_saved" ] || echo "$uring_saved" >"$uring_param"
+	uring_saved=""
+}
+trap 'rm -f "$log"; restore_uring' EXIT
 
 # Count TAP "ok"/"not ok" lines of a run; echo the failures.
 tally() {
@@ -36,19 +42,24 @@ tally() {
 	return 0
 }
 
+# tally_run NAME RC: tally the run in $log that exited with RC, print its
+# line; a run that failed without a failing check (a crash, a sanitizer
+# abort, a timeout) counts as one failure.
+tally_run() {
+	tally
+	echo "$1: $(grep -c '^ok ' "$log") passed, $(grep -c '^not ok ' "$log") failed (exit $2)"
+	if [ "$2" -ne 0 ] && ! grep -q '^not ok ' "$log"; then
+		tail -30 "$log"
+		failed=$((failed + 1))
+	fi
+}
+
 if [ "$mode" != integration ]; then
 	for t in "$B"/tests/test_*; do
 		[ -x "$t" ] || continue
 		name=$(basename "$t")
 		(cd "$top" && timeout 600 "$t") >"$log" 2>&1
-		rc=$?
-		tally
-		echo "unit $name: $(grep -c '^ok ' "$log") passed, $(grep -c '^not ok ' "$log") failed (exit $rc)"
-		if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
-			# crashed or sanitizer abort without a failing check
-			tail -30 "$log"
-			failed=$((failed + 1))
-		fi
+		tally_run "unit $name" $?
 	done
 fi
 
@@ -58,12 +69,20 @@ if [ "$mode" != unit ]; then
 		failed=$((failed + 1))
 	else
 		(cd "$top" && timeout 3000 bats --tap tests/integration) >"$log" 2>&1
-		rc=$?
-		tally
-		echo "integration: $(grep -c '^ok ' "$log") passed, $(grep -c '^not ok ' "$log") failed (exit $rc)"
-		if [ $rc -ne 0 ] && ! grep -q '^not ok ' "$log"; then
-			tail -30 "$log"
-			failed=$((failed + 1))
+		tally_run integration $?
+		# The daemon's tests again, every mount over FUSE over
+		# io_uring (HACKING, Tests); the parameter is put back after.
+		if [ -w "$uring_param" ]; then
+			uring_saved=$(cat "$uring_param")
+			echo Y >"$uring_param"
+			(cd "$top" && PF_MOUNT_OPTS="-o uring" PF_EXPECT_URING=1 \
+				timeout 3000 bats --tap tests/integration/60-daemon.bats \
+				tests/integration/72-online.bats) >"$log" 2>&1
+			rc=$?
+			restore_uring
+			tally_run "integration over io_uring" $rc
+		else
+			echo "integration over io_uring: skipped (no $uring_param: this kernel has no FUSE over io_uring)"
 		fi
 	fi
 fi

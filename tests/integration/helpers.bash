@@ -159,10 +159,14 @@ _pf_show_log() {
 }
 
 # pf_mount DIR MNT [ploopfs args...]: start ploopfs -f on DIR at MNT and
-# wait (at most 20 s) until the disk file is there.
+# wait (at most 20 s) until the disk file is there.  PF_MOUNT_OPTS (say
+# "-o uring") is added to every mount's arguments; with PF_EXPECT_URING=1
+# the mount must then be serving over io_uring.
 pf_mount() {
 	local dir=$1 mnt=$2 name key st logs log n pid deadline
 	shift 2
+	# shellcheck disable=SC2086 # PF_MOUNT_OPTS is a list of arguments
+	set -- ${PF_MOUNT_OPTS:-} "$@"
 	name=$(_pf_disk_name "$@")
 	st=$(_pf_state)
 	logs=$(_pf_logs)
@@ -190,7 +194,10 @@ pf_mount() {
 	while :; do
 		if [ -s "$st/$key.pid" ] && pf_is_mounted "$mnt" &&
 			timeout 5 stat -- "$mnt/$name" >/dev/null 2>&1; then
-			return 0
+			[ "${PF_EXPECT_URING:-0}" = 1 ] || return 0
+			pf_transport "$dir" | grep -qx io_uring && return 0
+			echo "ploopfs on $mnt does not serve over io_uring: $(pf_transport "$dir")" >&2
+			return 1
 		fi
 		if [ -e "$st/$key.status" ]; then
 			echo "ploopfs on $mnt exited with status $(cat "$st/$key.status") before the mount was ready" >&2
@@ -205,6 +212,30 @@ pf_mount() {
 		fi
 		sleep 0.05
 	done
+}
+
+# pf_transport DIR: "io_uring" or "dev", as the daemon of DIR reports it
+pf_transport() {
+	local out
+	out=$(ploopctl status --json "$1") || return 1
+	json_get "$out" 'j.get("fuse_transport", "none")'
+}
+
+# The fuse module's enable_uring parameter: pf_uring_set Y|N remembers
+# the value it found (pf_uring_restore puts it back); fails if this
+# kernel has no FUSE over io_uring.
+PF_URING_PARAM=/sys/module/fuse/parameters/enable_uring
+pf_uring_set() {
+	[ -w "$PF_URING_PARAM" ] || return 1
+	[ -e "$BATS_TEST_TMPDIR/uring.saved" ] ||
+		cat "$PF_URING_PARAM" >"$BATS_TEST_TMPDIR/uring.saved"
+	echo "$1" >"$PF_URING_PARAM"
+}
+pf_uring_restore() {
+	if [ -e "$BATS_TEST_TMPDIR/uring.saved" ]; then
+		cat "$BATS_TEST_TMPDIR/uring.saved" >"$PF_URING_PARAM"
+		rm -f "$BATS_TEST_TMPDIR/uring.saved"
+	fi
 }
 
 # pf_wait_exit MNT [SECONDS]: wait for the daemon of MNT to exit (default
