@@ -15,12 +15,25 @@
  * bound what any FUSE daemon can reach here, so ploopfs's ratios can be
  * read against them.  Runs in the foreground; unmount (fusermount3 -u) to
  * stop it.
+ *
+ * With FUSE_CEILING_URING=1 in the environment the same server also
+ * attaches ploopfs's FUSE over io_uring transport (fuse_uring.h; the
+ * kernel must offer it: fuse module parameter enable_uring=Y).  READ and
+ * WRITE then come over the rings and are served in place, in the ring's
+ * payload buffer: zeros (memset) and acknowledged writes without
+ * BACKING_FILE, one synchronous O_DIRECT pread/pwrite at the same offset
+ * with it.  Everything else still goes through the libfuse operations
+ * below.  It prints "fuse_ceiling: transport io_uring" (or "... dev")
+ * on stderr once the rings are up (or after 10 s without them), and
+ * "fuse_ceiling: N requests over io_uring" when it stops.
  */
 #define FUSE_USE_VERSION 314
 
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +41,8 @@
 #include <unistd.h>
 
 #include "fuse_fe.h"
+#include "fuse_uring.h"
+#include "log.h"
 
 #define DISK_INO	2
 
@@ -163,6 +178,66 @@ static void c_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, 0);
 }
 
+/* The io_uring transport's data path: in place, in the ring's buffer. */
+
+static void r_read(void *ctx, uint64_t ino, void *buf, size_t size,
+		   uint64_t off, pf_ring_done_fn done, void *arg)
+{
+	ssize_t n;
+
+	(void)ctx;
+	(void)ino;
+	if (backing < 0) {
+		memset(buf, 0, size);
+		done(arg, (ssize_t)size);
+		return;
+	}
+	n = pread(backing, buf, size, (off_t)off);
+	done(arg, n < 0 ? -errno : n);
+}
+
+static void r_write(void *ctx, uint64_t ino, const void *buf, size_t size,
+		    uint64_t off, int open_flags, pf_ring_done_fn done,
+		    void *arg)
+{
+	ssize_t n;
+
+	(void)ctx;
+	(void)ino;
+	(void)open_flags;
+	if (backing < 0) {
+		done(arg, (ssize_t)size);
+		return;
+	}
+	n = pwrite(backing, buf, size, (off_t)off);
+	done(arg, n < 0 ? -errno : n);
+}
+
+static const struct pf_ring_data ring_data = {
+	.read = r_read,
+	.write = r_write,
+};
+
+static struct pf_ring *ring;
+static atomic_bool watch_stop;
+
+/* Say on stderr which transport serves, once the rings are up or after
+ * 10 s without them (run.sh waits for the line). */
+static void *watch_transport(void *arg)
+{
+	unsigned i;
+
+	(void)arg;
+	for (i = 0; i < 1000 && !atomic_load(&watch_stop); i++) {
+		if (!strcmp(pf_ring_transport(ring), "io_uring"))
+			break;
+		usleep(10000);
+	}
+	fprintf(stderr, "fuse_ceiling: transport %s\n",
+		pf_ring_transport(ring));
+	return NULL;
+}
+
 static const struct fuse_lowlevel_ops ops = {
 	.init = c_init,
 	.lookup = c_lookup,
@@ -179,14 +254,20 @@ int main(int argc, char **argv)
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fuse_loop_config *lc;
 	struct fuse_session *se;
-	int ret = 1;
+	const char *env = getenv("FUSE_CEILING_URING");
+	bool use_ring = env && !strcmp(env, "1");
+	pthread_t watcher;
+	bool watching = false;
+	int ret = 1, err;
 
 	if (argc < 3 || argc > 4) {
 		fprintf(stderr,
-			"usage: %s MOUNTPOINT SIZE_MB [BACKING_FILE]\n",
+			"usage: [FUSE_CEILING_URING=1] %s MOUNTPOINT SIZE_MB "
+			"[BACKING_FILE]\n",
 			argv[0]);
 		return 2;
 	}
+	pf_log_init("fuse_ceiling", true);	/* the transport's messages */
 	disk_size = strtoull(argv[2], NULL, 10) << 20;
 	if (argc == 4) {
 		backing = open(argv[3], O_RDWR | O_DIRECT);
@@ -204,6 +285,16 @@ int main(int argc, char **argv)
 		goto out;
 	if (fuse_set_signal_handlers(se) || fuse_session_mount(se, argv[1]))
 		goto out_destroy;
+	if (use_ring) {
+		err = pf_ring_attach(se, &ring_data, 0, &ring);
+		if (err) {
+			fprintf(stderr, "fuse_ceiling: io_uring transport: %s\n",
+				strerror(-err));
+			goto out_unmount;
+		}
+		watching = !pthread_create(&watcher, NULL, watch_transport,
+					   NULL);
+	}
 	lc = fuse_loop_cfg_create();
 	if (lc) {
 		fuse_loop_cfg_set_clone_fd(lc, 1);
@@ -211,6 +302,17 @@ int main(int argc, char **argv)
 		ret = fuse_session_loop_mt(se, lc) ? 1 : 0;
 		fuse_loop_cfg_destroy(lc);
 	}
+	if (watching) {
+		atomic_store(&watch_stop, true);
+		pthread_join(watcher, NULL);
+	}
+	if (ring) {
+		/* every request is answered: the data path is synchronous */
+		fprintf(stderr, "fuse_ceiling: %llu requests over io_uring\n",
+			pf_ring_served(ring));
+		pf_ring_detach(ring);
+	}
+out_unmount:
 	fuse_session_unmount(se);
 	fuse_remove_signal_handlers(se);
 out_destroy:

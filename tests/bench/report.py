@@ -4,18 +4,25 @@
 usage: report.py RESULTS.tsv OUT.json OUT.png
 
 RESULTS.tsv has one record a line: KIND <tab> KEY <tab> TARGET <tab> VALUE,
-KIND one of meta, job, detail, extra, snap, problem, failed.  Runs on Debian 12's
-python3 (3.11) with python3-matplotlib.
+KIND one of meta, job, detail, extra, snap, problem, failed, skipped (a
+target this machine cannot run: KEY says why).  Records of runs from before
+a target existed simply lack it.  Runs on Debian 12's python3 (3.11) with
+python3-matplotlib.
 """
 
 import json
 import sys
 
-TARGETS = ["raw", "fuse-null", "fuse-pass", "ploopfs", "loop-ploopfs",
-           "loop-raw", "qsd"]
+TARGETS = ["raw", "fuse-null", "fuse-pass", "fuse-pass-uring", "ploopfs",
+           "ploopfs-uring", "loop-ploopfs", "loop-raw", "qsd"]
 OURS = ["ploopfs", "loop-ploopfs"]
 # reference FUSE servers (tests/bench/fuse_ceiling.c): not judged
 CEILINGS = ["fuse-null", "fuse-pass"]
+# FUSE over io_uring: each -uring target and the same server over
+# /dev/fuse.  Runs on kernels without it (and older results) lack them:
+# their columns, bars and notes appear only when measured.
+URING = {"ploopfs-uring": "ploopfs", "fuse-pass-uring": "fuse-pass"}
+REFERENCE = CEILINGS + ["fuse-pass-uring", "loop-raw"]
 
 # name, unit, goal (ratio to raw, design targets), reference job of raw
 # and qsd for the ratios (None: the job itself)
@@ -53,6 +60,13 @@ NOTES = [
     "copied up the rest of the run overwrites; the copy ratio says how "
     "much was copied.",
 ]
+URING_NOTE = (
+    "ploopfs-uring and fuse-pass-uring: ploopfs and fuse-pass served over "
+    "FUSE over io_uring (ploopfs -o uring, FUSE_CEILING_URING=1; the run "
+    "sets the fuse module's enable_uring=Y for them and puts it back).  "
+    "ratio_uring_to_dev is each one's figure over its /dev/fuse twin's "
+    "(> 1: io_uring faster); ploopfs-uring has the same goals as ploopfs, "
+    "fuse-pass-uring is a reference row.")
 
 
 def load(path):
@@ -91,9 +105,14 @@ def value_in(jobs, name, target, want_unit):
     return v * 1024 / 4
 
 
+def measured(jobs, target):
+    """Whether any job has a figure for target."""
+    return any(target in v for v in jobs.values())
+
+
 def build(recs):
     meta, jobs, details, extras, snaps = {}, {}, {}, {}, {}
-    problems, failed = [], []
+    problems, failed, skipped = [], [], {}
     for kind, key, target, value in recs:
         if kind == "meta":
             if key == "warning":
@@ -112,6 +131,8 @@ def build(recs):
             problems.append(f"{key} ({target})" if target != "all" else key)
         elif kind == "failed":
             failed.append(key)
+        elif kind == "skipped":
+            skipped[target] = key
 
     out_jobs = {}
     for name, unit, goal, ref in JOBS:
@@ -120,7 +141,8 @@ def build(recs):
         entry = {"unit": unit, "values": {t: vals.get(t) for t in TARGETS},
                  "goal_ratio_to_raw": goal,
                  "ratio_to_raw": {}, "ratio_to_qsd": {},
-                 "ratio_to_fuse_null": {}, "ratio_to_fuse_pass": {}}
+                 "ratio_to_fuse_null": {}, "ratio_to_fuse_pass": {},
+                 "ratio_uring_to_dev": {}, "ratio_to_fuse_pass_uring": {}}
         if ref:
             entry["reference_job"] = ref
         raw = value_in(jobs, refname, "raw", unit)
@@ -131,7 +153,7 @@ def build(recs):
                 continue
             if t != "raw" and raw:
                 entry["ratio_to_raw"][t] = round(v / raw, 3)
-            if t in OURS and qsd:
+            if t in OURS + ["ploopfs-uring"] and qsd:
                 entry["ratio_to_qsd"][t] = round(v / qsd, 3)
         # ploopfs over the FUSE ceilings (the cow and 3-delta rows over
         # their reference job, as for raw)
@@ -141,6 +163,16 @@ def build(recs):
             if pfs is not None and cv:
                 entry["ratio_to_" + c.replace("-", "_")]["ploopfs"] = \
                     round(pfs / cv, 3)
+        # the transports: each -uring target over its /dev/fuse twin, and
+        # ploopfs over the pass-through, both over io_uring
+        for u, dev in URING.items():
+            uv, dv = vals.get(u), vals.get(dev)
+            if uv is not None and dv:
+                entry["ratio_uring_to_dev"][u] = round(uv / dv, 3)
+        pu = value_in(jobs, refname, "fuse-pass-uring", unit)
+        if vals.get("ploopfs-uring") is not None and pu:
+            entry["ratio_to_fuse_pass_uring"]["ploopfs-uring"] = \
+                round(vals["ploopfs-uring"] / pu, 3)
         if name in WRITE_JOBS:
             entry["qsd_untrustworthy"] = True
         out_jobs[name] = entry
@@ -155,19 +187,24 @@ def build(recs):
     cow = {k[len("cow_"):]: v.get("ploopfs")
            for k, v in details.items() if k.startswith("cow_")}
     problems = list(dict.fromkeys(problems))    # once each, in order
+    uring_run = [u for u in URING if measured(jobs, u)]
     return {
         "meta": meta,
         "targets": TARGETS,
-        "reference_targets": CEILINGS + ["loop-raw"],
+        "reference_targets": REFERENCE,
+        "measured_targets": [t for t in TARGETS if measured(jobs, t)],
+        "uring_pairs": URING,
         "jobs": out_jobs,
         "seqwrite_passes": details.get("seqwrite_passes", {}),
+        "ring_requests": details.get("ring_requests", {}),
         "cow_ploopfs": cow,
         "mount": mount,
         "fsync": fsync,
         "snapshots": snapshots(snaps),
         "problems": problems,
         "failed": failed,
-        "notes": NOTES,
+        "skipped": skipped,
+        "notes": NOTES + ([URING_NOTE] if uring_run else []),
     }
 
 
@@ -291,6 +328,25 @@ def snapshot_table(res):
     return lines
 
 
+def shown(res):
+    """The targets of the table and chart: all of the original seven, the
+    io_uring ones when measured."""
+    return [t for t in TARGETS
+            if t not in URING or t in res.get("measured_targets", [])]
+
+
+def goal_cell(r, goal):
+    """A ratio to raw, marked * below the goal."""
+    if r is None:
+        return "-"
+    s = f"{r:.2f}"
+    if goal and r < goal:
+        if float(s) >= goal:    # 0.597 is not "0.60"
+            s = f"{r:.3f}"
+        s += "*"
+    return s
+
+
 def fmt(v, unit):
     if v is None:
         return "-"
@@ -331,6 +387,41 @@ def ceiling_table(res):
     return lines
 
 
+def uring_table(res):
+    """Lines of the transport table: FUSE over io_uring next to /dev/fuse
+    (none if no -uring target was measured)."""
+    run = [u for u in URING if u in res.get("measured_targets", [])]
+    if not run:
+        return []
+    head = ["job", "pfs/raw", "pfs-ur/raw", "pfs-ur/pfs", "pass-ur/pass",
+            "pfs-ur/pass-ur", "goal"]
+    rows = [head]
+    for name, _, goal, ref in JOBS:
+        e = res["jobs"][name]
+        row = [name + (f" (vs {ref})" if ref else ""),
+               goal_cell(e["ratio_to_raw"].get("ploopfs"), goal),
+               goal_cell(e["ratio_to_raw"].get("ploopfs-uring"), goal)]
+        for r in (e["ratio_uring_to_dev"].get("ploopfs-uring"),
+                  e["ratio_uring_to_dev"].get("fuse-pass-uring"),
+                  e["ratio_to_fuse_pass_uring"].get("ploopfs-uring")):
+            row.append("-" if r is None else f"{r:.2f}")
+        if all(c == "-" for c in row[1:]):
+            continue
+        row.append(f">={goal}" if goal else "")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["", "FUSE over io_uring next to /dev/fuse (same jobs, same run): "
+             "pfs-ur = ploopfs-uring, pass-ur = fuse-pass-uring; "
+             "x-ur/x > 1: io_uring faster; * below the goal"]
+    for i, r in enumerate(rows):
+        lines.append("  " + "  ".join(
+            [r[0].ljust(widths[0])] +
+            [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+        if i == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return lines
+
+
 def table(res):
     lines = []
     m = res["meta"]
@@ -340,13 +431,14 @@ def table(res):
         f"{m.get('work_fs')}, {m.get('cpus')} CPUs, kernel {m.get('kernel')}, "
         f"{m.get('fio')}, {m.get('qemu')}, ploopfs {m.get('ploopfs_commit')}")
     lines.append("")
-    head = ["job", "unit"] + TARGETS + [
+    cols = shown(res)
+    head = ["job", "unit"] + cols + [
         "pfs/raw", "pfs/qsd", "loop-pfs/raw", "loop-pfs/qsd", "goal"]
     rows = [head]
     for name, unit, goal, _ in JOBS:
         e = res["jobs"][name]
         row = [name, unit]
-        for t in TARGETS:
+        for t in cols:
             s = fmt(e["values"][t], unit)
             if t == "qsd" and name in WRITE_JOBS and e["values"][t] is not None:
                 s += "+"
@@ -355,11 +447,8 @@ def table(res):
             for kind in ("ratio_to_raw", "ratio_to_qsd"):
                 r = e[kind].get(t)
                 s = "-" if r is None else f"{r:.2f}"
-                if kind == "ratio_to_raw" and goal and r is not None \
-                        and r < goal:
-                    if float(s) >= goal:    # 0.597 is not "0.60"
-                        s = f"{r:.3f}"
-                    s += "*"
+                if kind == "ratio_to_raw":
+                    s = goal_cell(r, goal)
                 if kind == "ratio_to_qsd" and r is not None \
                         and name in WRITE_JOBS:
                     s += "+"
@@ -379,16 +468,22 @@ def table(res):
                  "* below the goal.")
     lines.append("+ qsd write figure: not trustworthy, qemu-storage-daemon "
                  "7.2 corrupts data under concurrent O_DIRECT writes.")
-    for n in NOTES:
+    for n in res["notes"]:
         if not n.startswith("qsd:"):
             lines.append("- " + n)
     lines += ceiling_table(res)
+    lines += uring_table(res)
 
     lines.append("")
     passes = res["seqwrite_passes"]
     if passes:
         lines.append("seqwrite fresh passes: " + ", ".join(
             f"{t} {passes[t]}" for t in TARGETS if t in passes))
+    reqs = res.get("ring_requests", {})
+    if reqs:
+        lines.append("requests over io_uring (all mounts of the target): " +
+                     ", ".join(f"{t} {reqs[t]}" for t in TARGETS
+                               if t in reqs))
     cow = res["cow_ploopfs"]
     if cow:
         lines.append(
@@ -426,6 +521,10 @@ def table(res):
         lines.append("")
         lines.append("NOT MEASURED:")
         lines += ["  " + f for f in res["failed"]]
+    if res.get("skipped"):
+        lines.append("")
+        lines.append("SKIPPED (not available here, not a failure):")
+        lines += [f"  {t}: {why}" for t, why in res["skipped"].items()]
     return "\n".join(lines)
 
 
@@ -435,16 +534,26 @@ def chart(res, path):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    bars = ["ploopfs", "loop-ploopfs", "loop-raw", "qsd"]
-    colors = {"ploopfs": "#1f77b4", "loop-ploopfs": "#2ca02c",
-              "loop-raw": "#7f7f7f", "qsd": "#ff7f0e"}
+    cols = shown(res)
+    bars = [t for t in ["ploopfs", "ploopfs-uring", "loop-ploopfs",
+                        "loop-raw", "qsd"] if t in cols]
+    colors = {"ploopfs": "#1f77b4", "ploopfs-uring": "#9467bd",
+              "loop-ploopfs": "#2ca02c", "loop-raw": "#7f7f7f",
+              "qsd": "#ff7f0e"}
+    bar_label = {"ploopfs-uring": "ploopfs-uring (-o uring: FUSE over "
+                                  "io_uring)"}
     # the FUSE ceilings: thin lines across their job's group, not bars
     ceil_style = {"fuse-null": {"color": "black", "linestyle": ":",
                                 "linewidth": 1.8},
                   "fuse-pass": {"color": "#444444", "linestyle": "-.",
-                                "linewidth": 1.5}}
+                                "linewidth": 1.5},
+                  "fuse-pass-uring": {"color": "#8c564b",
+                                      "linestyle": (0, (6, 2, 1, 2, 1, 2)),
+                                      "linewidth": 1.5}}
+    ceil_lines = CEILINGS + [t for t in ["fuse-pass-uring"] if t in cols]
     names = [j[0] for j in JOBS]
-    width = 0.2
+    nb = len(bars)
+    width = 0.8 / nb
     fig, ax = plt.subplots(figsize=(16, 7.5), dpi=100)
     top = 1.2
     for name, _, _, _ in JOBS:
@@ -456,7 +565,7 @@ def chart(res, path):
     # squash the bars: the scale follows them only up to 2.0, higher
     # ones are drawn as an arrow at the top with their figure
     for name, _, _, _ in JOBS:
-        for t in CEILINGS:
+        for t in ceil_lines:
             r = res["jobs"][name]["ratio_to_raw"].get(t)
             if r is not None:
                 top = max(top, min(r + 0.15, 2.0))
@@ -466,7 +575,7 @@ def chart(res, path):
             r = e["ratio_to_raw"].get(t)
             if r is None:
                 continue
-            x = gi + (bi - 1.5) * width
+            x = gi + (bi - (nb - 1) / 2) * width
             untrusted = t == "qsd" and name in WRITE_JOBS
             ax.bar(x, r, width, color=colors[t],
                    alpha=0.45 if untrusted else 1.0,
@@ -475,18 +584,21 @@ def chart(res, path):
             ax.text(x, r + 0.02, f"{r:.2f}", ha="center", va="bottom",
                     fontsize=7, rotation=90)
             top = max(top, r + 0.25)
+        half = nb / 2 * width       # half the group's width
         if goal:
-            ax.plot([gi - 2.3 * width, gi + 2.3 * width], [goal, goal],
-                    color="red", linestyle="--", linewidth=1.5)
-        for ci, t in enumerate(CEILINGS):
+            ax.plot([gi - half - 0.3 * width, gi + half + 0.3 * width],
+                    [goal, goal], color="red", linestyle="--",
+                    linewidth=1.5)
+        for ci, t in enumerate(ceil_lines):
             r = e["ratio_to_raw"].get(t)
             if r is None:
                 continue
             if r <= top - 0.05:
-                ax.plot([gi - 2.1 * width, gi + 2.1 * width], [r, r],
-                        **ceil_style[t])
+                ax.plot([gi - half - 0.1 * width, gi + half + 0.1 * width],
+                        [r, r], **ceil_style[t])
             else:
-                x = gi + (ci - 0.5) * 2.4 * width
+                x = gi + (ci - (len(ceil_lines) - 1) / 2) * \
+                    (0.48 if len(ceil_lines) < 3 else 0.3)
                 ax.plot([x], [top - 0.03], marker="^", markersize=6,
                         color=ceil_style[t]["color"])
                 ax.text(x, top - 0.07,
@@ -510,12 +622,16 @@ def chart(res, path):
     ax.set_xlim(-0.6, len(JOBS) - 0.3)
     ax.set_ylabel("ratio to raw file (same job, same run)")
     m = res["meta"]
+    what = "ploopfs, loop devices, qemu-storage-daemon, FUSE ceilings"
+    if "ploopfs-uring" in bars or "fuse-pass-uring" in ceil_lines:
+        what += ", FUSE over io_uring"
     ax.set_title(
-        f"ploopfs, loop devices, qemu-storage-daemon, FUSE ceilings: "
+        f"{what}: "
         f"throughput as a "
         f"ratio to the raw file's (fio, direct I/O, {m.get('size_mb')} MiB, {m.get('runtime_s')} s "
         f"per job, {m.get('timestamp', '')})", fontsize=10)
-    handles = [Patch(facecolor=colors[t], edgecolor="black", label=t)
+    handles = [Patch(facecolor=colors[t], edgecolor="black",
+                     label=bar_label.get(t, t))
                for t in bars]
     handles.append(Patch(facecolor=colors["qsd"], alpha=0.45, hatch="//",
                          edgecolor="black",
@@ -531,6 +647,10 @@ def chart(res, path):
         handles.append(plt.Line2D(
             [], [], **ceil_style["fuse-pass"],
             label="fuse-pass: one sync pread/pwrite per request"))
+    if "fuse-pass-uring" in ceil_lines:
+        handles.append(plt.Line2D(
+            [], [], **ceil_style["fuse-pass-uring"],
+            label="fuse-pass-uring: fuse-pass over FUSE over io_uring"))
     ax.legend(handles=handles, fontsize=8, loc="upper center",
               bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)

@@ -5,7 +5,9 @@
 #                 that answers zeros and acks writes (the FUSE round trip)
 #   fuse-pass     tests/fuse_ceiling over a raw file: one synchronous
 #                 O_DIRECT pread/pwrite per request, no mapping
+#   fuse-pass-uring  the same served over FUSE over io_uring
 #   ploopfs       the disk file of a ploopfs mount of a fresh image
+#   ploopfs-uring the same mounted with -o uring (FUSE over io_uring)
 #   loop-ploopfs  a loop device (direct I/O) over that file
 #   loop-raw      a loop device (direct I/O) over the raw file
 #   qsd           qemu-storage-daemon's FUSE export of a fresh parallels image
@@ -18,7 +20,10 @@
 #        BENCH_SIZE_MB  size of the file or disk under test (1024)
 #        BENCH_DIR      where the work directory goes (/var/tmp); all
 #                       targets live on this one file system
-#        BENCH_TARGETS  subset of the targets, for debugging (all)
+#        BENCH_TARGETS  subset of the targets, for debugging (all; the
+#                       -uring ones only if the kernel's fuse module has
+#                       the enable_uring parameter, which the run sets to
+#                       Y for them and puts back afterwards)
 #        BENCH_EXTRA    0: skip mount time, RSS and fsync counts (1)
 #        BENCH_FSYNC_N  fsync'd writes per fdatasync count (256)
 #        BENCH_WAIT_IDLE  seconds to wait for running test suites (600)
@@ -39,12 +44,18 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 B=$(cd "$1" && pwd) || exit 2
 PLOOPFS=$B/ploopfs
 PLOOPCTL=$B/ploopctl
-FCEIL=$B/tests/fuse_ceiling		# the fuse-null and fuse-pass server
+FCEIL=$B/tests/fuse_ceiling		# the fuse-null, fuse-pass(-uring) server
 
 RT=${BENCH_RUNTIME:-10}
 SIZE=${BENCH_SIZE_MB:-1024}
 BASE=${BENCH_DIR:-/var/tmp}
-ALL_TARGETS="raw fuse-null fuse-pass ploopfs loop-ploopfs loop-raw qsd"
+# FUSE over io_uring: the fuse module's parameter (Linux 6.14 and later)
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+if [ -e "$URING_PARAM" ]; then
+	ALL_TARGETS="raw fuse-null fuse-pass fuse-pass-uring ploopfs ploopfs-uring loop-ploopfs loop-raw qsd"
+else
+	ALL_TARGETS="raw fuse-null fuse-pass ploopfs loop-ploopfs loop-raw qsd"
+fi
 TARGETS=${BENCH_TARGETS:-$ALL_TARGETS}
 [ "$TARGETS" = none ] && TARGETS=""	# only the extras and snapshots
 EXTRA=${BENCH_EXTRA:-1}
@@ -87,6 +98,11 @@ TPIDS=()		# timeout(1) wrappers of our daemons
 PF_TPID="" PF_PID="" PF_MNT="" PF_DIR="" MOUNT_US=0
 Q_TPID="" Q_PID=""
 FC_TPID=""		# timeout(1) wrapper of fuse_ceiling
+FC_LOGOFF=0		# where its lines start in fuse_ceiling.log
+URING_ORIG=""		# enable_uring as found, put back by uring_restore
+URING_SEEN=" "		# -uring targets seen on io_uring (" t1 t2 ")
+URING_SKIP=""		# why the current -uring target is skipped
+RING_REQS=0		# requests over io_uring of the current target
 ROT_PID=""		# the snapshot rotation loop
 SKIPPED=0		# a measurement skipped for lack of space
 LOOP="" TFILE=""
@@ -141,6 +157,7 @@ cleanup() {
 	fi
 	# a busy device would be detached when its last user lets go
 	[ -n "$THIN_LOOP" ] && timeout 30 losetup -d "$THIN_LOOP" 2>/dev/null
+	uring_restore	# no daemon of ours uses the rings any more
 	if [ -n "$W" ] && [ -d "$W" ]; then
 		if findmnt -rn -o TARGET | grep -qF "$W/"; then
 			log "left $W in place: something is still mounted there"
@@ -188,10 +205,12 @@ fill() {
 }
 
 # Wait until no test suite (bats, unit tests) runs: they would skew the
-# figures and the benchmarks would slow them down.
+# figures and the benchmarks would slow them down (and the integration
+# tests switch enable_uring).  bats's test processes are named bash.
 wait_quiet() {
 	local t0=$SECONDS said=0
-	while pgrep '^bats' >/dev/null || pgrep '^test_' >/dev/null; do
+	while pgrep '^bats' >/dev/null || pgrep -f 'bats-core/bats' >/dev/null ||
+		pgrep '^test_' >/dev/null; do
 		if [ $said -eq 0 ]; then
 			log "test suites are running; waiting (at most ${WAIT_IDLE}s)"
 			said=1
@@ -207,11 +226,11 @@ wait_quiet() {
 
 # ---------------------------------------------------------------- ploopfs
 
-# pf_mount DIR MNT: start ploopfs in the foreground (-f) in the background,
-# so that we know its pid; MOUNT_US is the time from the start to the
-# first successful lookup of MNT/disk.  The poll uses bash builtins only
-# (EPOCHREALTIME, test -e): no fork blurs the figure.  A daemon that
-# hangs is ended by its own timeout.
+# pf_mount DIR MNT [OPTIONS]: start ploopfs in the foreground (-f) in the
+# background, so that we know its pid; OPTIONS go to ploopfs (-o uring).
+# MOUNT_US is the time from the start to the first successful lookup of
+# MNT/disk.  The poll uses bash builtins only (EPOCHREALTIME, test -e): no
+# fork blurs the figure.  A daemon that hangs is ended by its own timeout.
 pf_mount() {
 	local t0 deadline
 	PF_DIR=$1 PF_MNT=$2
@@ -221,7 +240,7 @@ pf_mount() {
 	# instead of holding them (ploopfs(8), OUT OF SPACE): the run fails
 	# instead of hanging with the host full.
 	timeout -k 10 "$DAEMON_LIMIT" "$PLOOPFS" -f \
-		-o enospc_timeout="$ENOSPC_S" "$PF_DIR" "$PF_MNT" \
+		-o enospc_timeout="$ENOSPC_S" "${@:3}" "$PF_DIR" "$PF_MNT" \
 		2>>"$W/ploopfs.log" &
 	PF_TPID=$!
 	TPIDS+=("$PF_TPID")
@@ -380,16 +399,21 @@ qsd_stop() {
 
 # ---------------------------------------------------------------- FUSE ceilings
 
-# fc_start [BACKING]: tests/fuse_ceiling serving $W/fcmnt/disk (SIZE MiB):
-# zeros and acknowledged writes without BACKING (fuse-null), a synchronous
-# O_DIRECT pread/pwrite of BACKING per request with it (fuse-pass).  It
-# runs in the foreground: started in the background under timeout, like
+# fc_start TARGET [BACKING]: tests/fuse_ceiling serving $W/fcmnt/disk
+# (SIZE MiB): zeros and acknowledged writes without BACKING (fuse-null), a
+# synchronous O_DIRECT pread/pwrite of BACKING per request with it
+# (fuse-pass); for a TARGET ending in -uring over FUSE over io_uring
+# (FUSE_CEILING_URING=1), checked with the transport it reports.  It runs
+# in the foreground: started in the background under timeout, like
 # ploopfs, and stopped by unmounting.
 fc_start() {
-	local deadline m=$W/fcmnt
+	local deadline m=$W/fcmnt t=$1 u=0 tr=""
+	shift
+	[ "${t%-uring}" != "$t" ] && u=1
 	mkdir -p "$m"
-	timeout -k 10 "$DAEMON_LIMIT" "$FCEIL" "$m" "$SIZE" "$@" \
-		2>>"$W/fuse_ceiling.log" &
+	FC_LOGOFF=$(stat -c %s "$W/fuse_ceiling.log" 2>/dev/null || echo 0)
+	FUSE_CEILING_URING=$u timeout -k 10 "$DAEMON_LIMIT" "$FCEIL" "$m" \
+		"$SIZE" "$@" 2>>"$W/fuse_ceiling.log" &
 	FC_TPID=$!
 	TPIDS+=("$FC_TPID")
 	deadline=$((SECONDS + 60))
@@ -408,10 +432,21 @@ fc_start() {
 		sleep 0.01
 	done
 	TFILE=$m/disk
+	[ $u = 1 ] || return 0
+	# it says which transport serves once its rings are up (or in 10 s)
+	deadline=$((SECONDS + 20))
+	while [ -z "$tr" ] && [ $SECONDS -lt $deadline ]; do
+		tr=$(fc_log | sed -n 's/^fuse_ceiling: transport //p' | tail -n 1)
+		[ -n "$tr" ] || sleep 0.05
+	done
+	uring_verdict "$t" "$tr" "fuse_ceiling with FUSE_CEILING_URING=1"
 }
 
+# this fuse_ceiling's lines in the log
+fc_log() { tail -c +$((FC_LOGOFF + 1)) "$W/fuse_ceiling.log" 2>/dev/null; }
+
 fc_stop() {
-	local i rc m=$W/fcmnt
+	local i rc n m=$W/fcmnt
 	[ -n "$FC_TPID" ] || return 0
 	for ((i = 0; i < 50; i++)); do
 		timeout "$CMD_LIMIT" fusermount3 -u "$m" 2>/dev/null && break
@@ -429,7 +464,101 @@ fc_stop() {
 	wait "$FC_TPID"
 	rc=$?
 	FC_TPID=""
+	# its last words over io_uring: "fuse_ceiling: N requests over io_uring"
+	n=$(fc_log | sed -n 's/^fuse_ceiling: \([0-9]*\) requests over io_uring$/\1/p' |
+		tail -n 1)
+	[ -n "$n" ] && RING_REQS=$((RING_REQS + n))
 	[ $rc -eq 0 ] || { log "fuse_ceiling exited with status $rc"; return 1; }
+}
+
+# ---------------------------------------------------------------- io_uring
+
+# uring_enable: the fuse module's enable_uring=Y for a -uring target; the
+# value it had is kept for uring_restore (cleanup restores it too, also on
+# failure or Ctrl-C).  Fails, with URING_SKIP saying why, if this kernel
+# has no FUSE over io_uring or the parameter cannot be set.
+uring_enable() {
+	local v
+	if [ ! -e "$URING_PARAM" ]; then
+		URING_SKIP="this kernel has no FUSE over io_uring (no $URING_PARAM)"
+		return 1
+	fi
+	if ! v=$(cat "$URING_PARAM"); then
+		URING_SKIP="cannot read $URING_PARAM"
+		return 1
+	fi
+	[ -n "$URING_ORIG" ] || URING_ORIG=$v
+	[ "$v" = Y ] || echo Y >"$URING_PARAM" 2>/dev/null
+	if [ "$(cat "$URING_PARAM")" != Y ]; then
+		URING_SKIP="cannot set $URING_PARAM to Y"
+		return 1
+	fi
+}
+
+# uring_restore: enable_uring as uring_enable found it
+uring_restore() {
+	[ -n "$URING_ORIG" ] || return 0
+	if [ "$(cat "$URING_PARAM" 2>/dev/null)" != "$URING_ORIG" ] &&
+		! echo "$URING_ORIG" >"$URING_PARAM"; then
+		log "cannot put $URING_PARAM back to $URING_ORIG"
+		return 1
+	fi
+	URING_ORIG=""
+}
+
+# uring_verdict TARGET TRANSPORT WHAT: whether TARGET's server (WHAT) runs
+# over io_uring.  If not, the first time the target is skipped (the
+# kernel does not offer it: URING_SKIP says so); once it has been seen
+# on io_uring in this run, falling back to /dev/fuse is a failure.
+uring_verdict() {
+	if [ "$2" = io_uring ]; then
+		case $URING_SEEN in *" $1 "*) ;; *) URING_SEEN="$URING_SEEN$1 " ;; esac
+		return 0
+	fi
+	case $URING_SEEN in
+	*" $1 "*)
+		log "$1: $3 now served over ${2:-an unknown transport}, not io_uring" ;;
+	*)
+		if [ -n "$2" ]; then
+			URING_SKIP="$3 served over $2, not io_uring"
+		else
+			URING_SKIP="$3 did not say which transport serves it"
+		fi
+		URING_SKIP="$URING_SKIP (enable_uring $(cat "$URING_PARAM" 2>/dev/null))" ;;
+	esac
+	return 1
+}
+
+# pf_uring_check: the ploopfs just mounted (-o uring) serves over io_uring
+# (ploopctl status --json: fuse_transport), once its rings are up
+pf_uring_check() {
+	local i tr=""
+	for ((i = 0; i < 100; i++)); do
+		tr=$(pf_status_get "$PF_DIR" fuse_transport 2>/dev/null)
+		[ "$tr" = io_uring ] && break
+		sleep 0.1
+	done
+	uring_verdict ploopfs-uring "$tr" "ploopfs -o uring"
+}
+
+# pf_ring_count: add the requests the running ploopfs took from its rings
+# to RING_REQS
+pf_ring_count() {
+	local n
+	[ -n "$PF_TPID" ] || return 0
+	n=$(pf_status_get "$PF_DIR" fuse_ring_requests 2>/dev/null)
+	case $n in
+	'' | *[!0-9]*) ;;
+	*) RING_REQS=$((RING_REQS + n)) ;;
+	esac
+}
+
+# target_skip T: a -uring target that cannot run here (URING_SKIP): said,
+# kept in the results, not a failure of the run
+target_skip() {
+	log "$1: skipped: $URING_SKIP"
+	record skipped "$URING_SKIP" "$1" 1
+	SKIPPED=1	# not a complete run: latest.json stays
 }
 
 # ---------------------------------------------------------------- targets
@@ -450,11 +579,17 @@ target_up() {
 		TFILE=$W/pmnt/disk
 		[ "$1" = ploopfs ] || loop_attach "$W/pmnt/disk"
 		;;
-	fuse-null) fc_start ;;
-	fuse-pass)
+	ploopfs-uring)
+		pf_init "$W/pimg" "${SIZE}M" || return 1
+		pf_mount "$W/pimg" "$W/pmnt" -o uring || return 1
+		TFILE=$W/pmnt/disk
+		pf_uring_check
+		;;
+	fuse-null) fc_start "$1" ;;
+	fuse-pass | fuse-pass-uring)
 		rm -f "$W/raw.img"
 		truncate -s "${SIZE}M" "$W/raw.img" || return 1
-		fc_start "$W/raw.img"
+		fc_start "$1" "$W/raw.img"
 		;;
 	qsd) qsd_start ;;
 	*) log "unknown target $1"; return 1 ;;
@@ -466,10 +601,11 @@ target_down() {
 	raw) rm -f "$W/raw.img" ;;
 	loop-raw) loop_detach && rm -f "$W/raw.img" ;;
 	ploopfs) pf_umount && rm -rf "$W/pimg" ;;
+	ploopfs-uring) pf_ring_count; pf_umount && rm -rf "$W/pimg" ;;
 	loop-ploopfs) loop_detach && pf_umount && rm -rf "$W/pimg" ;;
 	qsd) qsd_stop && rm -rf "$W/q" ;;
 	fuse-null) fc_stop ;;
-	fuse-pass) fc_stop && rm -f "$W/raw.img" ;;
+	fuse-pass | fuse-pass-uring) fc_stop && rm -f "$W/raw.img" ;;
 	esac
 }
 
@@ -503,6 +639,7 @@ bench_seqwrite() {
 bench_target() {
 	local t=$1
 	log "== $t"
+	RING_REQS=0
 	bench_seqwrite "$t" || return 1
 	target_up "$t" || return 1
 	fill "$TFILE" || return 1
@@ -517,7 +654,11 @@ bench_target() {
 	timed_fio randwrite_4k_qd1_fsync "$TFILE" randwrite 4k 1 --fsync=1 ||
 		return 1
 	record job randwrite_4k_qd1_fsync "$t" "$(num "$(fld 49)")"
-	target_down "$t"
+	target_down "$t" || return 1
+	# requests that came over the rings, all mounts of the target
+	case $t in
+	*-uring) record detail ring_requests "$t" "$RING_REQS" ;;
+	esac
 }
 
 # Copy-on-write: fill the disk, snapshot it (offline), then random 4 KiB
@@ -969,7 +1110,7 @@ for c in fio qemu-img qemu-storage-daemon losetup strace fusermount3 \
 done
 [ -x "$PLOOPFS" ] && [ -x "$PLOOPCTL" ] || missing="$missing $B/ploopfs,ploopctl"
 case " $TARGETS " in
-*" fuse-null "* | *" fuse-pass "*)
+*" fuse-null "* | *" fuse-pass "* | *" fuse-pass-uring "*)
 	[ -x "$FCEIL" ] || missing="$missing $FCEIL" ;;
 esac
 if [ "$EXTRA" = 1 ]; then	# the thin ext4 of the 1 TiB image
@@ -1020,6 +1161,11 @@ record meta fio all "$(fio --version)"
 record meta qemu all "$(qemu-storage-daemon --version | head -n 1)"
 record meta ploopfs_commit all "$(git -C "$top" describe --always --dirty 2>/dev/null || echo unknown)"
 record meta targets all "$TARGETS"
+if [ -e "$URING_PARAM" ]; then
+	record meta fuse_over_io_uring all "available (enable_uring $(cat "$URING_PARAM"))"
+else
+	record meta fuse_over_io_uring all "not in this kernel"
+fi
 record meta fsync_n all "$FSYNC_N"
 if [ "$SNAP" = 1 ]; then
 	record meta rot_runtime_s all "$ROT_RT"
@@ -1032,10 +1178,18 @@ log "work dir $W, ${SIZE} MiB, ${RT} s per job, targets: $TARGETS"
 t_start=$SECONDS
 for t in $TARGETS; do
 	wait_quiet
-	if ! bench_target "$t"; then
-		fail "$t: main jobs"
+	URING_SKIP=""
+	if [ "${t%-uring}" != "$t" ] && ! uring_enable; then
+		target_skip "$t"
+	elif ! bench_target "$t"; then
+		if [ -n "$URING_SKIP" ]; then
+			target_skip "$t"
+		else
+			fail "$t: main jobs"
+		fi
 		target_down "$t" 2>/dev/null
 	fi
+	uring_restore	# only a -uring target changed it
 	if [ "$t" = ploopfs ]; then
 		wait_quiet
 		bench_cow || { fail "ploopfs: cow_randwrite_4k_qd32"; pf_umount; }
