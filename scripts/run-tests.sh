@@ -77,7 +77,8 @@ if [ "$mode" != unit ]; then
 			echo Y >"$uring_param"
 			(cd "$top" && PF_MOUNT_OPTS="-o uring" PF_EXPECT_URING=1 \
 				timeout 3000 bats --tap tests/integration/60-daemon.bats \
-				tests/integration/72-online.bats) >"$log" 2>&1
+				tests/integration/72-online.bats \
+				tests/integration/80-enospc.bats) >"$log" 2>&1
 			rc=$?
 			restore_uring
 			tally_run "integration over io_uring" $rc

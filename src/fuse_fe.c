@@ -454,6 +454,19 @@ static void fe_write_start(void *ctx, uint64_t ino, const void *buf,
 		pf_stack_write(fe->stack, buf, size, off, fe_io_done, io);
 }
 
+static bool fe_write_waits(void *ctx, uint64_t ino, const void *buf,
+			   size_t size, uint64_t off)
+{
+	struct pf_fe *fe = ctx;
+	uint64_t disk = pf_stack_size(fe->stack);
+
+	if (ino != DISK_INO || !size || off >= disk)
+		return false;	/* refused at once */
+	if (size > disk - off)
+		size = (size_t)(disk - off);
+	return pf_stack_write_waits(fe->stack, buf, size, off);
+}
+
 static void fe_batch(void *ctx, bool begin)
 {
 	struct pf_fe *fe = ctx;
@@ -466,6 +479,7 @@ void pf_fe_ring_data(struct pf_fe *fe, struct pf_ring_data *d)
 	d->ctx = fe;
 	d->read = fe_read_start;
 	d->write = fe_write_start;
+	d->write_waits = fe_write_waits;
 	d->batch = fe_batch;
 }
 

@@ -72,7 +72,7 @@ struct pf_uring_cmd_req {	/* in the SQE's 80-byte command area */
 
 #define SQE_CMD_OFF	offsetof(struct io_uring_sqe, cmd)
 #define EFD_TAG		((uint64_t)1)	/* user_data of the stop read */
-#define N_WORKERS	4u
+#define N_WORKERS	16u	/* as many as /dev/fuse's workers (PF_FE_THREADS) */
 
 struct queue;
 
@@ -125,6 +125,7 @@ struct pf_ring {
 	pthread_t workers[N_WORKERS];
 	unsigned n_workers;
 	bool stopped;		/* pf_ring_stop() has run */
+	atomic_bool stopping;	/* new requests are refused */
 };
 
 static struct pf_ring *the_ring;
@@ -326,23 +327,30 @@ static void serve(struct ent *e)
 	forward(e, in, payload);
 }
 
-/* Whether the request in @e may wait for the disk before it answers. */
-static bool may_block(const struct ent *e)
+/* How long the request in @e may hold up the thread that serves it. */
+enum wait { W_NO, W_BOUNDED, W_UNBOUNDED };
+
+static enum wait may_wait(const struct ent *e)
 {
 	const struct fuse_in_header *in =
 		(const struct fuse_in_header *)e->hdr->in_out;
 	const struct fuse_write_in *wi = (const void *)e->hdr->op_in;
+	const struct pf_ring_data *d = &e->q->r->data;
 
 	switch (in->opcode) {
 	case FUSE_FSYNC:
 	case FUSE_FSYNCDIR:
 	case FUSE_FALLOCATE:
 	case FUSE_SETATTR:
-		return true;
+		return W_BOUNDED;
 	case FUSE_WRITE:
-		return (wi->flags & (O_SYNC | O_DSYNC)) != 0;
+		if (d->write_waits &&
+		    d->write_waits(d->ctx, in->nodeid, e->payload, wi->size,
+				   wi->offset))
+			return W_UNBOUNDED;
+		return (wi->flags & (O_SYNC | O_DSYNC)) ? W_BOUNDED : W_NO;
 	default:
-		return false;
+		return W_NO;
 	}
 }
 
@@ -374,15 +382,26 @@ static void dispatch(struct ent *e, unsigned more)
 {
 	struct queue *q = e->q;
 	struct pf_ring *r = q->r;
+	enum wait w;
 	unsigned busy;
 
 	(void)atomic_load_explicit(&e->handed, memory_order_acquire);
 	e->unique = e->hdr->ent.commit_id;
 	busy = atomic_fetch_add(&q->busy, 1) + 1;
+	if (atomic_load(&r->stopping)) {
+		/* the daemon is stopping: as /dev/fuse's after the loop */
+		answer(e, -ENOTCONN, 0);
+		return;
+	}
 	atomic_fetch_add_explicit(&r->served, 1, memory_order_relaxed);
-	/* Alone, a request that may block costs nobody anything and saves
-	 * a hand-off; with others in flight it must not hold them up. */
-	if (r->n_workers && may_block(e) && (busy > 1 || more)) {
+	/* A request that waits a bounded time (an fdatasync) saves a
+	 * hand-off by running here when it is alone; with others in flight
+	 * it must not hold them up.  One that may wait without bound (a
+	 * write held for host space) never runs here: requests arriving
+	 * after it would wait as long. */
+	w = may_wait(e);
+	if (r->n_workers &&
+	    (w == W_UNBOUNDED || (w == W_BOUNDED && (busy > 1 || more)))) {
 		e->next = NULL;
 		pthread_mutex_lock(&r->wlock);
 		if (r->wtail)
@@ -394,7 +413,7 @@ static void dispatch(struct ent *e, unsigned more)
 		pthread_mutex_unlock(&r->wlock);
 		return;
 	}
-	if (may_block(e)) {
+	if (w != W_NO) {
 		/* answers queued by this thread go out before it waits */
 		pthread_mutex_lock(&q->sq_lock);
 		busy = publish_sq(&q->ring);
@@ -498,6 +517,12 @@ static void *queue_main(void *arg)
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, false);
 	}
+	/* answers queued in the last round */
+	pthread_mutex_lock(&q->sq_lock);
+	n = publish_sq(&q->ring);
+	pthread_mutex_unlock(&q->sq_lock);
+	if (n)
+		enter(q, n, false);
 	return NULL;
 }
 
@@ -787,19 +812,17 @@ unsigned long long pf_ring_served(const struct pf_ring *r)
 void pf_ring_stop(struct pf_ring *r)
 {
 	uint64_t one = 1;
+	struct ent *e;
 	unsigned i;
 
 	if (!r || r->stopped)
 		return;
 	r->stopped = true;
-	for (i = 0; r->qs && i < r->nq; i++) {
-		if (!r->qs[i].started)
-			continue;
-		if (write(r->qs[i].efd, &one, sizeof(one)) == sizeof(one))
-			pthread_join(r->qs[i].tid, NULL);
-		r->qs[i].started = false;
-	}
-	/* requests already handed to the workers are still served */
+	/* New requests are answered ENOTCONN; the workers finish what
+	 * they were handed (a held write gives up: the session has ended)
+	 * while the queue threads still run, so that every answer reaches
+	 * the kernel through a live ring. */
+	atomic_store(&r->stopping, true);
 	pthread_mutex_lock(&r->wlock);
 	r->wstop = true;
 	pthread_cond_broadcast(&r->wcond);
@@ -807,6 +830,19 @@ void pf_ring_stop(struct pf_ring *r)
 	for (i = 0; i < r->n_workers; i++)
 		pthread_join(r->workers[i], NULL);
 	r->n_workers = 0;
+	for (i = 0; r->qs && i < r->nq; i++) {
+		if (!r->qs[i].started)
+			continue;
+		if (write(r->qs[i].efd, &one, sizeof(one)) == sizeof(one))
+			pthread_join(r->qs[i].tid, NULL);
+		r->qs[i].started = false;
+	}
+	/* handed over while the workers were ending */
+	while ((e = r->whead)) {
+		r->whead = e->next;
+		serve(e);
+	}
+	r->wtail = NULL;
 }
 
 void pf_ring_detach(struct pf_ring *r)

@@ -19,10 +19,12 @@
  *    no copy; every other request is handed to libfuse's dispatcher, and
  *    its answer, caught by the write hook, is copied into the entry.
  *  - An answer is committed from whichever thread produced it (the queue
- *    thread batches its own commits into its next wait); requests that
- *    may block (fsync, fallocate, O_SYNC writes) run on a small pool of
- *    worker threads when other requests of the queue are in flight, so
- *    that they do not hold up the queue.
+ *    thread batches its own commits into its next wait).  Writes that
+ *    would hold up the thread (allocation, copy-on-write, a wait for host
+ *    space that has no bound) always run on a pool of worker threads;
+ *    fsync, fallocate and O_SYNC writes run there when other requests of
+ *    the queue are in flight.  A queue thread never waits long, so one
+ *    request cannot hold up the others of its CPU.
  *
  * FORGET, INTERRUPT and requests sent before the rings are ready still
  * come through /dev/fuse and libfuse's own loop, which keeps running.
@@ -58,6 +60,11 @@ struct pf_ring_data {
 	void (*write)(void *ctx, uint64_t ino, const void *buf, size_t size,
 		      uint64_t off, int open_flags, pf_ring_done_fn done,
 		      void *arg);
+	/* Optional: whether that write would hold up the calling thread
+	 * (allocation, copy-on-write, waiting for space): such writes run
+	 * on a worker thread, never on a queue thread. */
+	bool (*write_waits)(void *ctx, uint64_t ino, const void *buf,
+			    size_t size, uint64_t off);
 	/* Optional: the transport is about to serve several requests from
 	 * one thread (@begin), or is done with them: the file system should
 	 * not do one request's I/O in place while others wait. */

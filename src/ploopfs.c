@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,12 +118,21 @@ static int parse_commit_ms(const char *s, unsigned *ms)
 	return 0;
 }
 
-/* Held writes give up once the session is ending (unmount, signal). */
+/* Held writes give up once the session is ending (unmount, signal).
+ * The loop resets the session's exited flag when it returns, and with
+ * -o uring requests are still being finished after that: loop_ended
+ * keeps the answer. */
+struct ending {
+	struct fuse_session *se;
+	atomic_bool loop_ended;
+};
+
 static bool session_ending(void *ctx)
 {
-	struct fuse_session *const *se = ctx;
+	struct ending *e = ctx;
 
-	return *se && fuse_session_exited(*se);
+	return atomic_load(&e->loop_ended) ||
+	       (e->se && fuse_session_exited(e->se));
 }
 
 int main(int argc, char **argv)
@@ -133,6 +143,7 @@ int main(int argc, char **argv)
 	struct pf_stack_opts so = { 0 };
 	struct fuse_loop_config *lc = NULL;
 	struct fuse_session *se = NULL;
+	struct ending ending = { NULL, false };
 	struct pf_stack *stack = NULL;
 	struct pf_why why = { "" };
 	struct pf_events *events = NULL;
@@ -191,7 +202,7 @@ int main(int argc, char **argv)
 	so.no_direct = cfg.no_direct;
 	so.enospc_timeout_s = cfg.enospc_timeout;
 	so.stopping = session_ending;
-	so.stopping_ctx = &se;
+	so.stopping_ctx = &ending;
 	so.event = pf_serve_event;
 	so.event_ctx = events;
 	ret = pf_stack_open(&so, &stack, &why);
@@ -226,6 +237,7 @@ int main(int argc, char **argv)
 	}
 	se = fuse_session_new(&args, pf_fe_ops(), sizeof(struct fuse_lowlevel_ops),
 			      &fe);
+	ending.se = se;
 	if (!se)
 		goto out_close;
 	if (fuse_set_signal_handlers(se) != 0)
@@ -279,6 +291,7 @@ int main(int argc, char **argv)
 	fuse_loop_cfg_set_max_threads(lc, cfg.threads ? cfg.threads :
 							  PF_FE_THREADS);
 	ret = fuse_session_loop_mt(se, lc);
+	atomic_store(&ending.loop_ended, true);
 	/* libfuse's signal handler leaves the signal number as the loop's
 	 * result: SIGTERM, SIGINT and SIGHUP are requests to stop cleanly */
 	if (ret < 0)

@@ -1243,6 +1243,33 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 	stack_write(s, buf, len, off, true, done, arg);
 }
 
+/* The test of stack_write()'s first branch, for every segment, inside
+ * the gate (the levels do not change under it). */
+bool pf_stack_write_waits(struct pf_stack *s, const void *buf, size_t len,
+			  uint64_t off)
+{
+	const struct pf_header *h = s->hdr;
+	size_t pos = 0, seg_len;
+	uint64_t in_off;
+	uint32_t idx;
+	bool waits = false;
+	unsigned top;
+
+	if (atomic_load(&s->failed) || !len || !range_ok(s, len, off))
+		return false;	/* answered at once */
+	gate_enter(s);
+	top = s->n_levels - 1u;
+	while (!waits && pos < len) {
+		const uint8_t *src = (const uint8_t *)buf + pos;
+
+		seg_len = seg_at(h, off, len, &pos, &idx, &in_off);
+		waits = !level_clu(s, top, idx) ||
+			!aligned(s, src, in_off, seg_len);
+	}
+	gate_exit(s);
+	return waits;
+}
+
 /* Synchronous wrappers */
 
 struct waiter {

@@ -100,6 +100,16 @@ void pf_stack_write(struct pf_stack *s, const void *buf, size_t len,
 		    uint64_t off, pf_stack_done_fn done, void *arg);
 
 /*
+ * Whether a write of @len bytes of @buf at @off would hold up the calling
+ * thread: it allocates clusters, copies a lower delta's data up, patches
+ * an unaligned edge or may wait for host space (CTL-8).  Writes into
+ * clusters the top already has, aligned, are submitted and return at
+ * once.  A hint: the answer may be stale by the time the write runs.
+ */
+bool pf_stack_write_waits(struct pf_stack *s, const void *buf, size_t len,
+			  uint64_t off);
+
+/*
  * A request that is alone is done in the calling thread (no hand-off to
  * the completion thread).  A caller about to submit several requests
  * from one thread brackets them with these, so that each goes to libaio
