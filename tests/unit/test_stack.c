@@ -228,6 +228,45 @@ static void test_cow_from_snapshot(void)
 	free(dir);
 }
 
+/* pf_stack_write_waits: in place only where the top has the cluster and
+ * the write is aligned. */
+static void test_write_waits(void)
+{
+	const uint64_t size = 16 * MiB;
+	char *dir = new_image(size, 1 * MiB);
+	struct pf_stack *s = open_stack(dir, false);
+	uint8_t *buf = NULL;
+
+	check(s != NULL);
+	if (!s || posix_memalign((void **)&buf, 4096, 2 * 4096))
+		return;
+	fill(buf, 2 * 4096, 11, 0);
+	check(pf_stack_write_waits(s, buf, 4096, 0));	/* allocates */
+	check_int(pf_stack_pwrite(s, buf, 4096, 0), ==, 0);
+	check(!pf_stack_write_waits(s, buf, 4096, 0));
+	check(!pf_stack_write_waits(s, buf, 4096, 512 * KiB));
+	check(pf_stack_write_waits(s, buf + 1, 4096, 0));	/* buffer */
+	check(pf_stack_write_waits(s, buf, 4096, 1));		/* offset */
+	check(pf_stack_write_waits(s, buf, 100, 0));		/* length */
+	/* the second half lands in cluster 1, not allocated */
+	check(pf_stack_write_waits(s, buf, 2 * 4096, 1 * MiB - 4096));
+	/* refused at once: no wait */
+	check(!pf_stack_write_waits(s, buf, 4096, size));
+	check_int(pf_stack_close(s), ==, 0);
+	/* after a snapshot the cluster lives below: copy-on-write */
+	tu_snapshot(dir);
+	s = open_stack(dir, false);
+	check(s != NULL);
+	if (s) {
+		check(pf_stack_write_waits(s, buf, 4096, 0));
+		check_int(pf_stack_pwrite(s, buf, 4096, 0), ==, 0);
+		check(!pf_stack_write_waits(s, buf, 4096, 0));
+		check_int(pf_stack_close(s), ==, 0);
+	}
+	free(buf);
+	free(dir);
+}
+
 struct writer {
 	struct pf_stack *s;
 	pthread_barrier_t *go;
@@ -715,6 +754,7 @@ int main(void)
 	}
 	test_read_write_alignments();
 	test_cow_from_snapshot();
+	test_write_waits();
 	test_concurrent_first_writers();
 	test_discard_single_delta_and_w4();
 	test_discard_over_snapshot();
