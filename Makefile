@@ -60,7 +60,8 @@ TAP_OBJ   := $(TSUP_SRCS:tests/unit/%.c=$(B)/tests/%.o)
 
 .SECONDARY:
 
-.PHONY: demo all deps check check-unit check-integration check-asan check-tsan \
+.PHONY: demo all deps check check-unit check-integration check-uring \
+	check-asan check-tsan \
 	lint man-lint install clean help bench crash-soak
 
 all: $(PROGS)
@@ -73,6 +74,7 @@ help:
 	@echo "  check              layering check, unit tests and bats integration tests"
 	@echo "  check-unit         unit tests only"
 	@echo "  check-integration  bats integration tests only"
+	@echo "  check-uring        every bats file that mounts, again over FUSE over io_uring"
 	@echo "  check-asan         'check' built with AddressSanitizer + UBSan"
 	@echo "  check-tsan         'check' built with ThreadSanitizer"
 	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
@@ -126,6 +128,9 @@ check-unit: $(UNIT_BINS)
 
 check-integration: all
 	scripts/run-tests.sh --integration-only $(B)
+
+check-uring: all
+	scripts/run-tests.sh --uring-only $(B)
 
 check-asan:
 	$(MAKE) VARIANT=asan check

@@ -1,15 +1,24 @@
 #!/bin/bash
 # Run the unit tests (TAP binaries) and the bats integration suite against
 # the build in BUILD_DIR, and close with one "N passed, N failed" line.
-# usage: run-tests.sh [--unit-only|--integration-only] BUILD_DIR
+# The integration run is followed by the daemon's own tests once more over
+# FUSE over io_uring: 60-daemon and 80-enospc, or with --uring-only every
+# file that mounts (make check-uring).
+# usage: run-tests.sh [--unit-only|--integration-only|--uring-only] BUILD_DIR
 set -u
 
 mode=all
+uring_files="60-daemon 80-enospc"
 case "${1:-}" in
 --unit-only) mode=unit; shift ;;
 --integration-only) mode=integration; shift ;;
+--uring-only)
+	mode=uring
+	uring_files="30-snapshot 32-switch 60-daemon 70-rotate 72-online 80-enospc"
+	shift
+	;;
 esac
-B=${1:?usage: run-tests.sh [--unit-only|--integration-only] BUILD_DIR}
+B=${1:?usage: run-tests.sh [--unit-only|--integration-only|--uring-only] BUILD_DIR}
 top=$(cd "$(dirname "$0")/.." && pwd)
 B=$(cd "$top" && cd "$B" && pwd)
 
@@ -68,20 +77,24 @@ if [ "$mode" != unit ]; then
 		echo "bats not installed: run 'make deps'" >&2
 		failed=$((failed + 1))
 	else
-		(cd "$top" && timeout 3000 bats --tap tests/integration) >"$log" 2>&1
-		tally_run integration $?
+		if [ "$mode" != uring ]; then
+			(cd "$top" && timeout 3000 bats --tap tests/integration) >"$log" 2>&1
+			tally_run integration $?
+		fi
 		# The daemon's tests again, every mount over FUSE over
 		# io_uring (HACKING, Tests); the parameter is put back after.
 		if [ -w "$uring_param" ]; then
+			files=()
+			for f in $uring_files; do
+				files+=("tests/integration/$f.bats")
+			done
 			uring_saved=$(cat "$uring_param")
 			echo Y >"$uring_param"
 			(cd "$top" && PF_MOUNT_OPTS="-o uring" PF_EXPECT_URING=1 \
-				timeout 3000 bats --tap tests/integration/60-daemon.bats \
-				tests/integration/72-online.bats \
-				tests/integration/80-enospc.bats) >"$log" 2>&1
+				timeout 3000 bats --tap "${files[@]}") >"$log" 2>&1
 			rc=$?
 			restore_uring
-			tally_run "integration over io_uring" $rc
+			tally_run "integration over io_uring ($uring_files)" $rc
 		else
 			echo "integration over io_uring: skipped (no $uring_param: this kernel has no FUSE over io_uring)"
 		fi

@@ -798,8 +798,11 @@ int pf_ring_attach(struct fuse_session *se, const struct pf_ring_data *data,
 
 const char *pf_ring_transport(const struct pf_ring *r)
 {
-	if (r && r->qs && atomic_load(&r->queues_up) == r->nq &&
-	    !atomic_load(&r->reg_err))
+	unsigned up = r ? atomic_load(&r->queues_up) : 0;
+
+	/* a queue thread is up only after the queues were set up: r->nq is
+	 * safe to read once one of them said so */
+	if (up && up == r->nq && !atomic_load(&r->reg_err))
 		return "io_uring";
 	return "dev";
 }
