@@ -63,7 +63,7 @@ tally_run() {
 	fi
 }
 
-if [ "$mode" != integration ]; then
+if [ "$mode" = all ] || [ "$mode" = unit ]; then
 	for t in "$B"/tests/test_*; do
 		[ -x "$t" ] || continue
 		name=$(basename "$t")
