@@ -82,10 +82,12 @@ ring_load_end() {
 	before=$(ring_requests "$D")
 	run_ok timeout 300 fio --name=v4k --filename="$M/disk" --rw=randwrite \
 		--bs=4k --iodepth=32 --ioengine=libaio --direct=1 --size=64M \
-		--verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0
+		--verify=crc32c --verify_fatal=1 --do_verify=1 \
+		--verify_state_save=0
 	run_ok timeout 300 fio --name=v1m --filename="$M/disk" --rw=randwrite \
 		--bs=1M --iodepth=8 --ioengine=libaio --direct=1 --offset=64M \
-		--size=128M --verify=crc32c --verify_fatal=1 --do_verify=1 --verify_state_save=0
+		--size=128M --verify=crc32c --verify_fatal=1 --do_verify=1 \
+		--verify_state_save=0
 	after=$(ring_requests "$D")
 	# 64M/4k + 128M/1M writes, each read back: all came over the rings
 	[ $((after - before)) -ge $((2 * (16384 + 128))) ]
@@ -109,7 +111,8 @@ ring_load_end() {
 	run_ok timeout 300 fio --name=fs --filename="$M/disk" --rw=randwrite \
 		--bs=4k --iodepth=4 --numjobs=4 --ioengine=libaio --direct=1 \
 		--size=16M --offset_increment=16M --fsync=1 --verify=crc32c \
-		--verify_fatal=1 --do_verify=1 --group_reporting
+		--verify_fatal=1 --do_verify=1 --verify_state_save=0 \
+		--group_reporting
 	# O_SYNC: durable before the answer (W3), straight through the ring
 	run_ok dd if=/dev/urandom of="$T/sync" bs=64K count=8 status=none
 	run_ok dd if="$T/sync" of="$M/disk" bs=64K seek=2048 oflag=direct,sync \
