@@ -832,7 +832,6 @@ void pf_ring_stop(struct pf_ring *r)
 	pthread_mutex_unlock(&r->wlock);
 	for (i = 0; i < r->n_workers; i++)
 		pthread_join(r->workers[i], NULL);
-	r->n_workers = 0;
 	for (i = 0; r->qs && i < r->nq; i++) {
 		if (!r->qs[i].started)
 			continue;
