@@ -69,6 +69,20 @@ URING_NOTE = (
     "fuse-pass-uring is a reference row.")
 
 
+
+def grid(rows, left=1, indent="  "):
+    """Lines of a table: rows[0] the header, then a rule; the first
+    @left columns left-aligned, the others right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        cells = [c.ljust(w) for c, w in zip(r[:left], widths[:left])]
+        cells += [c.rjust(w) for c, w in zip(r[left:], widths[left:])]
+        out.append(indent + "  ".join(cells))
+        if n == 0:
+            out.append(indent + "  ".join("-" * w for w in widths))
+    return out
+
 def load(path):
     recs = []
     with open(path, encoding="utf-8") as f:
@@ -265,13 +279,7 @@ def snapshot_table(res):
                     row.append(ms(d.get(f"{io}_{p}_us")))
             row.append(ms(d.get("daemon_stall_max_us")))
             rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        for i, r in enumerate(rows):
-            lines.append("  " + "  ".join(
-                [r[0].ljust(widths[0])] +
-                [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
-            if i == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths))
+        lines += grid(rows)
         lines.append("  latencies: completion latency (fio clat) in ms; "
                      "daemon stall: longest freeze of the mount "
                      "(ploopctl status stall_max_us), ms")
@@ -315,13 +323,7 @@ def snapshot_table(res):
                 f"{d.get('mibs', 0):.1f}", f"{d.get('s', 0):.2f}",
                 "-" if r is None else f"{r:.2f}",
                 str(d.get("tool_mibs", "-")), str(d.get("stall_us", "-"))])
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        for i, r in enumerate(rows):
-            lines.append("  " + "  ".join(
-                [r[0].ljust(widths[0])] +
-                [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
-            if i == 0:
-                lines.append("  " + "  ".join("-" * w for w in widths))
+        lines += grid(rows)
         lines.append("  MiB/s and seconds: wall time of the command (cp: cp "
                      "and fsync); own MiB/s: what snapshot-delete reports "
                      "for its copy")
@@ -375,16 +377,8 @@ def ceiling_table(res):
         if all(c == "-" for c in row[1:]):
             continue
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["", "FUSE ceilings (reference, not judged): fuse-null and "
-             "fuse-pass over raw, ploopfs over each of them"]
-    for i, r in enumerate(rows):
-        lines.append("  " + "  ".join(
-            [r[0].ljust(widths[0])] +
-            [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
-        if i == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return lines
+    return ["", "FUSE ceilings (reference, not judged): fuse-null and "
+            "fuse-pass over raw, ploopfs over each of them"] + grid(rows)
 
 
 def uring_table(res):
@@ -409,17 +403,9 @@ def uring_table(res):
             continue
         row.append(f">={goal}" if goal else "")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["", "FUSE over io_uring next to /dev/fuse (same jobs, same run): "
-             "pfs-ur = ploopfs-uring, pass-ur = fuse-pass-uring; "
-             "x-ur/x > 1: io_uring faster; * below the goal"]
-    for i, r in enumerate(rows):
-        lines.append("  " + "  ".join(
-            [r[0].ljust(widths[0])] +
-            [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
-        if i == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return lines
+    return ["", "FUSE over io_uring next to /dev/fuse (same jobs, same run): "
+            "pfs-ur = ploopfs-uring, pass-ur = fuse-pass-uring; "
+            "x-ur/x > 1: io_uring faster; * below the goal"] + grid(rows)
 
 
 def table(res):
@@ -455,13 +441,7 @@ def table(res):
                 row.append(s)
         row.append(f">={goal}" if goal else "")
         rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(r[2:], widths[2:])]
-        lines.append("  ".join(cells))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += grid(rows, left=2, indent="")
     lines.append("")
     lines.append("pfs = ploopfs.  Ratios: ploopfs and loop-ploopfs over raw "
                  "and over qsd; goal = design target for the ratio to raw; "
