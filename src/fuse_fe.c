@@ -10,7 +10,7 @@
  * directory and reads of open handles fail with ESTALE.  Files are
  * opened with direct_io, so every read and write reaches us and no page
  * cache sits between the client and the deltas.  Reads and writes (one
- * core, fe_read_start and fe_write_start, for libfuse's requests and for
+ * core, read_io and write_io, for libfuse's requests and for
  * the io_uring transport's, fuse_uring.h) are
  * answered from the stack's completion callback (often on the aio
  * completion thread); fsync, fallocate and O_SYNC/O_DSYNC writes block
@@ -356,20 +356,30 @@ struct fe_io {
 	pf_ring_done_fn done;
 	void *arg;
 	size_t len;
+	bool owned;		/* allocated by fe_io_new(), freed at the end */
 };
+
+/* Answer @io with @res (bytes or -errno). */
+static void fe_io_finish(struct fe_io *io, ssize_t res)
+{
+	pf_ring_done_fn done = io->done;
+	void *arg = io->arg;
+
+	if (io->owned)
+		free(io);
+	done(arg, res);
+}
 
 static void fe_io_done(void *p, int err)
 {
 	struct fe_io *io = p;
-	pf_ring_done_fn done = io->done;
-	void *arg = io->arg;
-	ssize_t res = err ? err : (ssize_t)io->len;
 
-	free(io);
-	done(arg, res);
+	fe_io_finish(io, err ? err : (ssize_t)io->len);
 }
 
-static struct fe_io *fe_io_new(size_t len, pf_ring_done_fn done, void *arg)
+/* For the io_uring transport, which has no room of its own for it (a
+ * libfuse request carries its fe_io in its struct fe_req). */
+static struct fe_io *fe_io_new(pf_ring_done_fn done, void *arg)
 {
 	struct fe_io *io = malloc(sizeof(*io));
 
@@ -377,38 +387,32 @@ static struct fe_io *fe_io_new(size_t len, pf_ring_done_fn done, void *arg)
 		done(arg, -ENOMEM);
 		return NULL;
 	}
-	io->done = done;
-	io->arg = arg;
-	io->len = len;
+	*io = (struct fe_io){ done, arg, 0, true };
 	return io;
 }
 
 /* Read up to @size bytes at @off of @ino into @buf (4096-aligned). */
-static void fe_read_start(void *ctx, uint64_t ino, void *buf, size_t size,
-			  uint64_t off, pf_ring_done_fn done, void *arg)
+static void read_io(struct pf_fe *fe, uint64_t ino, void *buf, size_t size,
+		    uint64_t off, struct fe_io *io)
 {
-	struct pf_fe *fe = ctx;
 	uint64_t disk = pf_stack_size(fe->stack);
 	char guid[PF_GUID_LEN + 1];
-	struct fe_io *io;
 
 	if (is_view(ino) && !view_guid(fe, ino, guid)) {
-		done(arg, -ESTALE);
+		fe_io_finish(io, -ESTALE);
 		return;
 	}
 	if (ino != DISK_INO && !is_view(ino)) {
-		done(arg, -EISDIR);
+		fe_io_finish(io, -EISDIR);
 		return;
 	}
 	if (off >= disk || !size) {
-		done(arg, 0);	/* end of file */
+		fe_io_finish(io, 0);	/* end of file */
 		return;
 	}
 	if (size > disk - off)
 		size = (size_t)(disk - off);
-	io = fe_io_new(size, done, arg);
-	if (!io)
-		return;
+	io->len = size;
 	if (is_view(ino))
 		pf_stack_read_view(fe->stack, guid, buf, size, off, fe_io_done,
 				   io);
@@ -416,55 +420,76 @@ static void fe_read_start(void *ctx, uint64_t ino, void *buf, size_t size,
 		pf_stack_read(fe->stack, buf, size, off, fe_io_done, io);
 }
 
+/* The part of a write of @size bytes at @off of @ino that goes to the
+ * disk: its length, 0 for nothing to do, or -errno for a refused one. */
+static ssize_t write_extent(struct pf_fe *fe, uint64_t ino, size_t size,
+			    uint64_t off)
+{
+	uint64_t disk = pf_stack_size(fe->stack);
+
+	if (ino != DISK_INO)
+		return -EROFS;
+	if (!size)
+		return 0;
+	if (off >= disk)
+		return -ENOSPC;
+	/* a write that runs past the end stops there, like a block device */
+	if (size > disk - off)
+		size = (size_t)(disk - off);
+	return (ssize_t)size;
+}
+
 /* Write @size bytes of @buf (4096-aligned) at @off of @ino. */
+static void write_io(struct pf_fe *fe, uint64_t ino, const void *buf,
+		     size_t size, uint64_t off, int open_flags,
+		     struct fe_io *io)
+{
+	ssize_t n = write_extent(fe, ino, size, off);
+	int ret;
+
+	if (n <= 0) {
+		fe_io_finish(io, n);
+		return;
+	}
+	io->len = (size_t)n;
+	if (open_flags & (O_SYNC | O_DSYNC)) {
+		/* durable before the answer: data, then a commit (W3) */
+		ret = pf_stack_pwrite(fe->stack, buf, io->len, off);
+		if (!ret)
+			ret = pf_stack_flush(fe->stack);
+		fe_io_done(io, ret);
+		return;
+	}
+	pf_stack_write(fe->stack, buf, io->len, off, fe_io_done, io);
+}
+
+static void fe_read_start(void *ctx, uint64_t ino, void *buf, size_t size,
+			  uint64_t off, pf_ring_done_fn done, void *arg)
+{
+	struct fe_io *io = fe_io_new(done, arg);
+
+	if (io)
+		read_io(ctx, ino, buf, size, off, io);
+}
+
 static void fe_write_start(void *ctx, uint64_t ino, const void *buf,
 			   size_t size, uint64_t off, int open_flags,
 			   pf_ring_done_fn done, void *arg)
 {
-	struct pf_fe *fe = ctx;
-	uint64_t disk = pf_stack_size(fe->stack);
-	struct fe_io *io;
-	int ret;
+	struct fe_io *io = fe_io_new(done, arg);
 
-	if (ino != DISK_INO) {
-		done(arg, -EROFS);
-		return;
-	}
-	if (!size) {
-		done(arg, 0);
-		return;
-	}
-	if (off >= disk) {
-		done(arg, -ENOSPC);
-		return;
-	}
-	/* a write that runs past the end stops there, like a block device */
-	if (size > disk - off)
-		size = (size_t)(disk - off);
-	if (open_flags & (O_SYNC | O_DSYNC)) {
-		/* durable before the answer: data, then a commit (W3) */
-		ret = pf_stack_pwrite(fe->stack, buf, size, off);
-		if (!ret)
-			ret = pf_stack_flush(fe->stack);
-		done(arg, ret ? ret : (ssize_t)size);
-		return;
-	}
-	io = fe_io_new(size, done, arg);
 	if (io)
-		pf_stack_write(fe->stack, buf, size, off, fe_io_done, io);
+		write_io(ctx, ino, buf, size, off, open_flags, io);
 }
 
 static bool fe_write_waits(void *ctx, uint64_t ino, const void *buf,
 			   size_t size, uint64_t off)
 {
 	struct pf_fe *fe = ctx;
-	uint64_t disk = pf_stack_size(fe->stack);
+	ssize_t n = write_extent(fe, ino, size, off);
 
-	if (ino != DISK_INO || !size || off >= disk)
-		return false;	/* refused at once */
-	if (size > disk - off)
-		size = (size_t)(disk - off);
-	return pf_stack_write_waits(fe->stack, buf, size, off);
+	/* a refused or empty write is answered at once */
+	return n > 0 && pf_stack_write_waits(fe->stack, buf, (size_t)n, off);
 }
 
 static void fe_batch(void *ctx, bool begin)
@@ -483,13 +508,15 @@ void pf_fe_ring_data(struct pf_fe *fe, struct pf_ring_data *d)
 	d->batch = fe_batch;
 }
 
-/* A libfuse request and its aligned buffer */
+/* A libfuse request, its aligned buffer and its read or write */
 struct fe_req {
 	fuse_req_t req;
 	void *buf;
+	struct fe_io io;
 };
 
-static struct fe_req *fe_req_new(fuse_req_t req, size_t size)
+static struct fe_req *fe_req_new(fuse_req_t req, size_t size,
+				 pf_ring_done_fn done)
 {
 	struct fe_req *r = malloc(sizeof(*r));
 
@@ -499,6 +526,7 @@ static struct fe_req *fe_req_new(fuse_req_t req, size_t size)
 		return NULL;
 	}
 	r->req = req;
+	r->io = (struct fe_io){ done, r, 0, false };
 	return r;
 }
 
@@ -529,10 +557,9 @@ static void fe_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	r = fe_req_new(req, size);
+	r = fe_req_new(req, size, read_done);
 	if (r)
-		fe_read_start(fe_of(req), ino, r->buf, size, (uint64_t)off,
-			      read_done, r);
+		read_io(fe_of(req), ino, r->buf, size, (uint64_t)off, &r->io);
 }
 
 static void write_done(void *arg, ssize_t res)
@@ -559,7 +586,7 @@ static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
 		fuse_reply_err(req, ENOSPC);
 		return;
 	}
-	r = fe_req_new(req, size);
+	r = fe_req_new(req, size, write_done);
 	if (!r)
 		return;
 	/* our own aligned copy: the request buffer is reused once we
@@ -571,8 +598,8 @@ static void fe_write_buf(fuse_req_t req, fuse_ino_t ino,
 		fe_req_free(r);
 		return;
 	}
-	fe_write_start(fe_of(req), ino, r->buf, size, (uint64_t)off, fi->flags,
-		       write_done, r);
+	write_io(fe_of(req), ino, r->buf, size, (uint64_t)off, fi->flags,
+		 &r->io);
 }
 
 static void fe_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
