@@ -124,8 +124,7 @@ struct pf_ring {
 	bool wstop;
 	pthread_t workers[N_WORKERS];
 	unsigned n_workers;
-	bool stopped;		/* pf_ring_stop() has run */
-	atomic_bool stopping;	/* new requests are refused */
+	atomic_bool stopping;	/* pf_ring_stop(): new requests refused */
 };
 
 static struct pf_ring *the_ring;
@@ -818,14 +817,12 @@ void pf_ring_stop(struct pf_ring *r)
 	struct ent *e;
 	unsigned i;
 
-	if (!r || r->stopped)
+	if (!r || atomic_exchange(&r->stopping, true))
 		return;
-	r->stopped = true;
 	/* New requests are answered ENOTCONN; the workers finish what
 	 * they were handed (a held write gives up: the session has ended)
 	 * while the queue threads still run, so that every answer reaches
 	 * the kernel through a live ring. */
-	atomic_store(&r->stopping, true);
 	pthread_mutex_lock(&r->wlock);
 	r->wstop = true;
 	pthread_cond_broadcast(&r->wcond);
