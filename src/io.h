@@ -13,6 +13,7 @@
 #ifndef PF_IO_H
 #define PF_IO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -30,6 +31,7 @@ struct pf_aio_req {
 	_Alignas(8) unsigned char iocb[64];	/* struct iocb */
 	pf_aio_done_fn done;
 	void *arg;
+	struct pf_aio *owner;	/* while an engine has it */
 };
 
 /* Create a context for up to @depth requests in flight.  Returns 0 or
@@ -57,5 +59,34 @@ void pf_aio_pread(struct pf_aio *a, struct pf_aio_req *r, int fd, void *buf,
 void pf_aio_pwrite(struct pf_aio *a, struct pf_aio_req *r, int fd,
 		   const void *buf, size_t len, uint64_t off,
 		   pf_aio_done_fn done, void *arg);
+
+/*
+ * A thread's own engine.  A thread that runs an event loop of its own (a
+ * FUSE io_uring queue thread) can take the data I/O it submits: then it
+ * also reaps the completions, in that loop, and nothing else wakes up.
+ * The requests count as in flight on their pf_aio like any other.
+ *
+ * The catch: such a thread must never sleep on something that waits for
+ * its own requests (a range lock, a freeze).  Code that is about to sleep
+ * calls pf_aio_before_wait(), which completes the thread's own requests
+ * first (engine->drain).
+ */
+struct pf_aio_engine {
+	/* Queue a request; 0, or -errno to let libaio take it instead. */
+	int (*submit)(void *ctx, struct pf_aio_req *r, bool write, int fd,
+		      void *buf, size_t len, uint64_t off);
+	/* Complete every request this engine holds. */
+	void (*drain)(void *ctx);
+	void *ctx;
+};
+
+/* Use @e (NULL: none) for the requests this thread submits. */
+void pf_aio_use_engine(const struct pf_aio_engine *e);
+
+/* For an engine: request @r, which it took, completed with @res. */
+void pf_aio_engine_done(struct pf_aio_req *r, ssize_t res);
+
+/* About to sleep: complete this thread's own engine requests. */
+void pf_aio_before_wait(void);
 
 #endif /* PF_IO_H */

@@ -4,7 +4,8 @@
  *
  * Threads: any thread submits; one completion thread reaps events with
  * io_getevents() and runs the callbacks, which must not block for long
- * (they reply to FUSE and release locks).
+ * (they reply to FUSE and release locks).  A thread with an engine of
+ * its own (pf_aio_use_engine) submits and completes through it instead.
  *
  * Flow control: a counting semaphore holds the number of free slots, so
  * io_submit() never sees a full ring; the completion thread posts it
@@ -128,6 +129,30 @@ void pf_aio_destroy(struct pf_aio *a)
 	free(a);
 }
 
+static __thread const struct pf_aio_engine *thread_engine;
+
+void pf_aio_use_engine(const struct pf_aio_engine *e)
+{
+	thread_engine = e;
+}
+
+void pf_aio_engine_done(struct pf_aio_req *r, ssize_t res)
+{
+	struct pf_aio *a = r->owner;
+
+	r->owner = NULL;
+	r->done(r->arg, res);
+	atomic_fetch_sub(&a->inflight, 1);
+}
+
+void pf_aio_before_wait(void)
+{
+	const struct pf_aio_engine *e = thread_engine;
+
+	if (e)
+		e->drain(e->ctx);
+}
+
 static void submit(struct pf_aio *a, struct pf_aio_req *r, bool write, int fd,
 		   void *buf, size_t len, uint64_t off, pf_aio_done_fn done,
 		   void *arg)
@@ -146,6 +171,15 @@ static void submit(struct pf_aio *a, struct pf_aio_req *r, bool write, int fd,
 			    pread(fd, buf, len, (off_t)off);
 		done(arg, n < 0 ? -errno : n);
 		return;
+	}
+	if (thread_engine) {
+		r->owner = a;
+		atomic_fetch_add(&a->inflight, 1);
+		if (!thread_engine->submit(thread_engine->ctx, r, write, fd,
+					   buf, len, off))
+			return;
+		r->owner = NULL;
+		atomic_fetch_sub(&a->inflight, 1);
 	}
 	if (write)
 		io_prep_pwrite(cb, fd, buf, len, (long long)off);

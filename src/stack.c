@@ -370,6 +370,7 @@ static void epoch_flip_and_drain(struct pf_stack *s)
 {
 	unsigned old;
 
+	pf_aio_before_wait();
 	pthread_mutex_lock(&s->epoch_lock);
 	old = atomic_load(&s->epoch);
 	atomic_store(&s->epoch, old ^ 1);
@@ -404,6 +405,7 @@ static void gate_enter(struct pf_stack *s)
 		if (!atomic_load(&s->frozen))
 			return;
 		gate_exit(s);
+		pf_aio_before_wait();	/* a freeze waits for those */
 		pthread_mutex_lock(&s->gate_lock);
 		while (atomic_load(&s->frozen))
 			pthread_cond_wait(&s->gate_open, &s->gate_lock);
@@ -487,8 +489,14 @@ static void rlock_acquire(struct pf_stack *s, struct rlock *r, uint32_t idx,
 	r->start = (uint32_t)start;
 	r->end = (uint32_t)end;
 	pthread_mutex_lock(&b->lock);
-	while (rlock_conflicts(b, r))
-		pthread_cond_wait(&b->released, &b->lock);
+	while (rlock_conflicts(b, r)) {
+		/* the holder may be this thread's own request (io.h) */
+		pthread_mutex_unlock(&b->lock);
+		pf_aio_before_wait();
+		pthread_mutex_lock(&b->lock);
+		if (rlock_conflicts(b, r))
+			pthread_cond_wait(&b->released, &b->lock);
+	}
 	r->next = b->head;
 	b->head = r;
 	pthread_mutex_unlock(&b->lock);
@@ -1292,6 +1300,7 @@ static void waiter_done(void *arg, int err)
 
 static int waiter_wait(struct waiter *w)
 {
+	pf_aio_before_wait();
 	pthread_mutex_lock(&w->lock);
 	while (!w->done)
 		pthread_cond_wait(&w->cv, &w->lock);
@@ -1622,6 +1631,7 @@ int pf_stack_flush(struct pf_stack *s)
 
 	if (atomic_load(&s->failed))
 		return -EIO;
+	pf_aio_before_wait();
 	pthread_mutex_lock(&s->wb_lock);
 	if (!s->wb_running) {
 		pthread_mutex_unlock(&s->wb_lock);

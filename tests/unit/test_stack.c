@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <semaphore.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@
 #include "descriptor.h"
 #include "format.h"
 #include "image.h"
+#include "io.h"
 #include "stack.h"
 #include "tap.h"
 #include "testutil.h"
@@ -744,6 +746,162 @@ static void test_odd_sizes(void)
 	}
 }
 
+
+/*
+ * A thread with its own I/O engine (io.h; a FUSE io_uring queue thread)
+ * completes its requests only when it gets back to its loop, or when the
+ * stack is about to make it sleep (pf_aio_before_wait).  Here the engine
+ * completes nothing on its own: a stack that put the thread to sleep on
+ * a range lock or a freeze held by the thread's own request would hang,
+ * and the alarm fails the test.
+ */
+struct lazy_io {
+	struct pf_aio_req *r;
+	bool write;
+	int fd;
+	void *buf;
+	size_t len;
+	uint64_t off;
+};
+
+struct lazy_engine {
+	struct lazy_io q[16];
+	unsigned n, drains, taken;
+};
+
+static int lazy_submit(void *ctx, struct pf_aio_req *r, bool write, int fd,
+		       void *buf, size_t len, uint64_t off)
+{
+	struct lazy_engine *e = ctx;
+
+	if (e->n == 16)
+		return -EBUSY;
+	e->q[e->n++] = (struct lazy_io){ r, write, fd, buf, len, off };
+	e->taken++;
+	return 0;
+}
+
+static void lazy_drain(void *ctx)
+{
+	struct lazy_engine *e = ctx;
+	unsigned i, n = e->n;
+
+	e->drains++;
+	e->n = 0;
+	for (i = 0; i < n; i++) {
+		struct lazy_io *io = &e->q[i];
+		ssize_t res = io->write ? pwrite(io->fd, io->buf, io->len,
+						 (off_t)io->off) :
+					  pread(io->fd, io->buf, io->len,
+						(off_t)io->off);
+
+		pf_aio_engine_done(io->r, res < 0 ? -errno : res);
+	}
+}
+
+static void hang_alarm(int sig)
+{
+	static const char msg[] =
+		"\nnot ok - the engine's thread waited on its own request\n";
+
+	(void)sig;
+	if (write(1, msg, sizeof(msg) - 1) < 0)
+		_exit(2);
+	_exit(1);
+}
+
+struct done_rec {
+	int calls, err;
+};
+
+static void done_note(void *arg, int err)
+{
+	struct done_rec *d = arg;
+
+	d->calls++;
+	d->err = err;
+}
+
+struct snap_thread {
+	struct pf_stack *s;
+	int ret;
+};
+
+static void *snap_main(void *arg)
+{
+	struct snap_thread *t = arg;
+	char guid[PF_GUID_LEN + 1];
+	struct pf_why why = { "" };
+
+	t->ret = pf_stack_snapshot(t->s, NULL, guid, &why);
+	return NULL;
+}
+
+static void test_engine_never_waits_on_itself(void)
+{
+	const uint64_t size = 4 * MiB;
+	char *dir = new_image(size, 1 * MiB);
+	struct pf_stack *s = open_stack(dir, true);
+	struct lazy_engine le = { .n = 0 };
+	const struct pf_aio_engine eng = { lazy_submit, lazy_drain, &le };
+	uint8_t *a = aligned_alloc(4096, 4096), *b = aligned_alloc(4096, 4096);
+	uint8_t *back = aligned_alloc(4096, 4096);
+	struct done_rec d1 = { 0, 0 }, d2 = { 0, 0 }, d3 = { 0, 0 };
+	struct snap_thread st = { s, -1 };
+	struct pf_stack_stat stat;
+	pthread_t t;
+
+	fill(a, 4096, 1, 0);
+	fill(b, 4096, 2, 0);
+	/* allocate the cluster first: only in-place writes are async */
+	check_int(pf_stack_pwrite(s, a, 4096, 8192), ==, 0);
+	signal(SIGALRM, hang_alarm);
+	alarm(20);
+	pf_aio_use_engine(&eng);
+	pf_stack_batch(s, true);	/* never the synchronous shortcut */
+
+	/* 1: a write to the block the engine still holds a write to */
+	pf_stack_write(s, a, 4096, 8192, done_note, &d1);
+	check_msg(le.n == 1 && d1.calls == 0, "the engine holds the write");
+	pf_stack_write(s, b, 4096, 8192, done_note, &d2);
+	check_msg(d1.calls == 1 && d1.err == 0,
+		  "the overlapping write completed the held one first");
+	check_msg(le.drains >= 1 && le.n == 1 && d2.calls == 0,
+		  "then went to the engine itself");
+
+	/* 2: a write arriving while a snapshot waits for the held one */
+	check_int(pthread_create(&t, NULL, snap_main, &st), ==, 0);
+	do {
+		sched_yield();
+		pf_stack_stat(s, &stat);
+	} while (!stat.frozen);
+	pf_stack_write(s, a, 4096, 0, done_note, &d3);
+	pthread_join(t, NULL);
+	check_int(st.ret, ==, 0);
+	check_msg(d2.calls == 1 && d2.err == 0,
+		  "the freeze got the held write completed");
+	lazy_drain(&le);
+	check_msg(d3.calls == 1 && d3.err == 0,
+		  "the write that met the freeze went on after it");
+
+	pf_stack_batch(s, false);
+	pf_aio_use_engine(NULL);
+	alarm(0);
+	/* the third was the new top's first write there: a synchronous
+	 * copy-up, not the engine's */
+	check_msg(le.taken == 2, "the engine took the two in-place writes (%u)",
+		  le.taken);
+	check_int(pf_stack_pread(s, back, 4096, 8192), ==, 0);
+	check_msg(!memcmp(back, b, 4096), "the later write won");
+	check_int(pf_stack_pread(s, back, 4096, 0), ==, 0);
+	check_msg(!memcmp(back, a, 4096), "the write after the freeze landed");
+	check_int(pf_stack_close(s), ==, 0);
+	free(a);
+	free(b);
+	free(back);
+	free(dir);
+}
+
 int main(void)
 {
 	char cmd[600];
@@ -764,6 +922,7 @@ int main(void)
 	test_busy_and_corrupt();
 	test_recovery_after_process_death();
 	test_odd_sizes();
+	test_engine_never_waits_on_itself();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
 	if (system(cmd) != 0)
 		tap_diag("cannot remove %s", tmp_root);
