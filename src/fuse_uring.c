@@ -14,6 +14,13 @@
  * and every thread that answers (aio completions, workers, libfuse
  * replies), under q->sq_lock.  The completion queue is read by the queue
  * thread alone.
+ *
+ * Data writes that a queue thread starts go on its own ring (io.h's
+ * pf_aio_engine): their completions come back to the same loop, which
+ * answers them and submits the commits with its next wait, so a write
+ * wakes no other thread.  When the stack is about to make the thread
+ * sleep (a range lock, a freeze), eng_drain() first completes the
+ * thread's own writes; requests that arrive meanwhile wait in q->later.
  */
 #define FUSE_USE_VERSION 314
 #include "fuse_uring.h"
@@ -34,6 +41,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "io.h"
 #include "log.h"
 
 /* The io_uring ABI of FUSE (include/uapi/linux/fuse.h, protocol 7.42);
@@ -72,9 +80,17 @@ struct pf_uring_cmd_req {	/* in the SQE's 80-byte command area */
 
 #define SQE_CMD_OFF	offsetof(struct io_uring_sqe, cmd)
 #define EFD_TAG		((uint64_t)1)	/* user_data of the stop read */
+#define IO_TAG		((uint64_t)2)	/* or'ed into a data request's */
+#define SQ_PER_ENT	4u	/* SQ entries per ring entry (data I/O too) */
+#define CQ_PER_ENT	32u	/* CQ entries per ring entry */
 #define N_WORKERS	16u	/* as many as /dev/fuse's workers (PF_FE_THREADS) */
 
 struct queue;
+
+struct cqe_copy {
+	uint64_t data;
+	int32_t res;
+};
 
 struct ent {
 	struct queue *q;
@@ -103,6 +119,15 @@ struct queue {
 	uint64_t efd_val;	/* where the pending read of efd lands */
 	struct ent *ents;
 	atomic_uint busy;	/* entries in user space */
+	/* Data I/O on this ring (pf_aio_engine): only the queue thread
+	 * touches these. */
+	struct pf_aio_engine engine;
+	unsigned io_pending;	/* submitted, not completed */
+	bool draining;
+	/* completions taken off the CQ and not handled yet: those of one
+	 * round (todo), those a drain put aside (later) */
+	struct cqe_copy *todo, *later;
+	unsigned n_todo, n_later, cq_size;
 };
 
 struct pf_ring {
@@ -471,25 +496,140 @@ static void cmd_failed(struct ent *e, int res)
 		       strerror(-res));
 }
 
+/* Take up to @max completions off the CQ into @out. */
+static unsigned take(struct queue *q, struct cqe_copy *out, unsigned max)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+
+	io_uring_for_each_cqe(&q->ring, head, cqe)
+	{
+		if (n == max)
+			break;
+		out[n].data = cqe->user_data;
+		out[n].res = cqe->res;
+		n++;
+	}
+	io_uring_cq_advance(&q->ring, n);
+	return n;
+}
+
+/* Submit what is queued; with @wait, wait for a completion too. */
+static int flush_sq(struct queue *q, bool wait)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&q->sq_lock);
+	n = publish_sq(&q->ring);
+	pthread_mutex_unlock(&q->sq_lock);
+	if (!n && !wait)
+		return 0;
+	return enter(q, n, wait);
+}
+
+static void io_complete(struct queue *q, uint64_t data, int res)
+{
+	q->io_pending--;
+	pf_aio_engine_done((struct pf_aio_req *)(uintptr_t)(data & ~IO_TAG),
+			   res);
+}
+
+/* Handle one completion; @more: how many follow it in hand.  Returns
+ * true for the stop read. */
+static bool handle(struct queue *q, const struct cqe_copy *c, unsigned more)
+{
+	if (c->data == EFD_TAG)
+		return true;
+	if (c->data & IO_TAG)
+		io_complete(q, c->data, c->res);
+	else if (c->res < 0)
+		cmd_failed((struct ent *)(uintptr_t)c->data, c->res);
+	else
+		dispatch((struct ent *)(uintptr_t)c->data, more);
+	return false;
+}
+
+/* Data I/O on the queue's own ring (struct pf_aio_engine) */
+
+static int eng_submit(void *ctx, struct pf_aio_req *r, bool write, int fd,
+		      void *buf, size_t len, uint64_t off)
+{
+	struct queue *q = ctx;
+	/* room kept for a commit of every entry and the stop read */
+	const unsigned keep = q->r->depth + 1;
+	struct io_uring_sqe *sqe;
+
+	/* Reads stay with libaio: their answer carries the data, and the
+	 * commit that copies it to the client is the bigger half of the
+	 * work.  Done here it would all fall on this one thread; from the
+	 * aio completion thread it runs beside it (4 KiB reads at depth 32
+	 * measured 12-20% slower here, writes 25-45% faster). */
+	if (!write)
+		return -EOPNOTSUPP;
+	if (io_uring_sq_space_left(&q->ring) <= keep)
+		(void)flush_sq(q, false);
+	pthread_mutex_lock(&q->sq_lock);
+	if (io_uring_sq_space_left(&q->ring) <= keep) {
+		pthread_mutex_unlock(&q->sq_lock);
+		return -EBUSY;	/* libaio takes it */
+	}
+	sqe = io_uring_get_sqe(&q->ring);
+	if (write)
+		io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
+	else
+		io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)r | IO_TAG);
+	pthread_mutex_unlock(&q->sq_lock);
+	q->io_pending++;
+	return 0;
+}
+
+/* Complete this queue's data I/O before the thread sleeps elsewhere.
+ * Requests that arrive meanwhile are put aside for the queue loop. */
+static void eng_drain(void *ctx)
+{
+	struct queue *q = ctx;
+	struct cqe_copy got[64];
+	unsigned i, n;
+	int ret;
+
+	if (q->draining)
+		return;
+	q->draining = true;
+	while (q->io_pending) {
+		ret = flush_sq(q, !io_uring_cq_ready(&q->ring));
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN) {
+			pf_log(PF_LOG_ERR, "fuse ring %u: drain: %s", q->qid,
+			       strerror(-ret));
+			break;
+		}
+		n = take(q, got, 64);
+		for (i = 0; i < n; i++) {
+			if (got[i].data != EFD_TAG && (got[i].data & IO_TAG))
+				io_complete(q, got[i].data, got[i].res);
+			else
+				q->later[q->n_later++] = got[i];
+		}
+	}
+	q->draining = false;
+}
+
 static void *queue_main(void *arg)
 {
 	struct queue *q = arg;
-	struct io_uring_cqe *cqe;
-	unsigned head, n, ready;
+	const unsigned cap = q->cq_size + q->r->depth + 2;
+	unsigned i, n;
 	bool stop = false, batch;
 	int ret;
 
 	my_queue = q;
+	q->engine = (struct pf_aio_engine){ eng_submit, eng_drain, q };
+	pf_aio_use_engine(&q->engine);
 	register_all(q);
-	while (!stop) {
-		/* this thread's own answers go in with the wait */
-		pthread_mutex_lock(&q->sq_lock);
-		n = publish_sq(&q->ring);
-		pthread_mutex_unlock(&q->sq_lock);
-		if (io_uring_cq_ready(&q->ring))
-			ret = n ? enter(q, n, false) : 0;
-		else
-			ret = enter(q, n, true);
+	/* after the stop read, until this ring's data I/O is done */
+	while (!stop || q->io_pending) {
+		/* this thread's own answers and I/O go in with the wait */
+		ret = flush_sq(q, !q->n_later && !io_uring_cq_ready(&q->ring));
 		if (ret == -EINTR || ret == -EAGAIN)
 			continue;
 		if (ret < 0) {
@@ -497,31 +637,24 @@ static void *queue_main(void *arg)
 			       strerror(-ret));
 			break;
 		}
-		ready = io_uring_cq_ready(&q->ring);
-		batch = ready > 1 && q->r->data.batch;
+		/* what a drain put aside, then the CQ (a drain while these
+		 * are handled only adds to q->later) */
+		memcpy(q->todo, q->later, q->n_later * sizeof(*q->todo));
+		q->n_todo = q->n_later;
+		q->n_later = 0;
+		q->n_todo += take(q, q->todo + q->n_todo, cap - q->n_todo);
+		n = q->n_todo;
+		batch = n > 1 && q->r->data.batch;
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, true);
-		n = 0;
-		io_uring_for_each_cqe(&q->ring, head, cqe)
-		{
-			n++;
-			if (io_uring_cqe_get_data64(cqe) == EFD_TAG)
-				stop = true;
-			else if (cqe->res < 0)
-				cmd_failed(io_uring_cqe_get_data(cqe), cqe->res);
-			else
-				dispatch(io_uring_cqe_get_data(cqe), ready - n);
-		}
-		io_uring_cq_advance(&q->ring, n);
+		for (i = 0; i < n; i++)
+			stop |= handle(q, &q->todo[i], n - i - 1);
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, false);
 	}
 	/* answers queued in the last round */
-	pthread_mutex_lock(&q->sq_lock);
-	n = publish_sq(&q->ring);
-	pthread_mutex_unlock(&q->sq_lock);
-	if (n)
-		enter(q, n, false);
+	(void)flush_sq(q, false);
+	pf_aio_use_engine(NULL);
 	return NULL;
 }
 
@@ -543,6 +676,8 @@ static void free_queues(struct pf_ring *r)
 				munmap(q->ents[k].payload, r->payload_sz);
 		}
 		free(q->ents);
+		free(q->todo);
+		free(q->later);
 		if (q->efd >= 0)
 			close(q->efd);
 		pthread_mutex_destroy(&q->sq_lock);
@@ -587,12 +722,16 @@ static int setup_queues(struct pf_ring *r)
 		q->qid = i;
 		q->efd = eventfd(0, EFD_CLOEXEC);
 		q->ents = calloc(depth, sizeof(*q->ents));
-		if (q->efd < 0 || !q->ents)
+		q->cq_size = depth * CQ_PER_ENT;
+		q->todo = calloc(q->cq_size + depth + 2, sizeof(*q->todo));
+		q->later = calloc(depth + 2, sizeof(*q->later));
+		if (q->efd < 0 || !q->ents || !q->todo || !q->later)
 			return -ENOMEM;
 		memset(&p, 0, sizeof(p));
 		p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE;
-		p.cq_entries = 2 * (r->depth + 2);
-		ret = io_uring_queue_init_params(r->depth + 2, &q->ring, &p);
+		p.cq_entries = q->cq_size;
+		ret = io_uring_queue_init_params(depth * SQ_PER_ENT, &q->ring,
+						 &p);
 		if (ret)
 			return ret;
 		q->ring_ok = true;
