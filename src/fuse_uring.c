@@ -527,22 +527,25 @@ static int flush_sq(struct queue *q, bool wait)
 	return enter(q, n, wait);
 }
 
-static void io_complete(struct queue *q, uint64_t data, int res)
+static bool is_io(const struct cqe_copy *c)
 {
-	q->io_pending--;
-	pf_aio_engine_done((struct pf_aio_req *)(uintptr_t)(data & ~IO_TAG),
-			   res);
+	return c->data != EFD_TAG && (c->data & IO_TAG);
 }
 
-/* Handle one completion; @more: how many follow it in hand.  Returns
- * true for the stop read. */
-static bool handle(struct queue *q, const struct cqe_copy *c, unsigned more)
+static void io_complete(struct queue *q, const struct cqe_copy *c)
+{
+	q->io_pending--;
+	pf_aio_engine_done((struct pf_aio_req *)(uintptr_t)(c->data & ~IO_TAG),
+			   c->res);
+}
+
+/* Handle a completion other than data I/O; @more: how many follow it
+ * in hand.  Returns true for the stop read. */
+static bool handle(const struct cqe_copy *c, unsigned more)
 {
 	if (c->data == EFD_TAG)
 		return true;
-	if (c->data & IO_TAG)
-		io_complete(q, c->data, c->res);
-	else if (c->res < 0)
+	if (c->res < 0)
 		cmd_failed((struct ent *)(uintptr_t)c->data, c->res);
 	else
 		dispatch((struct ent *)(uintptr_t)c->data, more);
@@ -605,8 +608,8 @@ static void eng_drain(void *ctx)
 		}
 		n = take(q, got, 64);
 		for (i = 0; i < n; i++) {
-			if (got[i].data != EFD_TAG && (got[i].data & IO_TAG))
-				io_complete(q, got[i].data, got[i].res);
+			if (is_io(&got[i]))
+				io_complete(q, &got[i]);
 			else
 				q->later[q->n_later++] = got[i];
 		}
@@ -618,7 +621,7 @@ static void *queue_main(void *arg)
 {
 	struct queue *q = arg;
 	const unsigned cap = q->cq_size + q->r->depth + 2;
-	unsigned i, n;
+	unsigned i, k, n;
 	bool stop = false, batch;
 	int ret;
 
@@ -642,13 +645,22 @@ static void *queue_main(void *arg)
 		memcpy(q->todo, q->later, q->n_later * sizeof(*q->todo));
 		q->n_todo = q->n_later;
 		q->n_later = 0;
-		q->n_todo += take(q, q->todo + q->n_todo, cap - q->n_todo);
-		n = q->n_todo;
+		n = q->n_todo + take(q, q->todo + q->n_todo, cap - q->n_todo);
+		/* data I/O first: a drain below waits for all of it, and
+		 * would wait forever for completions already taken here */
+		k = q->n_todo;
+		for (i = k; i < n; i++) {
+			if (is_io(&q->todo[i]))
+				io_complete(q, &q->todo[i]);
+			else
+				q->todo[k++] = q->todo[i];
+		}
+		n = q->n_todo = k;
 		batch = n > 1 && q->r->data.batch;
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, true);
 		for (i = 0; i < n; i++)
-			stop |= handle(q, &q->todo[i], n - i - 1);
+			stop |= handle(&q->todo[i], n - i - 1);
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, false);
 	}

@@ -1144,6 +1144,7 @@ static int hold_for_space(struct pf_stack *s, struct op *op, uint64_t off,
 		gate_exit(s);
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += 1;	/* retry at least every second */
+	pf_aio_before_wait();
 	pthread_mutex_lock(&s->space_lock);
 	pthread_cond_timedwait(&s->space_cv, &s->space_lock, &until);
 	pthread_mutex_unlock(&s->space_lock);
