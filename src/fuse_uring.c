@@ -565,22 +565,26 @@ static int eng_submit(void *ctx, struct pf_aio_req *r, bool write, int fd,
 	/* Reads stay with libaio: their answer carries the data, and the
 	 * commit that copies it to the client is the bigger half of the
 	 * work.  Done here it would all fall on this one thread; from the
-	 * aio completion thread it runs beside it (4 KiB reads at depth 32
-	 * measured 12-20% slower here, writes 25-45% faster). */
+	 * aio completion thread it runs beside it (with reads here too,
+	 * 4 KiB reads at depth 32 measured 5-12% slower; the writes gained
+	 * 25-48% either way). */
 	if (!write)
 		return -EOPNOTSUPP;
-	if (io_uring_sq_space_left(&q->ring) <= keep)
-		(void)flush_sq(q, false);
 	pthread_mutex_lock(&q->sq_lock);
+	if (io_uring_sq_space_left(&q->ring) <= keep) {
+		unsigned n = publish_sq(&q->ring);
+
+		pthread_mutex_unlock(&q->sq_lock);
+		if (n)
+			(void)enter(q, n, false);
+		pthread_mutex_lock(&q->sq_lock);
+	}
 	if (io_uring_sq_space_left(&q->ring) <= keep) {
 		pthread_mutex_unlock(&q->sq_lock);
 		return -EBUSY;	/* libaio takes it */
 	}
 	sqe = io_uring_get_sqe(&q->ring);
-	if (write)
-		io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
-	else
-		io_uring_prep_read(sqe, fd, buf, (unsigned)len, off);
+	io_uring_prep_write(sqe, fd, buf, (unsigned)len, off);
 	io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)r | IO_TAG);
 	pthread_mutex_unlock(&q->sq_lock);
 	q->io_pending++;
