@@ -127,7 +127,7 @@ struct queue {
 	/* completions taken off the CQ and not handled yet: those of one
 	 * round (todo), those a drain put aside (later) */
 	struct cqe_copy *todo, *later;
-	unsigned n_todo, n_later, cq_size;
+	unsigned n_later, cq_size;
 };
 
 struct pf_ring {
@@ -646,20 +646,19 @@ static void *queue_main(void *arg)
 		}
 		/* what a drain put aside, then the CQ (a drain while these
 		 * are handled only adds to q->later) */
-		memcpy(q->todo, q->later, q->n_later * sizeof(*q->todo));
-		q->n_todo = q->n_later;
+		k = q->n_later;
+		memcpy(q->todo, q->later, k * sizeof(*q->todo));
 		q->n_later = 0;
-		n = q->n_todo + take(q, q->todo + q->n_todo, cap - q->n_todo);
+		n = k + take(q, q->todo + k, cap - k);
 		/* data I/O first: a drain below waits for all of it, and
 		 * would wait forever for completions already taken here */
-		k = q->n_todo;
 		for (i = k; i < n; i++) {
 			if (is_io(&q->todo[i]))
 				io_complete(q, &q->todo[i]);
 			else
 				q->todo[k++] = q->todo[i];
 		}
-		n = q->n_todo = k;
+		n = k;
 		batch = n > 1 && q->r->data.batch;
 		if (batch)
 			q->r->data.batch(q->r->data.ctx, true);
