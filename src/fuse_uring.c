@@ -739,7 +739,10 @@ static int setup_queues(struct pf_ring *r)
 		q->ents = calloc(depth, sizeof(*q->ents));
 		q->cq_size = depth * CQ_PER_ENT;
 		q->todo = calloc(q->cq_size + depth + 2, sizeof(*q->todo));
-		q->later = calloc(depth + 2, sizeof(*q->later));
+		/* a drain puts aside only requests and the stop read: one
+		 * completion per entry at most (an entry in user space has
+		 * no command pending), plus the read */
+		q->later = calloc(depth + 1, sizeof(*q->later));
 		if (q->efd < 0 || !q->ents || !q->todo || !q->later)
 			return -ENOMEM;
 		memset(&p, 0, sizeof(p));
