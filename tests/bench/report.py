@@ -5,13 +5,16 @@ usage: report.py RESULTS.tsv OUT.json OUT.png
 
 RESULTS.tsv has one record a line: KIND <tab> KEY <tab> TARGET <tab> VALUE,
 KIND one of meta, job, detail, extra, snap, problem, failed, skipped (a
-target this machine cannot run: KEY says why).  Records of runs from before
+target this machine cannot run: KEY says why), round (KEY: the number of
+the round whose job records follow; a job's figure is the median of its
+rounds).  Records of runs from before
 a target existed simply lack it.  Runs on Debian 12's python3 (3.11) with
 python3-matplotlib.
 """
 
 import json
 import sys
+from statistics import median
 
 TARGETS = ["raw", "fuse-null", "fuse-pass", "fuse-pass-uring", "ploopfs",
            "ploopfs-uring", "loop-ploopfs", "loop-raw", "qsd"]
@@ -39,6 +42,8 @@ JOBS = [
 WRITE_JOBS = {"seqwrite_1M_qd8", "randwrite_4k_qd32",
               "randwrite_4k_qd1_fsync", "cow_randwrite_4k_qd32"}
 UNITS = {name: unit for name, unit, _, _ in JOBS}
+# details that add up over the rounds
+SUMMED = {"seqwrite_passes", "ring_requests"}
 
 NOTES = [
     "fuse-null: the FUSE round trip alone, no I/O; fuse-pass: one "
@@ -127,16 +132,25 @@ def measured(jobs, target):
 def build(recs):
     meta, jobs, details, extras, snaps = {}, {}, {}, {}, {}
     problems, failed, skipped = [], [], {}
+    rounds = {}         # job -> target -> [(round, figure)]
+    cur = 1             # records before any "round" record: one round
     for kind, key, target, value in recs:
-        if kind == "meta":
+        if kind == "round":
+            cur = int(key)
+        elif kind == "meta":
             if key == "warning":
                 problems.append(value)
             else:
                 meta[key] = number(value)
         elif kind == "job":
-            jobs.setdefault(key, {})[target] = float(value)
+            rounds.setdefault(key, {}).setdefault(target, []).append(
+                (cur, float(value)))
         elif kind == "detail":
-            details.setdefault(key, {})[target] = number(value)
+            d = details.setdefault(key, {})
+            if key in SUMMED and target in d:
+                d[target] += number(value)
+            else:
+                d[target] = number(value)
         elif kind == "extra":
             extras.setdefault(target, {})[key] = number(value)
         elif kind == "snap":
@@ -147,6 +161,10 @@ def build(recs):
             failed.append(key)
         elif kind == "skipped":
             skipped[target] = key
+
+    # each figure is the median of its rounds
+    for name, by_t in rounds.items():
+        jobs[name] = {t: median(v for _, v in rv) for t, rv in by_t.items()}
 
     out_jobs = {}
     for name, unit, goal, ref in JOBS:
@@ -187,6 +205,19 @@ def build(recs):
         if vals.get("ploopfs-uring") is not None and pu:
             entry["ratio_to_fuse_pass_uring"]["ploopfs-uring"] = \
                 round(vals["ploopfs-uring"] / pu, 3)
+        # every round's figures, and ours over raw's of the same round
+        by_t = rounds.get(name, {})
+        entry["rounds"] = {t: [v for _, v in by_t[t]]
+                           for t in TARGETS if t in by_t}
+        # raw of each round, in this job's unit
+        raw_r = {r: value_in({refname: {"raw": v}}, refname, "raw", unit)
+                 for r, v in rounds.get(refname, {}).get("raw", [])}
+        entry["ratio_to_raw_by_round"] = {}
+        for t in OURS + ["ploopfs-uring"]:
+            rr = [round(v / raw_r[r], 3)
+                  for r, v in by_t.get(t, []) if raw_r.get(r)]
+            if rr:
+                entry["ratio_to_raw_by_round"][t] = rr
         if name in WRITE_JOBS:
             entry["qsd_untrustworthy"] = True
         out_jobs[name] = entry
@@ -408,12 +439,38 @@ def uring_table(res):
             "x-ur/x > 1: io_uring faster; * below the goal"] + grid(rows)
 
 
+def rounds_table(res):
+    """Lines of the per-round table: raw's figure and ploopfs's ratios to
+    raw of the same round, for the jobs measured in more than one round
+    (none after a single round)."""
+    rows = [["job", "raw by round", "pfs/raw by round",
+             "pfs-ur/raw by round", "goal"]]
+    for name, unit, goal, _ in JOBS:
+        e = res["jobs"][name]
+        raw = e.get("rounds", {}).get("raw", [])
+        if len(raw) < 2:
+            continue
+        by = e.get("ratio_to_raw_by_round", {})
+        row = [name, " ".join(fmt(v, unit) for v in raw)]
+        for t in ("ploopfs", "ploopfs-uring"):
+            row.append(" ".join(goal_cell(r, goal) for r in by.get(t, []))
+                       or "-")
+        row.append(f">={goal}" if goal else "")
+        rows.append(row)
+    if len(rows) == 1:
+        return []
+    return ["", "Rounds (the table above gives medians): raw's figure in "
+            "each round, and ploopfs's over raw's of the same round; "
+            "* below the goal"] + grid(rows)
+
+
 def table(res):
     lines = []
     m = res["meta"]
     lines.append(
         f"ploopfs benchmarks {m.get('timestamp', '')}: "
         f"{m.get('size_mb')} MiB, {m.get('runtime_s')} s per job, "
+        f"median of {m.get('rounds', 1)} round(s), "
         f"{m.get('work_fs')}, {m.get('cpus')} CPUs, kernel {m.get('kernel')}, "
         f"{m.get('fio')}, {m.get('qemu')}, ploopfs {m.get('ploopfs_commit')}")
     lines.append("")
@@ -451,6 +508,7 @@ def table(res):
     for n in res["notes"]:
         if not n.startswith("qsd:"):
             lines.append("- " + n)
+    lines += rounds_table(res)
     lines += ceiling_table(res)
     lines += uring_table(res)
 
@@ -561,8 +619,14 @@ def chart(res, path):
                    alpha=0.45 if untrusted else 1.0,
                    hatch="//" if untrusted else None, edgecolor="black",
                    linewidth=0.4)
-            ax.text(x, r + 0.02, f"{r:.2f}", ha="center", va="bottom",
-                    fontsize=7, rotation=90)
+            # the spread of the rounds' own ratios
+            rr = e.get("ratio_to_raw_by_round", {}).get(t, [])
+            if len(rr) > 1:
+                ax.plot([x, x], [min(rr), max(rr)], color="black",
+                        linewidth=0.9)
+                top = max(top, max(rr) + 0.1)
+            ax.text(x, max([r] + rr) + 0.02, f"{r:.2f}", ha="center",
+                    va="bottom", fontsize=7, rotation=90)
             top = max(top, r + 0.25)
         half = nb / 2 * width       # half the group's width
         if goal:
@@ -609,7 +673,7 @@ def chart(res, path):
         f"{what}: "
         f"throughput as a "
         f"ratio to the raw file's (fio, direct I/O, {m.get('size_mb')} MiB, {m.get('runtime_s')} s "
-        f"per job, {m.get('timestamp', '')})", fontsize=10)
+        f"per job, median of {m.get('rounds', 1)} round(s), {m.get('timestamp', '')})", fontsize=10)
     handles = [Patch(facecolor=colors[t], edgecolor="black",
                      label=bar_label.get(t, t))
                for t in bars]
@@ -619,6 +683,11 @@ def chart(res, path):
                                "corrupts concurrent O_DIRECT writes)"))
     handles.append(plt.Line2D([], [], color="red", linestyle="--",
                               label="goal for ploopfs (ratio to raw)"))
+    if any(len(r) > 1 for n in names
+           for r in res["jobs"][n].get("ratio_to_raw_by_round", {}).values()):
+        handles.append(plt.Line2D(
+            [], [], color="black", linewidth=0.9,
+            label="bar: median; line: lowest to highest round"))
     if any(res["jobs"][n]["ratio_to_raw"].get(t) is not None
            for n in names for t in CEILINGS):
         handles.append(plt.Line2D(

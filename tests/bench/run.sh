@@ -16,7 +16,11 @@
 # JSON and a PNG chart (tests/bench/report.py).  See tests/bench/README.
 #
 # usage: run.sh BUILD_DIR        (root: FUSE mounts, loop devices, strace)
-# env:   BENCH_RUNTIME  seconds per timed job (10)
+# env:   BENCH_RUNTIME  seconds per timed job (5)
+#        BENCH_ROUNDS   rounds of the main jobs over all targets (3): each
+#                       round takes the targets in a different order, and
+#                       the report gives each figure's median, so one bad
+#                       minute of the host disk does not make a ratio
 #        BENCH_SIZE_MB  size of the file or disk under test (1024)
 #        BENCH_DIR      where the work directory goes (/var/tmp); all
 #                       targets live on this one file system
@@ -46,7 +50,8 @@ PLOOPFS=$B/ploopfs
 PLOOPCTL=$B/ploopctl
 FCEIL=$B/tests/fuse_ceiling		# the fuse-null, fuse-pass(-uring) server
 
-RT=${BENCH_RUNTIME:-10}
+RT=${BENCH_RUNTIME:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 SIZE=${BENCH_SIZE_MB:-1024}
 BASE=${BENCH_DIR:-/var/tmp}
 # FUSE over io_uring: the fuse module's parameter (Linux 6.14 and later)
@@ -74,13 +79,14 @@ ENOSPC_S=30			# -o enospc_timeout of the daemons
 DAEMON_LIMIT=$((RT * 120 + 1800))	# a daemon outlives no whole run
 CMD_LIMIT=120			# ploopctl, qemu-img, losetup, fusermount3
 
-for v in RT SIZE FSYNC_N WAIT_IDLE SNAP ROT_RT ROT_MB ROT_KEEP MERGE_MB; do
+for v in RT ROUNDS SIZE FSYNC_N WAIT_IDLE SNAP ROT_RT ROT_MB ROT_KEEP MERGE_MB; do
 	case ${!v} in
 	'' | *[!0-9]*) echo "bench: $v must be a whole number" >&2; exit 2 ;;
 	esac
 done
-if [ "$RT" -lt 1 ] || [ "$SIZE" -lt 64 ] || [ "$FSYNC_N" -lt 1 ]; then
-	echo "bench: BENCH_RUNTIME >= 1, BENCH_SIZE_MB >= 64, BENCH_FSYNC_N >= 1" >&2
+if [ "$RT" -lt 1 ] || [ "$ROUNDS" -lt 1 ] || [ "$SIZE" -lt 64 ] ||
+	[ "$FSYNC_N" -lt 1 ]; then
+	echo "bench: BENCH_RUNTIME >= 1, BENCH_ROUNDS >= 1, BENCH_SIZE_MB >= 64, BENCH_FSYNC_N >= 1" >&2
 	exit 2
 fi
 if [ "$ROT_RT" -lt 1 ] || [ "$ROT_MB" -lt 64 ] || [ "$ROT_KEEP" -lt 1 ] ||
@@ -1153,6 +1159,7 @@ stamp=$(date +%Y%m%d-%H%M%S)
 
 record meta timestamp all "$(date -Iseconds)"
 record meta runtime_s all "$RT"
+record meta rounds all "$ROUNDS"
 record meta size_mb all "$SIZE"
 record meta work_fs all "$(stat -f -c %T "$W") on $(df -P "$W" | awk 'NR == 2 { print $1 }')"
 record meta kernel all "$(uname -r)"
@@ -1176,25 +1183,43 @@ fi
 
 log "work dir $W, ${SIZE} MiB, ${RT} s per job, targets: $TARGETS"
 t_start=$SECONDS
-for t in $TARGETS; do
-	wait_quiet
-	URING_SKIP=""
-	if [ "${t%-uring}" != "$t" ] && ! uring_enable; then
-		target_skip "$t"
-	elif ! bench_target "$t"; then
-		if [ -n "$URING_SKIP" ]; then
-			target_skip "$t"
-		else
-			fail "$t: main jobs"
-		fi
-		target_down "$t" 2>/dev/null
-	fi
-	uring_restore	# only a -uring target changed it
-	if [ "$t" = ploopfs ]; then
+# Rounds: the host disk's speed drifts by minutes (raw randread qd32 has
+# measured anything from 18k to 67k IOPS on one day), so a single pass,
+# raw first, makes a ratio of two different minutes.  Each round takes
+# the targets in a new order (rotated by one); the report gives each
+# figure's median over the rounds and the per-round ratios beside it.
+read -r -a tlist <<<"$TARGETS"
+declare -A SKIP_T=()	# targets skipped for good (no FUSE over io_uring)
+for ((round = 1; round <= ROUNDS; round++)); do
+	order=()
+	for ((i = 0; i < ${#tlist[@]}; i++)); do
+		order+=("${tlist[(i + round - 1) % ${#tlist[@]}]}")
+	done
+	record round "$round" all "${order[*]}"
+	log "round $round of $ROUNDS: ${order[*]}"
+	for t in "${order[@]}"; do
+		[ -z "${SKIP_T[$t]:-}" ] || continue
 		wait_quiet
-		bench_cow || { fail "ploopfs: cow_randwrite_4k_qd32"; pf_umount; }
-		bench_3deltas || { fail "ploopfs: randread_4k_qd32_3deltas"; pf_umount; }
-	fi
+		URING_SKIP=""
+		if [ "${t%-uring}" != "$t" ] && ! uring_enable; then
+			target_skip "$t"
+			SKIP_T[$t]=1
+		elif ! bench_target "$t"; then
+			if [ -n "$URING_SKIP" ]; then
+				target_skip "$t"
+				SKIP_T[$t]=1
+			else
+				fail "$t: main jobs (round $round)"
+			fi
+			target_down "$t" 2>/dev/null
+		fi
+		uring_restore	# only a -uring target changed it
+		if [ "$t" = ploopfs ] && [ "$round" = 1 ]; then
+			wait_quiet
+			bench_cow || { fail "ploopfs: cow_randwrite_4k_qd32"; pf_umount; }
+			bench_3deltas || { fail "ploopfs: randread_4k_qd32_3deltas"; pf_umount; }
+		fi
+	done
 done
 if [ "$EXTRA" = 1 ]; then
 	wait_quiet
@@ -1231,7 +1256,7 @@ if [ $rc -eq 0 ] && [ ${#FAILED[@]} -eq 0 ] && [ "$EXTRA" = 1 ] &&
 	[ "$SKIPPED" = 0 ] &&
 	[ "$SNAP" = 1 ] && [ "$ROT_RT" = 30 ] && [ "$ROT_MB" = 1024 ] &&
 	[ "$ROT_KEEP" = 2 ] && [ "$MERGE_MB" = 512 ] &&
-	[ "$TARGETS" = "$ALL_TARGETS" ] && [ "$RT" = 10 ] && [ "$SIZE" = 1024 ]; then
+	[ "$TARGETS" = "$ALL_TARGETS" ] && [ "$RT" = 5 ] && [ "$ROUNDS" = 3 ] && [ "$SIZE" = 1024 ]; then
 	cp "$OUT/bench-$stamp.json" "$LATEST/latest.json"
 	cp "$OUT/bench-$stamp.png" "$LATEST/latest.png"
 	log "copied to $LATEST/latest.{json,png}"
