@@ -1622,9 +1622,10 @@ static void *writeback(void *arg)
 /*
  * W3 for a client's fsync: it is answered only after a commit that
  * started after it was called has made the data and the BAT durable.
- * Group commit without a hand-off: the flush waits for such a commit.  When none is running the caller runs it
- * itself; callers that arrive meanwhile wait for the next one, which the
- * first of them to find the way clear runs for all.
+ * Group commit without a hand-off: the flush waits for such a commit.
+ * When none is running the caller runs it itself; callers that arrive
+ * meanwhile wait for the next one, which the first of them to find the
+ * way clear runs for all.
  */
 int pf_stack_flush(struct pf_stack *s)
 {
