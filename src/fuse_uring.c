@@ -286,27 +286,33 @@ static void submit_cmd(struct ent *e, unsigned cmd)
 	}
 }
 
-/* The queue thread (q itself) leaves its loop for a while: what it and
- * others queued goes in now, and answers from now on at once. */
-static void go_away(struct queue *q)
+/*
+ * The queue thread (q's own) submits what it and others queued, and
+ * says where it goes next (@st, see submit_cmd): Q_WAITING waits for a
+ * completion, cut short by others' answers, and is back in its loop
+ * after it; Q_LOOP goes on at once; Q_AWAY leaves the loop for a while,
+ * and answers from then on go in at once.
+ */
+static int flush_sq(struct queue *q, enum qstate st)
 {
+	bool wait = st == Q_WAITING;
 	unsigned n;
+	int ret;
 
 	pthread_mutex_lock(&q->sq_lock);
-	q->state = Q_AWAY;
+	q->state = st;
+	q->woken = false;
 	n = publish_sq(&q->ring);
 	pthread_mutex_unlock(&q->sq_lock);
-	if (n)
-		(void)enter(q, n, false);
-}
-
-static void back_in_loop(struct queue *q)
-{
-	if (q->state == Q_LOOP)	/* only this thread writes it */
-		return;
-	pthread_mutex_lock(&q->sq_lock);
-	q->state = Q_LOOP;
-	pthread_mutex_unlock(&q->sq_lock);
+	if (!n && !wait)
+		return 0;
+	ret = enter(q, n, wait);
+	if (wait) {
+		pthread_mutex_lock(&q->sq_lock);
+		q->state = Q_LOOP;
+		pthread_mutex_unlock(&q->sq_lock);
+	}
+	return ret;
 }
 
 /* Answer the request in @e: @err (0 or -errno) and @len payload bytes
@@ -499,7 +505,7 @@ static void dispatch(struct ent *e, unsigned more)
 		return;
 	}
 	if (w != W_NO)
-		go_away(q);	/* what is queued goes out before it waits */
+		(void)flush_sq(q, Q_AWAY);	/* before it waits */
 	serve(e);
 }
 
@@ -578,31 +584,6 @@ static unsigned take(struct queue *q, struct cqe_copy *out, unsigned max)
 	}
 	io_uring_cq_advance(&q->ring, n);
 	return n;
-}
-
-/* Submit what is queued; with @wait, wait for a completion too (and
- * be woken for answers others queue meanwhile). */
-static int flush_sq(struct queue *q, bool wait)
-{
-	unsigned n;
-	int ret;
-
-	pthread_mutex_lock(&q->sq_lock);
-	if (wait) {
-		q->state = Q_WAITING;
-		q->woken = false;
-	}
-	n = publish_sq(&q->ring);
-	pthread_mutex_unlock(&q->sq_lock);
-	if (!n && !wait)
-		return 0;
-	ret = enter(q, n, wait);
-	if (wait) {
-		pthread_mutex_lock(&q->sq_lock);
-		q->state = Q_LOOP;
-		pthread_mutex_unlock(&q->sq_lock);
-	}
-	return ret;
 }
 
 static bool is_io(const struct cqe_copy *c)
@@ -696,7 +677,8 @@ static void eng_drain(void *ctx)
 		return;
 	q->draining = true;
 	while (q->io_pending) {
-		ret = flush_sq(q, !io_uring_cq_ready(&q->ring));
+		ret = flush_sq(q, io_uring_cq_ready(&q->ring) ? Q_AWAY :
+								Q_WAITING);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN) {
 			pf_log(PF_LOG_ERR, "fuse ring %u: drain: %s", q->qid,
 			       strerror(-ret));
@@ -711,7 +693,8 @@ static void eng_drain(void *ctx)
 		}
 	}
 	q->draining = false;
-	go_away(q);	/* the stack is about to put the thread to sleep */
+	/* the stack is about to put the thread to sleep */
+	(void)flush_sq(q, Q_AWAY);
 }
 
 static void *queue_main(void *arg)
@@ -729,7 +712,8 @@ static void *queue_main(void *arg)
 	/* after the stop read, until this ring's data I/O is done */
 	while (!stop || q->io_pending) {
 		/* this thread's own answers and I/O go in with the wait */
-		ret = flush_sq(q, !q->n_later && !io_uring_cq_ready(&q->ring));
+		ret = flush_sq(q, !q->n_later && !io_uring_cq_ready(&q->ring) ?
+					  Q_WAITING : Q_LOOP);
 		if (ret == -EINTR || ret == -EAGAIN)
 			continue;
 		if (ret < 0) {
@@ -737,7 +721,6 @@ static void *queue_main(void *arg)
 			       strerror(-ret));
 			break;
 		}
-		back_in_loop(q);
 		/* what a drain put aside, then the CQ (a drain while these
 		 * are handled only adds to q->later) */
 		k = q->n_later;
@@ -762,7 +745,7 @@ static void *queue_main(void *arg)
 			q->r->data.batch(q->r->data.ctx, false);
 	}
 	/* answers queued in the last round; later ones go in at once */
-	go_away(q);
+	(void)flush_sq(q, Q_AWAY);
 	pf_aio_use_engine(NULL);
 	return NULL;
 }
