@@ -20,7 +20,11 @@ PKGS     := libxml-2.0 uuid fuse3 liburing
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
-CPPFLAGS += -Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(PKG_CFLAGS)
+# one libfuse API level for every file that includes libfuse (3.14: the
+# custom I/O hooks of fuse_uring.c)
+FUSE_API := -DFUSE_USE_VERSION=314
+CPPFLAGS += -Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(FUSE_API) \
+	    $(PKG_CFLAGS)
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	    -Wmissing-prototypes -Wpointer-arith -Wwrite-strings -Wformat=2 \
 	    -Wvla -Wimplicit-fallthrough -Wundef
@@ -55,8 +59,13 @@ PROGS     := $(B)/ploopctl $(B)/ploopfs
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(B)/tests/%)
 # test support linked into every unit test: TAP, test I/O backends
-TSUP_SRCS := $(filter-out tests/unit/test_%.c,$(wildcard tests/unit/*.c))
+TSUP_SRCS := $(filter-out tests/unit/test_%.c tests/unit/wrap_%.c,\
+		$(wildcard tests/unit/*.c))
 TAP_OBJ   := $(TSUP_SRCS:tests/unit/%.c=$(B)/tests/%.o)
+# tests that make a directory fsync fail (tests/unit/wrap_fsync.h)
+WRAP_FSYNC_TESTS := $(B)/tests/test_descriptor $(B)/tests/test_snapshot
+$(WRAP_FSYNC_TESTS): $(B)/tests/wrap_fsync.o
+$(WRAP_FSYNC_TESTS): LDFLAGS += -Wl,--wrap=fsync
 
 .SECONDARY:
 

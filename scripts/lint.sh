@@ -27,7 +27,8 @@ if [ "${1:-}" = --man-only ]; then
 fi
 
 read -ra pkgflags <<<"$(pkg-config --cflags libxml-2.0 uuid fuse3)"
-cflags=(-Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 "${pkgflags[@]}")
+cflags=(-Iinclude -Isrc -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -DFUSE_USE_VERSION=314
+	"${pkgflags[@]}")
 
 echo "lint: cppcheck"
 cppcheck --quiet --enable=warning,style,performance,portability \

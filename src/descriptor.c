@@ -1215,12 +1215,20 @@ out_free:
 	return ret;
 }
 
-int pf_dd_commit_tmp(int dirfd)
+int pf_dd_commit_tmp(int dirfd, bool *committed)
 {
+	*committed = false;
 	/* W6: the rename is the commit point ... */
-	if (renameat(dirfd, PF_DD_TMP_NAME, dirfd, PF_DD_NAME) < 0)
-		return -errno;
-	/* ... and the directory sync makes it durable. */
+	if (renameat(dirfd, PF_DD_TMP_NAME, dirfd, PF_DD_NAME) < 0) {
+		int ret = -errno;
+
+		pf_dd_drop_tmp(dirfd);
+		return ret;
+	}
+	*committed = true;
+	/* ... and the directory sync makes it durable.  If that fails the
+	 * new descriptor is what every reader sees, but a power cut may
+	 * bring back the old one: the caller's policy (descriptor.h). */
 	return pf_fsync_dir(dirfd);
 }
 
@@ -1230,17 +1238,15 @@ void pf_dd_drop_tmp(int dirfd)
 	(void)unlinkat(dirfd, PF_DD_TMP_NAME, 0);
 }
 
-int pf_dd_store(int dirfd, const struct pf_dd *dd)
+int pf_dd_replace(int dirfd, const struct pf_dd *dd, bool *committed)
 {
 	int ret;
 
+	*committed = false;
 	ret = pf_dd_store_tmp(dirfd, dd);
 	if (ret)
 		return ret;
-	ret = pf_dd_commit_tmp(dirfd);
-	if (ret)
-		pf_dd_drop_tmp(dirfd);
-	return ret;
+	return pf_dd_commit_tmp(dirfd, committed);
 }
 
 void pf_dd_free(struct pf_dd *dd)

@@ -80,37 +80,59 @@ PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
 			       size_t *len);
 
 /*
- * Replace DiskDescriptor.xml in @dirfd atomically (W6): write
- * DiskDescriptor.xml.tmp, fsync it, rename it over DiskDescriptor.xml,
- * fsync the directory.  On error the old descriptor is intact and the tmp
- * file is removed.  Returns 0 or -errno.
- * The same as pf_dd_store_tmp() then pf_dd_commit_tmp(), with
- * pf_dd_drop_tmp() if the commit fails.
+ * Replacing the descriptor: the one home of rule W6's last step.  The
+ * new text goes to DiskDescriptor.xml.tmp (created or truncated, mode
+ * 0600, never through a symbolic link), which is fsynced, renamed over
+ * DiskDescriptor.xml (the commit point), and the directory is fsynced so
+ * that the rename is durable.
+ *
+ * The policy for a failed directory fsync after the rename (the one
+ * outcome that is neither "nothing changed" nor "done"): the call
+ * returns the fsync's -errno with *committed true.  The new descriptor
+ * is the one every reader sees, but a power cut may bring back the old
+ * one.  Callers then
+ *   - keep every file that either descriptor names (never unlink the
+ *     file the new one dropped), and take no further step whose safety
+ *     depends on the new descriptor being durable;
+ *   - report the error: an offline command fails (exit status 1), and
+ *     the daemon treats it as a failed metadata write and goes to the
+ *     sticky failed state (W7), since writes it acknowledged under the
+ *     new descriptor could vanish with it.
+ * A fsync of a directory is never retried (W7: never retry a failed
+ * fsync and trust it).
  */
-PF_MUST_CHECK int pf_dd_store(int dirfd, const struct pf_dd *dd);
 
 /*
- * First half of pf_dd_store(), for callers that prepare the new
+ * Replace DiskDescriptor.xml in @dirfd by @dd (pf_dd_store_tmp, then
+ * pf_dd_commit_tmp).
+ * Returns: 0 (in place and durable); -errno with *committed false
+ * (nothing changed; no tmp file is left); -errno with *committed true
+ * (in place, not known to be durable: see the policy above).
+ */
+PF_MUST_CHECK int pf_dd_replace(int dirfd, const struct pf_dd *dd,
+				bool *committed);
+
+/*
+ * First half of pf_dd_replace(), for callers that prepare the new
  * descriptor before a step that must be short (a freeze) and commit it
- * inside: write @dd to DiskDescriptor.xml.tmp in @dirfd (created or
- * truncated, mode 0600, never through a symbolic link) and fsync it.
+ * inside: write @dd to DiskDescriptor.xml.tmp and fsync it.
  * DiskDescriptor.xml is not touched.  On error the tmp file is removed.
  * Returns 0; -ENOMEM; other -errno from open, write, fsync or close.
  */
 PF_MUST_CHECK int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd);
 
 /*
- * Second half of pf_dd_store(): rename DiskDescriptor.xml.tmp (written by
- * pf_dd_store_tmp()) over DiskDescriptor.xml, then fsync the directory so
- * that the rename is durable (W6).  The rename is the commit point.
- * Returns: 0; -errno of renameat (nothing changed, the tmp file is still
- * there: retry, or pf_dd_drop_tmp()); -errno of the directory fsync (the
- * new descriptor is in place but may not survive a crash).  So on failure
- * the tmp file still exists if and only if the rename did not happen.
+ * Second half: rename DiskDescriptor.xml.tmp over DiskDescriptor.xml,
+ * then fsync the directory.  Nothing in it can block for long or needs
+ * memory.
+ * Returns: 0; -errno of renameat with *committed false (nothing changed;
+ * the tmp file is removed); -errno of the directory fsync with
+ * *committed true (see the policy above).
  */
-PF_MUST_CHECK int pf_dd_commit_tmp(int dirfd);
+PF_MUST_CHECK int pf_dd_commit_tmp(int dirfd, bool *committed);
 
-/* Remove DiskDescriptor.xml.tmp of @dirfd, if any; errors are ignored. */
+/* Remove DiskDescriptor.xml.tmp of @dirfd, if any (a prepared change
+ * that will not be committed); errors are ignored. */
 void pf_dd_drop_tmp(int dirfd);
 
 void pf_dd_free(struct pf_dd *dd);

@@ -23,7 +23,6 @@
  * from libfuse.  Extended attributes are left unimplemented: the kernel
  * turns that ENOSYS into EOPNOTSUPP once and stops asking.
  */
-#define FUSE_USE_VERSION 312
 #include "fuse_fe.h"
 
 #include <errno.h>

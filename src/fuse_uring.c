@@ -24,7 +24,6 @@
  * sleep (a range lock, a freeze), eng_drain() first completes the
  * thread's own writes; requests that arrive meanwhile wait in q->later.
  */
-#define FUSE_USE_VERSION 314
 #include "fuse_uring.h"
 
 #include <errno.h>

@@ -23,34 +23,6 @@
 
 #include "delta.h"
 
-/*
- * Replace the descriptor of @dirfd by @dd (W6: tmp + fsync + rename +
- * directory fsync).  *committed says whether the rename happened: it
- * can have happened even on error, when only the directory sync failed,
- * and then the files the new descriptor names must stay.
- */
-static int dd_replace(int dirfd, const struct pf_dd *dd, bool *committed)
-{
-	int ret;
-
-	*committed = false;
-	ret = pf_dd_store_tmp(dirfd, dd);
-	if (ret)
-		return ret;
-	ret = pf_dd_commit_tmp(dirfd);
-	if (!ret) {
-		*committed = true;
-		return 0;
-	}
-	/* pf_dd_commit_tmp: the tmp file is gone iff it was renamed */
-	if (faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
-	    errno == ENOENT)
-		*committed = true;
-	else
-		pf_dd_drop_tmp(dirfd);
-	return ret;
-}
-
 int pf_image_create(int dirfd, const struct pf_header *h, struct pf_why *why)
 {
 	struct pf_dd *dd = NULL;
@@ -73,7 +45,7 @@ int pf_image_create(int dirfd, const struct pf_header *h, struct pf_why *why)
 	ret = pf_dd_new(h->size_sectors, h->cluster_sectors, h->heads,
 			h->cylinders, PF_BASE_NAME, &dd);
 	if (!ret)
-		ret = dd_replace(dirfd, dd, &committed);
+		ret = pf_dd_replace(dirfd, dd, &committed);
 	pf_dd_free(dd);
 	if (ret) {
 		/* a descriptor that made it into the directory names it */
@@ -136,7 +108,7 @@ int pf_image_snapshot(int dirfd, struct pf_dd *dd, const struct pf_header *top,
 	/* ... and the descriptor is replaced atomically. */
 	ret = pf_dd_add_snapshot(dd, snap_guid, name);
 	if (!ret)
-		ret = dd_replace(dirfd, dd, &committed);
+		ret = pf_dd_replace(dirfd, dd, &committed);
 	if (ret) {
 		pf_why_fmt(why, PF_DD_NAME ": cannot update: %s",
 			   strerror(-ret));
@@ -243,7 +215,7 @@ int pf_image_switch(int dirfd, struct pf_dd *dd, const struct pf_header *top,
 		goto out_free;
 	}
 	/* ... and the descriptor is replaced atomically. */
-	ret = dd_replace(dirfd, dd, &committed);
+	ret = pf_dd_replace(dirfd, dd, &committed);
 	if (ret) {
 		if (committed) {
 			/* the new descriptor may or may not survive a crash:

@@ -9,7 +9,7 @@
  * while a ploopfs daemon or another ploopctl holds it.
  *
  * Errors are one line on stderr, "ploopctl: <file>: <problem>", and a
- * documented exit status (enum exit_code, man page EXIT STATUS).
+ * documented exit status (enum pf_exit in cli.h, man page EXIT STATUS).
  *
  * On a mounted image some commands go to the daemon over its control
  * socket.  The daemon must answer within --timeout seconds (an idle
@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "cli.h"
 #include "control.h"
 #include "delta.h"
 #include "descriptor.h"
@@ -39,22 +40,6 @@
 #include "image.h"
 #include "stack.h"
 #include "util.h"
-
-#ifndef PLOOPFS_VERSION
-#define PLOOPFS_VERSION "0.1"
-#endif
-
-enum exit_code {
-	EXIT_OK = 0,
-	EXIT_FAIL = 1,		/* operation failed (I/O, missing file, ...) */
-	EXIT_USAGE = 2,		/* bad command line */
-	EXIT_UNCLEAN = 3,	/* image not closed cleanly (in-use flag) */
-	EXIT_CORRUPT = 4,	/* image or descriptor invalid or corrupt */
-	EXIT_BUSY = 5,		/* locked by ploopfs or another command */
-	EXIT_LEAKS = 6,		/* check: leaked clusters only */
-	EXIT_REPAIRED = 7,	/* check --repair: repaired, now consistent */
-	EXIT_TIMEOUT = 8,	/* the ploopfs daemon did not answer in time */
-};
 
 /* Seconds the daemon may stay silent (--timeout); 0: no limit. */
 #define CTL_TIMEOUT_DEFAULT	30

@@ -12,7 +12,6 @@
  * then is the session unmounted and destroyed, so late replies never go
  * to a closed descriptor.
  */
-#define FUSE_USE_VERSION 312
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
@@ -25,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "control.h"
 #include "fuse_fe.h"
 #include "log.h"
@@ -32,18 +32,6 @@
 #include "stack.h"
 
 #define EVENTS_KEPT	4096	/* events a slow reader may fall behind */
-
-#ifndef PLOOPFS_VERSION
-#define PLOOPFS_VERSION "0.1"
-#endif
-
-enum {
-	EXIT_OK = 0,
-	EXIT_FAIL = 1,
-	EXIT_USAGE = 2,
-	EXIT_CORRUPT = 4,
-	EXIT_BUSY = 5,
-};
 
 struct config {
 	char *image_dir;

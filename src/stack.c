@@ -2118,11 +2118,6 @@ uint64_t pf_stack_size(const struct pf_stack *s)
 	return s->size_bytes;
 }
 
-size_t pf_stack_align(const struct pf_stack *s)
-{
-	return s->align;
-}
-
 void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -2165,20 +2160,35 @@ static int lock_structure(struct pf_stack *s, struct pf_why *why)
 	return 0;
 }
 
-/* The descriptor is replaced by its prepared tmp (the commit point of a
- * structural change).  Only the rename can fail; a failed directory sync
- * after it is logged: the new descriptor is already the visible one. */
-static int dd_switch(struct pf_stack *s)
+/*
+ * The prepared descriptor replaces the old one: the commit point of a
+ * structural change.  Returns 0, or the rename's -errno (nothing
+ * changed, the tmp file is gone).  A failed directory sync after the
+ * rename follows the policy of descriptor.h: the change stands (it is
+ * what everybody reads now), the image goes to the failed state (W7),
+ * and *durable is false so that the caller keeps the file the new
+ * descriptor dropped and reports the failure.
+ */
+static int dd_switch(struct pf_stack *s, bool *durable)
 {
-	int ret;
+	bool committed;
+	int ret = pf_dd_commit_tmp(s->dirfd, &committed);
 
-	if (renameat(s->dirfd, PF_DD_TMP_NAME, s->dirfd, PF_DD_NAME) < 0)
-		return -errno;
-	ret = pf_fsync_dir(s->dirfd);
-	if (ret)
-		pf_log(PF_LOG_WARNING, "%s: directory sync after updating "
-		       PF_DD_NAME " failed: %s", s->dir, strerror(-ret));
-	return 0;
+	*durable = !ret;
+	if (ret && committed) {
+		set_failed(s, "directory sync after replacing " PF_DD_NAME, ret);
+		return 0;
+	}
+	return ret;
+}
+
+/* The reason for a structural change that stands but is not durable. */
+static int not_durable(struct pf_why *why, const char *what)
+{
+	return pf_why_set(why, -EIO,
+			  "%s, but the directory sync after replacing " PF_DD_NAME
+			  " failed: a power cut may undo it; the image is failed until remounted (W7)",
+			  what);
 }
 
 /* The descriptor on disk, checked against the open stack. */
@@ -2283,7 +2293,7 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	unsigned n;
 	char *name = NULL;
 	const char *stem;
-	bool created = false;
+	bool created = false, durable = true;
 	int ret, stem_len;
 
 	ret = lock_structure(s, why);
@@ -2370,7 +2380,7 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	ret = commit_locked(s, true);
 	if (!ret) {
 		crash_point(s, CP_SNAP_COMMITTED);
-		ret = dd_switch(s);
+		ret = dd_switch(s, &durable);
 	}
 	if (!ret)
 		crash_point(s, CP_SNAP_DD_RENAMED);
@@ -2429,6 +2439,10 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 
 	retire_top(s, old_top, &old_hdr, old_head);
 	snprintf(guid_out, PF_GUID_LEN + 1, "%s", guid);
+	if (!durable) {
+		ret = not_durable(why, "snapshot taken");
+		goto out;
+	}
 	pf_log(PF_LOG_INFO, "%s: snapshot %s created, new top %s (I/O stalled %" PRIu64 " us)",
 	       s->dir, guid, name, stall);
 	emit(s, "snapshot", "%s created; new top delta %s; I/O stalled %" PRIu64 " us",
@@ -2686,7 +2700,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	char *gone_file = NULL;
 	unsigned p;
 	uint64_t t0, stall;
-	bool down, started = false;
+	bool down, started = false, committed, durable = true;
 	uint32_t idx;
 	int ret;
 
@@ -2732,7 +2746,14 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		 * whose data is half its child's. */
 		ret = pf_dd_set_temporary(dd, guid, true);
 		if (!ret)
-			ret = pf_dd_store(s->dirfd, dd);
+			ret = pf_dd_replace(s->dirfd, dd, &committed);
+		if (ret && committed) {
+			/* the mark may not survive: do not change the file */
+			set_failed(s, "directory sync after replacing " PF_DD_NAME,
+				   ret);
+			ret = not_durable(why, "snapshot marked temporary");
+			goto out;
+		}
 		if (ret) {
 			pf_why_fmt(why, PF_DD_NAME ": cannot mark %s temporary: %s",
 				   guid, strerror(-ret));
@@ -2781,7 +2802,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 				break;
 			}
 	if (!ret)
-		ret = dd_switch(s);
+		ret = dd_switch(s, &durable);
 	if (!ret)
 		crash_point(s, down ? CP_MD_DD_RENAMED : CP_MU_DD_RENAMED);
 	if (ret) {
@@ -2813,6 +2834,10 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		gone.f->ops->close(gone.f);
 	pf_delta_close(gone.d);
 	free(gone.own_meta);
+	if (!durable) {	/* the old descriptor may come back: keep it */
+		ret = not_durable(why, "snapshot deleted");
+		goto out;
+	}
 	if (unlinkat(s->dirfd, gone_file, 0) < 0)
 		pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the merged delta: %s",
 		       s->dir, gone_file, strerror(errno));

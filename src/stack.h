@@ -83,14 +83,11 @@ int pf_stack_close(struct pf_stack *s);
 /* Virtual size in bytes. */
 uint64_t pf_stack_size(const struct pf_stack *s);
 
-/* Preferred alignment of buffers, offsets and lengths (bytes). */
-size_t pf_stack_align(const struct pf_stack *s);
-
 /*
  * Read or write @len bytes at virtual offset @off; the range must lie
  * inside the disk.  @done runs exactly once, possibly before these
  * return, possibly on the completion thread.  Any alignment works;
- * pf_stack_align() alignment of buffer, offset and length is fastest.
+ * buffers, offsets and lengths aligned to 4 KiB are fastest.
  * Writes answer before their BAT entry is durable (W3: like a disk with
  * a volatile cache); pf_stack_flush() makes them durable.
  */

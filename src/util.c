@@ -11,7 +11,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 void pf_why_fmt(struct pf_why *why, const char *fmt, ...)
@@ -72,15 +71,6 @@ int pf_fsync_dir(int dirfd)
 	if (fsync(dirfd) < 0)
 		return -errno;
 	return 0;
-}
-
-int64_t pf_file_size(int fd)
-{
-	struct stat st;
-
-	if (fstat(fd, &st) < 0)
-		return -errno;
-	return st.st_size;
 }
 
 int pf_parse_size(const char *s, uint64_t *out)

@@ -42,9 +42,6 @@ PF_MUST_CHECK int pf_pwrite_full(int fd, const void *buf, size_t len,
 /* fsync the directory that holds entries being created or renamed. */
 PF_MUST_CHECK int pf_fsync_dir(int dirfd);
 
-/* Size of an open file in bytes, or -errno. */
-PF_MUST_CHECK int64_t pf_file_size(int fd);
-
 /* Little-endian access to unaligned buffers. */
 static inline uint32_t pf_le32_get(const void *p)
 {

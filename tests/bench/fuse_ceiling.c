@@ -27,7 +27,6 @@
  * on stderr once the rings are up (or after 10 s without them), and
  * "fuse_ceiling: N requests over io_uring" when it stops.
  */
-#define FUSE_USE_VERSION 314
 
 #include <errno.h>
 #include <fcntl.h>

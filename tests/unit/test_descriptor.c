@@ -21,6 +21,7 @@
 #include "image.h"
 #include "tap.h"
 #include "testutil.h"
+#include "wrap_fsync.h"
 
 #define GA	"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}"
 #define GB	"{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}"
@@ -724,6 +725,7 @@ static void test_store_load(void)
 {
 	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
 	struct pf_dd *dd = NULL, *back = NULL;
+	bool committed = false;
 	struct pf_why why;
 	struct stat st;
 	int dirfd, fd;
@@ -745,7 +747,7 @@ static void test_store_load(void)
 		  0);
 	if (!dd)
 		goto out_dir;
-	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
 	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0 &&
 	      (st.st_mode & 0777) == 0600);
@@ -756,7 +758,7 @@ static void test_store_load(void)
 
 	/* a second store replaces the first */
 	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
-	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
 	check(back && dd_equal(dd, back));
@@ -766,7 +768,8 @@ static void test_store_load(void)
 	/* a failed store leaves the old descriptor */
 	check(mkdirat(dirfd, PF_DD_TMP_NAME, 0700) == 0);
 	check_int(pf_dd_add_snapshot(dd, GB, "root.hds.2"), ==, 0);
-	check(pf_dd_store(dirfd, dd) < 0);
+	check(pf_dd_replace(dirfd, dd, &committed) < 0);
+	check(!committed);
 	check(unlinkat(dirfd, PF_DD_TMP_NAME, AT_REMOVEDIR) == 0);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
 	check(back && back->n_images == 2);
@@ -1284,6 +1287,7 @@ static void test_store_split(void)
 {
 	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
 	struct pf_dd *dd = NULL, *back = NULL;
+	bool committed = false;
 	char *want = NULL, *got = NULL;
 	struct pf_why why;
 	struct stat st;
@@ -1302,7 +1306,7 @@ static void test_store_split(void)
 		  0);
 	if (!dd)
 		goto out_dir;
-	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 
 	/* prepared, not committed: the old descriptor is what loads */
 	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
@@ -1320,7 +1324,8 @@ static void test_store_split(void)
 	back = NULL;
 	/* a second prepare replaces the first */
 	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
-	check_int(pf_dd_commit_tmp(dirfd), ==, 0);
+	check_int(pf_dd_commit_tmp(dirfd, &committed), ==, 0);
+	check(committed);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
 	      errno == ENOENT);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
@@ -1329,7 +1334,8 @@ static void test_store_split(void)
 	back = NULL;
 
 	/* nothing to commit: -ENOENT and no change */
-	check_int(pf_dd_commit_tmp(dirfd), ==, -ENOENT);
+	check_int(pf_dd_commit_tmp(dirfd, &committed), ==, -ENOENT);
+	check(!committed);
 	check_int(read_file_at(dirfd, PF_DD_NAME, &got, &len), ==, 0);
 	check(want && got && len == strlen(want) && !memcmp(got, want, len));
 	free(got);
@@ -1355,20 +1361,23 @@ static void test_store_split(void)
 	check(fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 	      S_ISLNK(st.st_mode));
 	check(unlinkat(dirfd, PF_DD_TMP_NAME, 0) == 0);
-	/* a rename that fails leaves the tmp and the old descriptor */
+	/* a rename that fails removes the tmp and leaves the old
+	 * descriptor (here a directory in its way) */
 	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
 	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
 	check(mkdirat(dirfd, PF_DD_NAME, 0700) == 0);
-	check(pf_dd_commit_tmp(dirfd) < 0);
-	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0);
+	check(pf_dd_commit_tmp(dirfd, &committed) < 0);
+	check(!committed);
+	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
+	      errno == ENOENT);
 	check(fstatat(dirfd, PF_DD_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 	      S_ISDIR(st.st_mode));
-	/* pf_dd_store drops the tmp when the commit fails */
-	check(pf_dd_store(dirfd, dd) < 0);
+	check(pf_dd_replace(dirfd, dd, &committed) < 0);
+	check(!committed);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
 	      errno == ENOENT);
 	check(unlinkat(dirfd, PF_DD_NAME, AT_REMOVEDIR) == 0);
-	check_int(pf_dd_store(dirfd, dd), ==, 0);
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
 	check(back && dd_equal(dd, back));
 	pf_dd_free(back);
@@ -1558,6 +1567,84 @@ out:
 	check(rmdir(tmpl) == 0);
 }
 
+/*
+ * The policy for a directory fsync that fails after the rename
+ * (descriptor.h): the call fails with *committed set, the new descriptor
+ * is the one in place, no tmp file is left, and a caller that created a
+ * file for the new descriptor keeps it.
+ */
+static void test_replace_not_durable(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	struct pf_dd *dd = NULL, *back = NULL;
+	struct pf_why why = { "" };
+	struct pf_header h;
+	bool committed = false;
+	int dirfd;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	check(dirfd >= 0);
+	if (dirfd < 0)
+		return;
+	check_int(pf_dd_new(20971520, 2048, 16, 40960, PF_BASE_NAME, &dd), ==,
+		  0);
+	if (!dd)
+		goto out;
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
+	check(committed);
+
+	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
+	wrap_fsync_dir_fail = 1;
+	wrap_fsync_dir_failed = 0;
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, -EIO);
+	check_int(wrap_fsync_dir_failed, ==, 1);
+	check(committed);
+	check(!exists_at(dirfd, PF_DD_TMP_NAME));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && dd_equal(dd, back));	/* the new one is in place */
+	pf_dd_free(back);
+	back = NULL;
+
+	/* the same through the two halves */
+	check_int(pf_dd_add_snapshot(dd, GB, "root.hds.2"), ==, 0);
+	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
+	wrap_fsync_dir_fail = 1;
+	check_int(pf_dd_commit_tmp(dirfd, &committed), ==, -EIO);
+	check(committed);
+	check(!exists_at(dirfd, PF_DD_TMP_NAME));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && back->n_images == 3);
+	pf_dd_free(back);
+	back = NULL;
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+
+	/* image creation: the delta's own directory sync is the first,
+	 * the descriptor's the second; root.hds stays, named by the
+	 * descriptor that is in place */
+	check_int(pf_header_init(&h, 64 << 20, 1 << 20, &why), ==, 0);
+	wrap_fsync_dir_fail = 2;
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_create(dirfd, &h, &why), ==, -EIO);
+	check_int(wrap_fsync_dir_failed, ==, 3);
+	check_msg(strstr(why.msg, PF_DD_NAME) != NULL, "why: %s", why.msg);
+	check(exists_at(dirfd, PF_BASE_NAME));
+	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
+	check(back && back->n_images == 1 &&
+	      !strcmp(back->images[0].file, PF_BASE_NAME));
+	pf_dd_free(back);
+	wrap_fsync_dir_fail = 0;
+	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
+	check(unlinkat(dirfd, PF_BASE_NAME, 0) == 0);
+out:
+	pf_dd_free(dd);
+	close(dirfd);
+	check(rmdir(tmpl) == 0);
+}
+
 int main(void)
 {
 	test_example_2_2();
@@ -1574,6 +1661,7 @@ int main(void)
 	test_delete_snapshot();
 	test_switch();
 	test_image_switch();
+	test_replace_not_durable();
 	test_corpus();
 	return tap_done();
 }

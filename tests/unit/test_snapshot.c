@@ -51,6 +51,7 @@
 #include "stack.h"
 #include "tap.h"
 #include "testutil.h"
+#include "wrap_fsync.h"
 #include "util.h"
 
 #define KiB (1024ull)
@@ -2139,6 +2140,74 @@ static void test_enospc_snapshot_while_discard(void)
 	free(dir);
 }
 
+/*
+ * 7. A directory sync that fails after the descriptor rename (the policy
+ * of descriptor.h): the change stands, the call fails, the image goes to
+ * the failed state (W7), and the file the new descriptor dropped stays.
+ */
+static void test_descriptor_not_durable(void)
+{
+	const uint64_t size = 4 * MiB;
+	uint8_t *buf = malloc(CLU);
+	char *dir = new_image(size, CLU);
+	char g1[PF_GUID_LEN + 1] = "", f[256], path[512];
+	struct pf_stack_stat st;
+	struct pf_stack_merge_info mi;
+	struct pf_why why = { "" };
+	struct pf_stack *s = open_stack(dir, true, NULL);
+
+	tap_diag("descriptor replaced, directory sync failed");
+	if (!s || !buf) {
+		check(0);
+		goto out;
+	}
+	fill(buf, CLU, 7, 0);
+	check_int(pf_stack_pwrite(s, buf, CLU, 0), ==, 0);
+	/* the new delta's directory sync is the first, the descriptor's
+	 * the second */
+	wrap_fsync_dir_fail = 2;
+	wrap_fsync_dir_failed = 0;
+	check_int(pf_stack_snapshot(s, NULL, g1, &why), ==, -EIO);
+	check_int(wrap_fsync_dir_failed, ==, 1);
+	check_msg(strstr(why.msg, "snapshot taken") &&
+		  strstr(why.msg, "W7"), "why: %s", why.msg);
+	pf_stack_stat(s, &st);
+	check(st.failed);
+	check_int(st.deltas, ==, 2);	/* the switch stands */
+	check_int(dd_chain_len(dir), ==, 2);
+	check_int(pf_stack_pwrite(s, buf, CLU, CLU), ==, -EIO);
+	check_int(pf_stack_flush(s), ==, -EIO);
+	check_int(pf_stack_pread(s, buf, CLU, 0), ==, 0);	/* reads go on */
+	check_int(pf_stack_close(s), ==, -EIO);
+
+	/* an up merge (the only snapshot into the top): the descriptor's
+	 * directory sync is the only one; the merged file stays */
+	s = open_stack(dir, true, NULL);
+	if (!s) {
+		check(0);
+		goto out;
+	}
+	dd_file_of(dir, g1, f, sizeof(f));
+	wrap_fsync_dir_fail = 1;
+	memset(&why, 0, sizeof(why));
+	check_int(pf_stack_delete_snapshot(s, g1, &mi, &why), ==, -EIO);
+	check_int(wrap_fsync_dir_failed, ==, 2);
+	check_msg(strstr(why.msg, "snapshot deleted") != NULL, "why: %s",
+		  why.msg);
+	check_int(dd_chain_len(dir), ==, 1);
+	snprintf(path, sizeof(path), "%s/%s", dir, f);
+	check_msg(access(path, F_OK) == 0, "%s kept", f);
+	pf_stack_stat(s, &st);
+	check(st.failed);
+	check_int(st.deltas, ==, 1);
+	check_int(pf_stack_pread(s, buf, CLU, 0), ==, 0);
+	check_int(pf_stack_close(s), ==, -EIO);
+out:
+	wrap_fsync_dir_fail = 0;
+	free(buf);
+	free(dir);
+}
+
 int main(void)
 {
 	/* base, s1, s2, top: which level to delete, in turn */
@@ -2182,6 +2251,7 @@ int main(void)
 	test_enospc_timeout_and_stop();
 	test_enospc_snapshot_while_held();
 	test_enospc_snapshot_while_discard();
+	test_descriptor_not_durable();
 
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
 	if (system(cmd) != 0)
