@@ -26,8 +26,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define EXT_MAGIC	0xAB234CEF23DCEA87ull
-
 static void vreport(struct pf_check_report *r, const char *file,
 		    enum pf_finding kind, const char *fmt, va_list ap)
 {
@@ -91,7 +89,7 @@ static void summarize_suppressed(struct file_ctx *f)
  * first cluster that belongs to it (the data area ends there), or
  * d->file_clusters when there is none or it is unusable.
  */
-static uint64_t check_extension(const struct pf_delta *d, struct file_ctx *f)
+static uint64_t check_extension(struct pf_delta *d, struct file_ctx *f)
 {
 	const struct pf_header *h = &d->hdr;
 	uint64_t off, clu;
@@ -127,8 +125,8 @@ static uint64_t check_extension(const struct pf_delta *d, struct file_ctx *f)
 			clu);
 		return d->file_clusters;
 	}
-	ret = pf_pread_full(d->fd, magic, sizeof(magic), off);
-	if (ret < 0 || pf_le64_get(magic) != EXT_MAGIC) {
+	ret = pf_delta_read(d, magic, sizeof(magic), off);
+	if (ret < 0 || !pf_ext_magic_ok(magic)) {
 		finding(f, PF_FIND_CORRUPT,
 			"format extension at cluster %" PRIu64
 			" has no extension magic",
@@ -152,11 +150,11 @@ static uint32_t first_owner(const struct pf_delta *d, uint32_t clu,
 	return limit;
 }
 
-int pf_check_delta(const struct pf_delta *d, struct pf_check_report *r)
+int pf_check_delta(struct pf_delta *d, struct pf_check_report *r)
 {
 	const struct pf_header *h = &d->hdr;
 	struct file_ctx f = { .r = r, .file = d->name };
-	uint64_t data_end, used = 0, max_used = 0, virt_clusters, tail;
+	uint64_t data_end, used = 0, virt_clusters, tail;
 	uint64_t *bitmap;
 	uint32_t idx, clu, min_hdr;
 	struct pf_why why;
@@ -235,12 +233,11 @@ int pf_check_delta(const struct pf_delta *d, struct pf_check_report *r)
 		}
 		bitmap[clu / 64] |= 1ull << (clu % 64);
 		used++;
-		if (clu > max_used)
-			max_used = clu;
 	}
 	free(bitmap);
 
-	tail = data_end - (used ? max_used + 1 : h->hdr_clusters);
+	/* the entries counted in @used are those below data_end */
+	tail = data_end - pf_delta_alloc_head(d, data_end);
 	r->leaked_clusters += data_end - h->hdr_clusters - used;
 	r->tail_leaked_clusters += tail;
 	if (data_end - h->hdr_clusters > used)
@@ -300,15 +297,33 @@ static void PF_PRINTF(3, 4)
 	finding(f, PF_FIND_NOTE, "repaired: %s", msg);
 }
 
+/* Write every BAT page of @d from d->meta (page 0 with the header as it
+ * is on disk) and sync. */
+static int write_all_bat(struct pf_delta *d)
+{
+	size_t n = pf_div_round_up(pf_idx_entry_off(d->hdr.bat_entries),
+				   PF_BAT_PAGE_SIZE), i;
+	uint32_t *pages = malloc(n * sizeof(*pages));
+	int ret;
+
+	if (!pages)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		pages[i] = (uint32_t)i;
+	/* d->meta is whole, aligned pages: the copies as they stand */
+	ret = pf_delta_write_bat(d, pages, d->meta, n, NULL);
+	free(pages);
+	return ret;
+}
+
 int pf_repair_delta(struct pf_delta *d, bool force, struct pf_check_report *r,
 		    unsigned *fixes)
 {
 	struct pf_header *h = &d->hdr;
 	struct file_ctx f = { .r = r, .file = d->name };
-	uint64_t *bitmap, max_used = 0, keep;
+	uint64_t *bitmap, keep;
 	uint32_t idx, clu, raw;
 	bool bat_changed = false, corrupt = false;
-	uint8_t hdr[PF_HEADER_SIZE];
 	struct pf_why why;
 	int ret = 0;
 
@@ -354,43 +369,35 @@ int pf_repair_delta(struct pf_delta *d, bool force, struct pf_check_report *r,
 			continue;
 		}
 		bitmap[clu / 64] |= 1ull << (clu % 64);
-		if (clu > max_used)
-			max_used = clu;
 	}
 	free(bitmap);
 
 	if (bat_changed) {
-		/* the BAT without the header: entries 0.. from byte 64 */
-		ret = pf_pwrite_full(d->fd, d->meta + PF_HEADER_SIZE,
-				     pf_idx_entry_off(h->bat_entries) -
-					     PF_HEADER_SIZE,
-				     PF_HEADER_SIZE);
-		if (!ret && fsync(d->fd) < 0)
-			ret = -errno;
+		ret = write_all_bat(d);
 		if (ret)
 			return ret;
 	}
 
-	keep = max_used ? max_used + 1 : h->hdr_clusters;
-	if (h->in_use != PF_INUSE_CLOSED_V21 &&
-	    d->file_bytes > pf_clu_to_off(h, (uint32_t)keep)) {
-		if (ftruncate(d->fd, (off_t)pf_clu_to_off(h, (uint32_t)keep)) < 0 ||
-		    fsync(d->fd) < 0)
-			return -errno;
+	keep = pf_delta_alloc_head(d, d->file_clusters);
+	if (h->in_use != PF_INUSE_CLOSED_V21 && d->file_bytes > pf_clu_to_off(h, (uint32_t)keep)) {
+		uint64_t gone = d->file_bytes - pf_clu_to_off(h, (uint32_t)keep);
+
+		ret = pf_delta_trim(d, keep);
+		if (!ret)
+			ret = pf_delta_sync(d);
+		if (ret)
+			return ret;
 		repaired(&f, fixes,
 			 "truncated %" PRIu64 " bytes of leaked clusters at the end",
-			 d->file_bytes - pf_clu_to_off(h, (uint32_t)keep));
-		d->file_bytes = pf_clu_to_off(h, (uint32_t)keep);
-		d->file_clusters = keep;
+			 gone);
 	}
 
 	if (h->in_use == PF_INUSE_OPEN && !corrupt) {
-		h->in_use = PF_INUSE_CLOSED;
-		h->ext_sectors = 0;
-		pf_header_encode(h, hdr);
-		ret = pf_pwrite_full(d->fd, hdr, sizeof(hdr), 0);
-		if (!ret && fsync(d->fd) < 0)
-			ret = -errno;
+		struct pf_header closed = *h;
+
+		closed.in_use = PF_INUSE_CLOSED;
+		closed.ext_sectors = 0;
+		ret = pf_delta_write_header(d, &closed, NULL);
 		if (ret)
 			return ret;
 		repaired(&f, fixes, "cleared the in-use flag");

@@ -48,7 +48,7 @@ struct pf_check_report {
  * reserved value, v1 alignment, no two sharing a cluster) and leaks.
  * Returns 0, or -ENOMEM / -errno when the check itself could not run.
  */
-PF_MUST_CHECK int pf_check_delta(const struct pf_delta *d,
+PF_MUST_CHECK int pf_check_delta(struct pf_delta *d,
 				 struct pf_check_report *r);
 
 /*

@@ -18,6 +18,13 @@ static int posix_pwrite(struct pf_file *f, const void *buf, size_t len,
 	return pf_pwrite_full(f->fd, buf, len, off);
 }
 
+static void posix_submit(struct pf_file *f, struct pf_aio_req *r, bool write,
+			 void *buf, size_t len, uint64_t off,
+			 pf_aio_done_fn done, void *arg)
+{
+	pf_aio_submit(f->aio, r, f->fd, write, buf, len, off, done, arg);
+}
+
 static int posix_datasync(struct pf_file *f)
 {
 	return fdatasync(f->fd) < 0 ? -errno : 0;
@@ -52,6 +59,7 @@ static void posix_close(struct pf_file *f)
 static const struct pf_file_ops posix_ops = {
 	.pread = posix_pread,
 	.pwrite = posix_pwrite,
+	.submit = posix_submit,
 	.datasync = posix_datasync,
 	.punch = posix_punch,
 	.truncate = posix_truncate,
@@ -59,7 +67,7 @@ static const struct pf_file_ops posix_ops = {
 	.close = posix_close,
 };
 
-int pf_file_posix(int fd, struct pf_file **out)
+int pf_file_posix(int fd, struct pf_aio *aio, struct pf_file **out)
 {
 	struct pf_file *f = malloc(sizeof(*f));
 
@@ -69,7 +77,7 @@ int pf_file_posix(int fd, struct pf_file **out)
 	}
 	f->ops = &posix_ops;
 	f->fd = fd;
-	f->aio_ok = true;
+	f->aio = aio;
 	*out = f;
 	return 0;
 }

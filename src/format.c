@@ -16,6 +16,7 @@
  */
 #include "format.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -250,6 +251,35 @@ uint32_t pf_bat_raw_get(const void *meta, uint32_t idx)
 void pf_bat_raw_set(void *meta, uint32_t idx, uint32_t raw)
 {
 	pf_le32_put((uint8_t *)meta + pf_idx_entry_off(idx), raw);
+}
+
+/*
+ * The entries of a BAT that threads share (the stack's map): a 32-bit
+ * atomic access to the aligned entry, then the byte order.  The release
+ * of a store pairs with the acquire of a load, so a reader that sees an
+ * entry also sees the data written before it was set.
+ */
+uint32_t pf_bat_load(const struct pf_header *h, const void *meta, uint32_t idx)
+{
+	const uint32_t *p = (const uint32_t *)((const uint8_t *)meta +
+					       pf_idx_entry_off(idx));
+	uint32_t raw = le32toh(__atomic_load_n(p, __ATOMIC_ACQUIRE));
+
+	return h->version == 1 ? raw / h->cluster_sectors : raw;
+}
+
+void pf_bat_store(const struct pf_header *h, void *meta, uint32_t idx,
+		  uint32_t clu)
+{
+	uint32_t *p = (uint32_t *)((uint8_t *)meta + pf_idx_entry_off(idx));
+
+	__atomic_store_n(p, htole32(clu ? pf_bat_encode(h, clu) : 0),
+			 __ATOMIC_RELEASE);
+}
+
+bool pf_ext_magic_ok(const void *buf)
+{
+	return pf_le64_get(buf) == PF_EXT_MAGIC;
 }
 
 uint32_t pf_bat_encode(const struct pf_header *h, uint32_t clu)

@@ -104,6 +104,21 @@ uint64_t pf_max_file_clusters(const struct pf_header *h);
 uint32_t pf_bat_raw_get(const void *meta, uint32_t idx);
 void pf_bat_raw_set(void *meta, uint32_t idx, uint32_t raw);
 
+/*
+ * Entry @idx of a BAT that threads share, as file cluster (0: unmapped):
+ * loaded with acquire, stored with release ordering (meta is the buffer
+ * of the file's first bytes, header included, 4-byte aligned).  No
+ * validation: for BATs that pf_check_delta accepted, and clusters the
+ * encoding of @h can hold.
+ */
+uint32_t pf_bat_load(const struct pf_header *h, const void *meta,
+		     uint32_t idx);
+void pf_bat_store(const struct pf_header *h, void *meta, uint32_t idx,
+		  uint32_t clu);
+
+/* true if the 8 bytes at @buf are the magic of a format extension */
+bool pf_ext_magic_ok(const void *buf);
+
 /* Encode file cluster @clu as a BAT entry of @h's version. */
 uint32_t pf_bat_encode(const struct pf_header *h, uint32_t clu);
 

@@ -139,6 +139,7 @@ struct queue {
 	struct pf_aio_engine engine;
 	unsigned io_pending;	/* submitted, not completed */
 	bool draining;
+	bool drain_failed;	/* the ring refused: drains give up */
 	/* completions taken off the CQ and not handled yet: those of one
 	 * round (todo), those a drain put aside (later) */
 	struct cqe_copy *todo, *later;
@@ -681,6 +682,7 @@ static void eng_drain(void *ctx)
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN) {
 			pf_log(PF_LOG_ERR, "fuse ring %u: drain: %s", q->qid,
 			       strerror(-ret));
+			q->drain_failed = true;
 			break;
 		}
 		n = take(q, got, 64);
@@ -696,6 +698,17 @@ static void eng_drain(void *ctx)
 	(void)flush_sq(q, Q_AWAY);
 }
 
+/* Nothing for a drain to do: no data I/O of this queue in flight and
+ * the answers already go in at once (Q_AWAY), or a drain is running
+ * (a completion it runs went to sleep) or cannot run. */
+static bool eng_idle(void *ctx)
+{
+	const struct queue *q = ctx;
+
+	return q->draining || q->drain_failed ||
+	       (!q->io_pending && q->state == Q_AWAY);
+}
+
 static void *queue_main(void *arg)
 {
 	struct queue *q = arg;
@@ -705,7 +718,8 @@ static void *queue_main(void *arg)
 	int ret;
 
 	my_queue = q;
-	q->engine = (struct pf_aio_engine){ eng_submit, eng_drain, q };
+	q->engine = (struct pf_aio_engine){ eng_submit, eng_drain, eng_idle,
+					    q };
 	pf_aio_use_engine(&q->engine);
 	register_all(q);
 	/* after the stop read, until this ring's data I/O is done */

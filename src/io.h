@@ -1,11 +1,18 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Asynchronous data I/O on delta files.  The production backend is
- * libaio (io_aio.c, the only file that includes <libaio.h>): requests are
- * submitted from any thread and their callbacks run on one completion
- * thread.  Where the kernel gives no aio context the same calls run
- * synchronously in the caller, with the callback called before they
- * return.
+ * The asynchronous I/O engine under the file interface (file.h): where a
+ * read or write that a pf_file submits actually runs.  Three ways, chosen
+ * here and nowhere above:
+ *   - on the submitting thread's own engine (an io_uring queue thread,
+ *     pf_aio_use_engine), for the requests it takes;
+ *   - through libaio (io_aio.c, the only file that includes <libaio.h>),
+ *     with the callbacks run on one completion thread, once the engine
+ *     is started and other requests are in flight or the caller submits
+ *     a batch;
+ *   - in the calling thread, with the callback run before the submit
+ *     returns: before pf_aio_start(), where the kernel gives no aio
+ *     context, and for a request that is alone (queue depth 1: a thread
+ *     hand-off would cost more than it saves).
  *
  * Buffers, offsets and lengths must meet the O_DIRECT alignment of the
  * file when it was opened with O_DIRECT.
@@ -13,10 +20,12 @@
 #ifndef PF_IO_H
 #define PF_IO_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "util.h"
 
@@ -34,31 +43,48 @@ struct pf_aio_req {
 	struct pf_aio *owner;	/* while an engine has it */
 };
 
-/* Create a context for up to @depth requests in flight.  Returns 0 or
- * -errno; with @depth 0, or if the kernel refuses an aio context, the
- * context works synchronously (pf_aio_is_async() says which).  An aio
- * context does not survive fork(): create it in the process that uses
- * it. */
-PF_MUST_CHECK int pf_aio_create(unsigned depth, struct pf_aio **out);
+/* Create an engine that runs every request in its caller until
+ * pf_aio_start().  Returns 0 or -ENOMEM. */
+PF_MUST_CHECK int pf_aio_create(struct pf_aio **out);
 
-/* Start the completion thread (after daemonizing). Returns 0 or -errno. */
-PF_MUST_CHECK int pf_aio_start(struct pf_aio *a);
+/*
+ * Go asynchronous: an aio context for up to @depth requests in flight
+ * and the completion thread (after daemonizing: neither survives a
+ * fork).  If the kernel refuses an aio context the engine stays
+ * synchronous (pf_aio_is_async() says which) and this still returns 0.
+ * Returns 0 or -errno (no thread).  Context: no request in flight.
+ */
+PF_MUST_CHECK int pf_aio_start(struct pf_aio *a, unsigned depth);
 
-/* Wait for every request to complete, stop the thread, free. */
+/* Wait for every request in flight to complete and stop the thread:
+ * synchronous again, as before pf_aio_start().  NULL is fine. */
+void pf_aio_stop(struct pf_aio *a);
+
+/* pf_aio_stop(), then free.  NULL is fine. */
 void pf_aio_destroy(struct pf_aio *a);
 
-int pf_aio_is_async(const struct pf_aio *a);
+bool pf_aio_is_async(const struct pf_aio *a);
 /* Requests submitted and not yet completed (a racy snapshot). */
 unsigned pf_aio_inflight(struct pf_aio *a);
 
-/* Submit a read or write; waits for a free slot when @depth requests are
- * in flight.  The callback always runs exactly once, also on a submit
- * error (with -errno). */
-void pf_aio_pread(struct pf_aio *a, struct pf_aio_req *r, int fd, void *buf,
-		  size_t len, uint64_t off, pf_aio_done_fn done, void *arg);
-void pf_aio_pwrite(struct pf_aio *a, struct pf_aio_req *r, int fd,
-		   const void *buf, size_t len, uint64_t off,
+/*
+ * Read or write @len bytes of @fd at @off, by the rule at the top of
+ * this file (@a NULL: always in the calling thread).  @done runs exactly
+ * once, also on a submit error (with -errno); a transfer shorter than
+ * @len is reported as it is, except in the calling thread, where it is
+ * retried and a premature end of file is -EIO.  Waits for a free slot
+ * when @depth requests are in flight.
+ */
+void pf_aio_submit(struct pf_aio *a, struct pf_aio_req *r, int fd,
+		   bool write, void *buf, size_t len, uint64_t off,
 		   pf_aio_done_fn done, void *arg);
+
+/*
+ * A caller about to submit several requests from one thread brackets
+ * them with these, so that each goes to libaio instead of running in
+ * place, one after the other.  Calls nest.  @a may be NULL.
+ */
+void pf_aio_batch(struct pf_aio *a, bool begin);
 
 /*
  * A thread's own engine.  A thread that runs an event loop of its own (a
@@ -67,16 +93,19 @@ void pf_aio_pwrite(struct pf_aio *a, struct pf_aio_req *r, int fd,
  * The requests count as in flight on their pf_aio like any other.
  *
  * The catch: such a thread must never sleep on something that waits for
- * its own requests (a range lock, a freeze).  Code that is about to sleep
- * calls pf_aio_before_wait(), which completes the thread's own requests
- * first (engine->drain).
+ * its own requests (a range lock, a freeze).  Every sleep goes through
+ * pf_aio_wait(), which first completes the thread's own requests.
  */
 struct pf_aio_engine {
 	/* Queue a request; 0, or -errno to let libaio take it instead. */
 	int (*submit)(void *ctx, struct pf_aio_req *r, bool write, int fd,
 		      void *buf, size_t len, uint64_t off);
-	/* Complete every request this engine holds. */
+	/* Complete every request this engine holds, and hand over what
+	 * the thread's loop would submit with its next wait: the thread
+	 * is about to sleep elsewhere. */
 	void (*drain)(void *ctx);
+	/* true if drain() would have nothing to do */
+	bool (*idle)(void *ctx);
 	void *ctx;
 };
 
@@ -86,7 +115,17 @@ void pf_aio_use_engine(const struct pf_aio_engine *e);
 /* For an engine: request @r, which it took, completed with @res. */
 void pf_aio_engine_done(struct pf_aio_req *r, ssize_t res);
 
-/* About to sleep: complete this thread's own engine requests. */
-void pf_aio_before_wait(void);
+/*
+ * The one way code under a request sleeps (a range lock, the gate, an
+ * epoch, a flush, a held write): pthread_cond_wait(@cv, @m), or
+ * pthread_cond_timedwait() with @until (CLOCK_MONOTONIC or the clock of
+ * @cv), unless the calling thread's own engine still holds requests or
+ * answers: then @m is dropped while they are completed, and the call
+ * returns 0 without sleeping, for the caller to test its condition
+ * again.  Use it in a loop: while (!cond) pf_aio_wait(cv, m, NULL);
+ * Returns 0, or ETIMEDOUT from the timed wait.
+ */
+int pf_aio_wait(pthread_cond_t *cv, pthread_mutex_t *m,
+		const struct timespec *until);
 
 #endif /* PF_IO_H */

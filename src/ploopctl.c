@@ -235,7 +235,7 @@ static struct pf_delta *delta_open(struct image *im, const char *name,
 		return NULL;
 	}
 	ret = pf_delta_open(im->is_dir ? im->dirfd : AT_FDCWD,
-			    im->is_dir ? name : im->arg, flags, &d, &why);
+			    im->is_dir ? name : im->arg, flags, NULL, &d, &why);
 	if (ret < 0) {
 		err_line(path, "%s", why.msg[0] ? why.msg : strerror(-ret));
 		free(path);
@@ -691,7 +691,7 @@ static int repair_all(struct image *im, size_t n, bool force,
 
 		path = im->is_dir ? path_join(im->dir, name) : strdup(im->arg);
 		ret = pf_delta_open(im->is_dir ? im->dirfd : AT_FDCWD,
-				    im->is_dir ? name : im->arg, PF_DELTA_WRITE,
+				    im->is_dir ? name : im->arg, PF_DELTA_WRITE, NULL,
 				    &d, &why);
 		if (ret < 0) {	/* the check pass reports it */
 			free(path);
@@ -784,7 +784,7 @@ static int cmd_check(int argc, char **argv)
 
 		path = im.is_dir ? path_join(im.dir, name) : strdup(im.arg);
 		ret = pf_delta_open(im.is_dir ? im.dirfd : AT_FDCWD,
-				    im.is_dir ? name : im.arg, 0, &v[i], &why);
+				    im.is_dir ? name : im.arg, 0, NULL, &v[i], &why);
 		if (ret < 0) {
 			/* A delta that is missing or unreadable is as bad
 			 * for the image as one that is damaged. */

@@ -89,10 +89,7 @@ struct rbucket {
 };
 
 struct level {
-	struct pf_delta *d;	/* header, BAT (d->meta), metadata fd */
-	struct pf_file *f;	/* data I/O, O_DIRECT when possible */
-	uint8_t *meta;		/* BAT as on disk (top: s->top_meta) */
-	uint8_t *own_meta;	/* a former top's BAT buffer, freed with it */
+	struct pf_delta *d;	/* its file (all I/O), header and BAT */
 	char guid[PF_GUID_LEN + 1];	/* its Image GUID in the descriptor */
 	uint64_t mapped;	/* clusters mapped (lower levels: fixed) */
 	bool hidden;		/* being merged away: no snapshot view */
@@ -110,14 +107,14 @@ struct pf_stack {
 	uint64_t size_bytes;		/* geometry for unlocked readers */
 	uint32_t cluster_bytes;
 	uint8_t *level_of;	/* per virtual cluster; atomic access */
-	size_t align;		/* O_DIRECT alignment of the data fds */
-	struct pf_aio *aio;
-	struct pf_file_factory factory;
+	size_t align;		/* I/O alignment of the top delta */
+	struct pf_aio *aio;	/* the I/O engine of every delta's file */
+	struct pf_delta_io io;	/* how deltas are opened */
 	struct rbucket rb[RLOCK_BUCKETS];
 
-	/* BAT of the top delta, page aligned, whole pages; the header
-	 * lives in its first 64 bytes.  Entries: atomic access; pages and
-	 * the dirty set: protected by bat_lock. */
+	/* BAT of the top delta (top->d->meta), page aligned, whole pages;
+	 * the header lives in its first 64 bytes.  Entries: atomic access;
+	 * pages and the dirty set: protected by bat_lock. */
 	uint8_t *top_meta;
 	size_t meta_pages;
 	pthread_mutex_t bat_lock;
@@ -164,8 +161,6 @@ struct pf_stack {
 	 * flight (see freeze()).  Held writes step out while they wait. */
 	atomic_uint gate_active;
 	atomic_uint writes_inflight;
-	atomic_uint sync_io;		/* data_submit()s running in place */
-	atomic_uint batching;		/* callers submitting a batch */
 	pthread_mutex_t gate_lock;
 	pthread_cond_t gate_open;	/* frozen went false */
 	pthread_cond_t gate_drained;	/* active or inflight may be 0 */
@@ -212,8 +207,6 @@ struct pf_stack {
 	X(CP_SNAP_DD_TMP,		"snap.dd-tmp-written")		\
 	X(CP_SNAP_COMMITTED,		"snap.old-top-committed")	\
 	X(CP_SNAP_DD_RENAMED,		"snap.dd-renamed")		\
-	X(CP_SNAP_OLD_CLOSED,		"snap.old-top-closed")		\
-	X(CP_SNAP_OLD_TRIMMED,		"snap.old-top-trimmed")		\
 	X(CP_MD_MARKED,			"merge-down.marked-temporary")	\
 	X(CP_MD_GROWN,			"merge-down.parent-grown")	\
 	X(CP_MD_COPIED,			"merge-down.copied")		\
@@ -234,37 +227,24 @@ struct pf_stack {
 
 #define CP_ENUM(id, name)	id,
 #define CP_NAME(id, name)	name,
-enum crash_point { CRASH_POINTS(CP_ENUM) CP_COUNT };
-static const char *const crash_point_names[] = { CRASH_POINTS(CP_NAME) };
+/* CP_NONE: a step that is no crash point in its sequence */
+enum crash_point { CP_NONE, CRASH_POINTS(CP_ENUM) CP_COUNT };
+static const char *const crash_point_names[] = { NULL, CRASH_POINTS(CP_NAME) };
 
 const char *const *pf_stack_crash_points(size_t *n)
 {
-	*n = CP_COUNT;
-	return crash_point_names;
+	*n = CP_COUNT - 1;
+	return crash_point_names + 1;
 }
 
 /* Step @cp is done: a test may cut the power here. */
 static inline void crash_point(struct pf_stack *s, enum crash_point cp)
 {
-	if (s->crash_point)
+	if (s->crash_point && cp != CP_NONE)
 		s->crash_point(s->crash_point_ctx, crash_point_names[cp]);
 }
 
 /* Small helpers */
-
-static inline uint32_t entry_load(const uint8_t *meta, uint32_t idx)
-{
-	const uint32_t *p = (const uint32_t *)(meta + pf_idx_entry_off(idx));
-
-	return le32toh(__atomic_load_n(p, __ATOMIC_ACQUIRE));
-}
-
-static inline void entry_store(uint8_t *meta, uint32_t idx, uint32_t raw)
-{
-	uint32_t *p = (uint32_t *)(meta + pf_idx_entry_off(idx));
-
-	__atomic_store_n(p, htole32(raw), __ATOMIC_RELEASE);
-}
 
 static inline uint8_t level_load(const struct pf_stack *s, uint32_t idx)
 {
@@ -277,17 +257,10 @@ static inline void level_store(struct pf_stack *s, uint32_t idx, uint8_t l)
 }
 
 /* File cluster that level @l maps @idx to, 0 if none. */
-static uint32_t level_clu(const struct pf_stack *s, unsigned l, uint32_t idx)
+static inline uint32_t level_clu(const struct pf_stack *s, unsigned l,
+				 uint32_t idx)
 {
-	const struct level *lv = &s->levels[l];
-	uint32_t raw;
-
-	if (idx >= lv->d->hdr.bat_entries)
-		return 0;
-	raw = entry_load(lv->meta, idx);
-	if (lv->d->hdr.version == 1)
-		return raw / lv->d->hdr.cluster_sectors;
-	return raw;
+	return pf_delta_clu(s->levels[l].d, idx);
 }
 
 static uint64_t round_down(uint64_t v, uint64_t a)
@@ -370,13 +343,12 @@ static void epoch_flip_and_drain(struct pf_stack *s)
 {
 	unsigned old;
 
-	pf_aio_before_wait();
 	pthread_mutex_lock(&s->epoch_lock);
 	old = atomic_load(&s->epoch);
 	atomic_store(&s->epoch, old ^ 1);
 	atomic_store(&s->epoch_waiting, true);
 	while (atomic_load(&s->epoch_count[old]))
-		pthread_cond_wait(&s->epoch_drained, &s->epoch_lock);
+		pf_aio_wait(&s->epoch_drained, &s->epoch_lock, NULL);
 	atomic_store(&s->epoch_waiting, false);
 	pthread_mutex_unlock(&s->epoch_lock);
 }
@@ -405,10 +377,9 @@ static void gate_enter(struct pf_stack *s)
 		if (!atomic_load(&s->frozen))
 			return;
 		gate_exit(s);
-		pf_aio_before_wait();	/* a freeze waits for those */
 		pthread_mutex_lock(&s->gate_lock);
 		while (atomic_load(&s->frozen))
-			pthread_cond_wait(&s->gate_open, &s->gate_lock);
+			pf_aio_wait(&s->gate_open, &s->gate_lock, NULL);
 		pthread_mutex_unlock(&s->gate_lock);
 	}
 }
@@ -435,7 +406,7 @@ static uint64_t freeze(struct pf_stack *s)
 	atomic_store(&s->frozen, true);
 	while (atomic_load(&s->gate_active) ||
 	       atomic_load(&s->writes_inflight))
-		pthread_cond_wait(&s->gate_drained, &s->gate_lock);
+		pf_aio_wait(&s->gate_drained, &s->gate_lock, NULL);
 	pthread_mutex_unlock(&s->gate_lock);
 	pthread_mutex_lock(&s->commit_lock);
 	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
@@ -489,14 +460,9 @@ static void rlock_acquire(struct pf_stack *s, struct rlock *r, uint32_t idx,
 	r->start = (uint32_t)start;
 	r->end = (uint32_t)end;
 	pthread_mutex_lock(&b->lock);
-	while (rlock_conflicts(b, r)) {
-		/* the holder may be this thread's own request (io.h) */
-		pthread_mutex_unlock(&b->lock);
-		pf_aio_before_wait();
-		pthread_mutex_lock(&b->lock);
-		if (rlock_conflicts(b, r))
-			pthread_cond_wait(&b->released, &b->lock);
-	}
+	/* the holder may be this thread's own request (io.h) */
+	while (rlock_conflicts(b, r))
+		pf_aio_wait(&b->released, &b->lock, NULL);
 	r->next = b->head;
 	b->head = r;
 	pthread_mutex_unlock(&b->lock);
@@ -560,7 +526,7 @@ static int top_set(struct pf_stack *s, uint32_t idx, uint32_t clu,
 		s->pending_free[s->n_pending++] =
 			level_clu(s, s->n_levels - 1, idx);
 	}
-	entry_store(s->top_meta, idx, clu ? pf_bat_encode(&s->top_hdr, clu) : 0);
+	pf_bat_store(&s->top_hdr, s->top_meta, idx, clu);
 	level_store(s, idx, new_level);
 	page_mark_dirty(s, pf_idx_to_page(idx));
 out:
@@ -572,7 +538,7 @@ out:
 
 static int punch(struct level *lv, uint64_t off, uint64_t len)
 {
-	return lv->f->ops->punch(lv->f, off, len);
+	return lv->d->f->ops->punch(lv->d->f, off, len);
 }
 
 static int free_push(struct pf_stack *s, uint32_t clu)
@@ -594,7 +560,7 @@ static int free_push(struct pf_stack *s, uint32_t clu)
  * allocate), or just grow the file where the backend cannot. */
 static int space_for(struct pf_stack *s, uint64_t first, uint64_t n)
 {
-	struct pf_file *f = s->top->f;
+	struct pf_file *f = s->top->d->f;
 	uint64_t off = first << s->hdr->cluster_shift;
 	uint64_t len = n << s->hdr->cluster_shift;
 	int ret;
@@ -668,7 +634,7 @@ out:
 
 static int data_pread(struct level *lv, void *buf, size_t len, uint64_t off)
 {
-	return lv->f->ops->pread(lv->f, buf, len, off);
+	return pf_delta_read(lv->d, buf, len, off);
 }
 
 /* A data write that fails for any reason but lack of space or memory
@@ -682,61 +648,28 @@ static void data_write_failed(struct pf_stack *s, int err)
 static int data_pwrite(struct pf_stack *s, const void *buf, size_t len,
 		       uint64_t off)
 {
-	int ret = s->top->f->ops->pwrite(s->top->f, buf, len, off);
+	struct pf_file *f = s->top->d->f;
+	int ret = f->ops->pwrite(f, buf, len, off);
 
 	if (ret)
 		data_write_failed(s, ret);
 	return ret;
 }
 
-/* BAT pages and the header: the caller decides what a failure means. */
-static int meta_pwrite(struct pf_stack *s, const void *buf, size_t len,
-		       uint64_t off)
+/* Reads and writes for the completion path: the file's engine decides
+ * where they run (io.h). */
+static void data_submit(struct level *lv, bool write, struct pf_aio_req *r,
+			void *buf, size_t len, uint64_t off,
+			pf_aio_done_fn done, void *arg)
 {
-	return s->top->f->ops->pwrite(s->top->f, buf, len, off);
-}
+	struct pf_file *f = lv->d->f;
 
-/*
- * Reads and writes for the completion path: through libaio where the
- * file allows it and other I/O is in flight, else synchronously with the
- * callback run here.  A request that is alone (queue depth 1: a
- * database's fsync'd writes, a single reader) is faster done in the
- * calling thread than handed to the completion thread, which would have
- * to wake up for it; once requests overlap, libaio keeps many in flight
- * from a few threads.  A caller with several requests in hand says so
- * (pf_stack_batch), since for it "alone" is only true of the first.
- */
-static void data_submit(struct pf_stack *s, struct level *lv, bool write,
-			struct pf_aio_req *r, void *buf, size_t len,
-			uint64_t off, pf_aio_done_fn done, void *arg)
-{
-	int ret;
-
-	if (lv->f->aio_ok &&
-	    (atomic_load_explicit(&s->sync_io, memory_order_relaxed) ||
-	     atomic_load_explicit(&s->batching, memory_order_relaxed) ||
-	     pf_aio_inflight(s->aio))) {
-		if (write)
-			pf_aio_pwrite(s->aio, r, lv->f->fd, buf, len, off, done,
-				      arg);
-		else
-			pf_aio_pread(s->aio, r, lv->f->fd, buf, len, off, done,
-				     arg);
-		return;
-	}
-	atomic_fetch_add_explicit(&s->sync_io, 1, memory_order_relaxed);
-	ret = write ? lv->f->ops->pwrite(lv->f, buf, len, off) :
-		      lv->f->ops->pread(lv->f, buf, len, off);
-	atomic_fetch_sub_explicit(&s->sync_io, 1, memory_order_relaxed);
-	done(arg, ret ? ret : (ssize_t)len);
+	f->ops->submit(f, r, write, buf, len, off, done, arg);
 }
 
 void pf_stack_batch(struct pf_stack *s, bool begin)
 {
-	if (begin)
-		atomic_fetch_add_explicit(&s->batching, 1, memory_order_relaxed);
-	else
-		atomic_fetch_sub_explicit(&s->batching, 1, memory_order_relaxed);
+	pf_aio_batch(s->aio, begin);
 }
 
 /*
@@ -1072,7 +1005,7 @@ static void stack_read(struct pf_stack *s, const char *guid, void *buf,
 		op->segs[i].op = op;
 		op->segs[i].len = seg_len;
 		atomic_fetch_add(&op->pending, 1);
-		data_submit(s, &s->levels[lvl], false, &op->segs[i].aio, dst,
+		data_submit(&s->levels[lvl], false, &op->segs[i].aio, dst,
 			    seg_len,
 			    pf_clu_to_off(&s->levels[lvl].d->hdr, clu) + in_off,
 			    read_seg_done, &op->segs[i]);
@@ -1144,9 +1077,8 @@ static int hold_for_space(struct pf_stack *s, struct op *op, uint64_t off,
 		gate_exit(s);
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += 1;	/* retry at least every second */
-	pf_aio_before_wait();
 	pthread_mutex_lock(&s->space_lock);
-	pthread_cond_timedwait(&s->space_cv, &s->space_lock, &until);
+	(void)pf_aio_wait(&s->space_cv, &s->space_lock, &until);
 	pthread_mutex_unlock(&s->space_lock);
 	if (s->stopping && s->stopping(s->stopping_ctx))
 		ret = -EIO;
@@ -1217,7 +1149,7 @@ retry:
 			/* in place; the range stays locked until done */
 			atomic_fetch_add(&op->pending, 1);
 			atomic_fetch_add(&s->writes_inflight, 1);
-			data_submit(s, s->top, true, &g->aio, (void *)src,
+			data_submit(s->top, true, &g->aio, (void *)src,
 				    seg_len, pf_clu_to_off(h, clu) + in_off,
 				    write_seg_done, g);
 			continue;
@@ -1301,10 +1233,9 @@ static void waiter_done(void *arg, int err)
 
 static int waiter_wait(struct waiter *w)
 {
-	pf_aio_before_wait();
 	pthread_mutex_lock(&w->lock);
 	while (!w->done)
-		pthread_cond_wait(&w->cv, &w->lock);
+		pf_aio_wait(&w->cv, &w->lock, NULL);
 	pthread_mutex_unlock(&w->lock);
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cv);
@@ -1462,8 +1393,25 @@ int pf_stack_discard(struct pf_stack *s, uint64_t off, uint64_t len)
 static int datasync(struct pf_stack *s)
 {
 	atomic_fetch_add(&s->datasyncs, 1);
-	return s->top->f->ops->datasync(s->top->f);
+	return pf_delta_sync(s->top->d);
 }
+
+/* Crash points of the delta verbs' steps in one update sequence. */
+struct cp_hook {
+	struct pf_stack *s;
+	enum crash_point at[PF_DELTA_STEPS];
+};
+
+static void cp_step(void *ctx, enum pf_delta_step step)
+{
+	const struct cp_hook *h = ctx;
+
+	crash_point(h->s, h->at[step]);
+}
+
+#define CP_HOOK(s, ...)							\
+	(struct pf_delta_hook){						\
+		cp_step, &(struct cp_hook){ (s), { __VA_ARGS__ } } }
 
 /* One commit, W1-W4 (see the file comment), with commit_lock held.
  * @force: sync data even when no BAT page is dirty (a flush). */
@@ -1520,20 +1468,14 @@ static int commit_locked(struct pf_stack *s, bool force)
 	}
 	crash_point(s, CP_COMMIT_DATA_SYNCED);
 	/* 3. the BAT pages, then W3: durable before anyone is answered */
-	for (i = 0; i < n_pages; i++) {
-		ret = meta_pwrite(s, copy + i * PF_BAT_PAGE_SIZE,
-				  PF_BAT_PAGE_SIZE,
-				  (uint64_t)pages[i] * PF_BAT_PAGE_SIZE);
+	if (n_pages) {
+		struct pf_delta_hook hook = CP_HOOK(
+			s, [PF_DELTA_PAGE_WRITTEN] = CP_COMMIT_BAT_WRITTEN);
+
+		atomic_fetch_add(&s->datasyncs, 1);
+		ret = pf_delta_write_bat(s->top->d, pages, copy, n_pages, &hook);
 		if (ret) {
 			set_failed(s, "BAT write", ret);
-			goto out;
-		}
-		crash_point(s, CP_COMMIT_BAT_WRITTEN);
-	}
-	if (n_pages) {
-		ret = datasync(s);
-		if (ret) {
-			set_failed(s, "BAT flush", ret);
 			goto out;
 		}
 		atomic_fetch_add(&s->commits, 1);
@@ -1633,7 +1575,6 @@ int pf_stack_flush(struct pf_stack *s)
 
 	if (atomic_load(&s->failed))
 		return -EIO;
-	pf_aio_before_wait();
 	pthread_mutex_lock(&s->wb_lock);
 	if (!s->wb_running) {
 		pthread_mutex_unlock(&s->wb_lock);
@@ -1646,62 +1587,13 @@ int pf_stack_flush(struct pf_stack *s)
 		if (!s->committing)
 			run_commit(s);
 		else
-			pthread_cond_wait(&s->wb_done, &s->wb_lock);
+			pf_aio_wait(&s->wb_done, &s->wb_lock, NULL);
 	}
 	pthread_mutex_unlock(&s->wb_lock);
 	return atomic_load(&s->failed) ? -EIO : 0;
 }
 
 /* Opening: validation, recovery (W8), in-use flag */
-
-/* Reopen delta @name for data I/O with O_DIRECT, checking that it is the
- * same file; fall back to buffered I/O where O_DIRECT is refused. */
-static int open_data_fd(struct pf_stack *s, struct level *lv, bool write,
-			bool no_direct)
-{
-	struct stat a, b;
-	int flags = (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW;
-	int fd = -1;
-
-	if (!no_direct)
-		fd = openat(s->dirfd, lv->d->name, flags | O_DIRECT);
-	if (fd < 0 && !no_direct)
-		pf_log(PF_LOG_WARNING,
-		       "%s/%s: O_DIRECT refused (%s), using buffered I/O",
-		       s->dir, lv->d->name, strerror(errno));
-	if (fd < 0)
-		fd = openat(s->dirfd, lv->d->name, flags);
-	if (fd < 0)
-		return -errno;
-	if (fstat(fd, &a) < 0 || fstat(lv->d->fd, &b) < 0 ||
-	    a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
-		close(fd);
-		return -ESTALE;	/* replaced under us */
-	}
-	if (s->factory.wrap)
-		return s->factory.wrap(s->factory.ctx, fd, lv->d->name, write,
-				       &lv->f);
-	return pf_file_posix(fd, &lv->f);
-}
-
-/* O_DIRECT alignment of @fd: statx's dio alignment, else 4096. */
-static size_t dio_align(int fd)
-{
-	struct statx stx;
-	int fl = fcntl(fd, F_GETFL);
-	size_t a;
-
-	if (fl >= 0 && !(fl & O_DIRECT))
-		return 512;	/* buffered: any is fine, keep sectors */
-	if (statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
-	    (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
-		a = stx.stx_dio_offset_align;
-		if (stx.stx_dio_mem_align > a)
-			a = stx.stx_dio_mem_align;
-		return a < 512 ? 512 : a;
-	}
-	return 4096;
-}
 
 struct first_finding {
 	char msg[512];
@@ -1721,54 +1613,42 @@ static void note_finding(void *ctx, const char *file, enum pf_finding kind,
 		f->unclean = true;
 }
 
-/* W8: rebuild allocation state of the top delta from its committed BAT:
- * clusters past the last referenced one are leaks (trimmed), unreferenced
- * ones before it are punched and become free. */
+/* W8: the allocation state of the top delta comes from its committed
+ * BAT (pf_delta_recover): trailing clusters are leaks, trimmed;
+ * unreferenced ones below the last used one are punched and free. */
 static int recover_top(struct pf_stack *s)
 {
-	const struct pf_header *h = s->hdr;
-	struct level *top = s->top;
-	uint64_t *used, max_used = 0, leaked = 0;
-	uint64_t n = top->d->file_clusters;
-	uint32_t idx, clu;
-	int ret = 0;
+	struct pf_delta_hook hook = CP_HOOK(
+		s, [PF_DELTA_LEAK_PUNCHED] = CP_OPEN_LEAK_PUNCHED,
+		[PF_DELTA_TAIL_TRIMMED] = CP_OPEN_TAIL_TRIMMED);
+	struct pf_delta_recovery rec;
+	int ret;
 
-	used = calloc(pf_div_round_up(n, 64), sizeof(*used));
-	if (!used)
-		return -ENOMEM;
-	for (idx = 0; idx < h->bat_entries; idx++) {
-		clu = level_clu(s, s->n_levels - 1, idx);
-		if (!clu)
-			continue;
-		used[clu / 64] |= 1ull << (clu % 64);
-		if (clu > max_used)
-			max_used = clu;
-		s->top_mapped++;
-	}
-	s->alloc_head = max_used ? max_used + 1 : h->hdr_clusters;
-	for (clu = h->hdr_clusters; clu < s->alloc_head; clu++) {
-		if (used[clu / 64] & (1ull << (clu % 64)))
-			continue;
-		leaked++;
-		/* W4: a reused cluster reads as zeros */
-		if (punch(top, pf_clu_to_off(h, clu), h->cluster_bytes) ||
-		    free_push(s, clu))
-			continue;	/* stays a leak */
-		crash_point(s, CP_OPEN_LEAK_PUNCHED);
-	}
-	free(used);
-	if (n > s->alloc_head || top->d->file_bytes % h->cluster_bytes) {
-		leaked += n > s->alloc_head ? n - s->alloc_head : 0;
-		ret = top->f->ops->truncate(top->f,
-					    pf_clu_to_off(h, (uint32_t)s->alloc_head));
-		if (!ret)
-			crash_point(s, CP_OPEN_TAIL_TRIMMED);
-	}
-	s->file_clusters = s->alloc_head;
-	if (leaked)
+	ret = pf_delta_recover(s->top->d, &rec, &hook);
+	if (ret)
+		return ret;
+	s->alloc_head = rec.head;
+	s->file_clusters = rec.head;
+	s->free_list = rec.free;
+	s->n_free = s->cap_free = rec.n_free;
+	s->top_mapped = rec.mapped;
+	if (rec.leaked)
 		pf_log(PF_LOG_NOTICE, "%s: %" PRIu64 " leaked clusters reclaimed",
-		       s->dir, leaked);
-	return ret;
+		       s->dir, rec.leaked);
+	return 0;
+}
+
+/* The I/O of @d bypasses the page cache from now on, where it can with
+ * buffers aligned to @max_align. */
+static void use_direct(struct pf_stack *s, struct pf_delta *d,
+		       size_t max_align)
+{
+	int ret = pf_delta_direct(d, max_align);
+
+	if (ret)
+		pf_log(PF_LOG_WARNING,
+		       "%s/%s: O_DIRECT refused (%s), using buffered I/O",
+		       s->dir, d->name, strerror(-ret));
 }
 
 static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
@@ -1803,14 +1683,13 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		bool is_top = i + 1 == depth;
 
 		ret = pf_delta_open(s->dirfd, name, is_top ? PF_DELTA_WRITE : 0,
-				    &s->levels[i].d, &w);
+				    &s->io, &s->levels[i].d, &w);
 		s->n_levels = (unsigned)i + (ret == 0);
 		if (ret) {
 			pf_why_fmt(why, "%s: %s", name, w.msg);
 			goto out;
 		}
 		chain_d[i] = s->levels[i].d;
-		s->levels[i].meta = s->levels[i].d->meta;
 		snprintf(s->levels[i].guid, sizeof(s->levels[i].guid), "%s",
 			 dd->images[chain[i]].guid);
 		shot = pf_dd_find_shot(dd, s->levels[i].guid);
@@ -1829,13 +1708,8 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		goto out;
 	}
 	for (i = 0; i < depth; i++) {
-		ret = open_data_fd(s, &s->levels[i], i + 1 == depth,
-				   o->no_direct);
-		if (ret) {
-			pf_why_fmt(why, "%s: cannot open for I/O: %s",
-				   s->levels[i].d->name, strerror(-ret));
-			goto out;
-		}
+		if (!o->no_direct)
+			use_direct(s, s->levels[i].d, PF_BAT_PAGE_SIZE);
 		if (i + 1 < depth &&
 		    s->levels[i].d->hdr.in_use == PF_INUSE_OPEN)
 			pf_log(PF_LOG_WARNING,
@@ -1862,11 +1736,9 @@ static int top_prepare(struct pf_stack *s)
 	s->level_of = malloc(s->hdr->bat_entries);
 	if (!s->page_dirty || !s->dirty_list || !s->level_of)
 		return -ENOMEM;
-	/* Adopt the delta's BAT buffer (whole aligned pages): one copy of
+	/* The delta's BAT buffer (whole aligned pages) is the one copy of
 	 * the top BAT, 64 MiB at 16 TiB. */
 	s->top_meta = d->meta;
-	d->meta = NULL;
-	s->top->meta = s->top_meta;
 	s->top_hdr = d->hdr;
 	s->hdr = &s->top_hdr;
 
@@ -1898,11 +1770,12 @@ static int top_prepare(struct pf_stack *s)
 	/* In-use flag set and synced before the first write (W8, ploop). */
 	s->top_hdr.in_use = PF_INUSE_OPEN;
 	s->top_hdr.ext_sectors = 0;
-	pf_header_encode(&s->top_hdr, s->top_meta);
-	ret = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
-	if (!ret) {
-		crash_point(s, CP_OPEN_INUSE_WRITTEN);
-		ret = datasync(s);
+	{
+		struct pf_delta_hook hook = CP_HOOK(
+			s, [PF_DELTA_HEADER_WRITTEN] = CP_OPEN_INUSE_WRITTEN);
+
+		atomic_fetch_add(&s->datasyncs, 1);
+		ret = pf_delta_write_header(d, &s->top_hdr, &hook);
 	}
 	if (!ret)
 		crash_point(s, CP_OPEN_INUSE_SYNCED);
@@ -1915,14 +1788,9 @@ static void stack_free(struct pf_stack *s)
 
 	if (!s)
 		return;
-	for (i = 0; i < s->n_levels; i++) {
-		if (s->levels[i].f)
-			s->levels[i].f->ops->close(s->levels[i].f);
+	for (i = 0; i < s->n_levels; i++)
 		pf_delta_close(s->levels[i].d);
-		free(s->levels[i].own_meta);
-	}
 	free(s->levels);
-	free(s->top_meta);
 	free(s->page_dirty);
 	free(s->dirty_list);
 	free(s->pending_free);
@@ -1949,8 +1817,7 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	s->dirfd = -1;
 	s->dir = strdup(o->dir);
 	s->commit_ms = o->commit_ms ? o->commit_ms : 1000;
-	if (o->factory)
-		s->factory = *o->factory;
+	s->io.factory = o->factory;
 	s->enospc_timeout_s = o->enospc_timeout_s;
 	s->no_direct = o->no_direct;
 	s->stopping = o->stopping;
@@ -1981,10 +1848,13 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 		pthread_mutex_init(&s->rb[i].lock, NULL);
 		pthread_cond_init(&s->rb[i].released, NULL);
 	}
-	if (!s->dir) {
+	/* Synchronous until pf_stack_start() (an aio context does not
+	 * survive the fork of daemonizing); every delta's file uses it. */
+	if (!s->dir || pf_aio_create(&s->aio)) {
 		ret = -ENOMEM;
 		goto err;
 	}
+	s->io.aio = s->aio;
 	s->dirfd = open(o->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (s->dirfd < 0) {
 		ret = -errno;
@@ -2004,7 +1874,10 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	ret = stack_load(s, o, why);
 	if (ret)
 		goto err;
-	s->align = dio_align(s->top->f->fd);
+	/* the alignment every delta's I/O needs, fixed from now on */
+	for (i = 0; i < (int)s->n_levels; i++)
+		if (s->levels[i].d->align > s->align)
+			s->align = s->levels[i].d->align;
 	s->size_bytes = s->hdr->size_bytes;
 	s->cluster_bytes = s->hdr->cluster_bytes;
 	ret = top_prepare(s);
@@ -2012,14 +1885,6 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 		if (!why || !why->msg[0])
 			pf_why_fmt(why, "%s: cannot prepare for writing: %s",
 				   s->top->d->name, strerror(-ret));
-		goto err;
-	}
-	/* Synchronous until pf_stack_start() replaces it: an aio context
-	 * does not survive the fork of daemonizing. */
-	ret = pf_aio_create(0, &s->aio);
-	if (ret) {
-		pf_why_fmt(why, "cannot create an I/O context: %s",
-			   strerror(-ret));
 		goto err;
 	}
 	*out = s;
@@ -2031,21 +1896,15 @@ err:
 
 int pf_stack_start(struct pf_stack *s)
 {
-	struct pf_aio *a;
 	int ret;
 
-	ret = pf_aio_create(AIO_DEPTH, &a);
+	ret = pf_aio_start(s->aio, AIO_DEPTH);
 	if (ret)
 		return ret;
-	pf_aio_destroy(s->aio);	/* the synchronous one, idle */
-	s->aio = a;
 	if (!pf_aio_is_async(s->aio))
 		pf_log(PF_LOG_WARNING,
 		       "%s: no kernel aio context; I/O runs synchronously",
 		       s->dir);
-	ret = pf_aio_start(s->aio);
-	if (ret)
-		return ret;
 	ret = pthread_create(&s->wb_thread, NULL, writeback, s);
 	if (ret)
 		return -ret;
@@ -2067,8 +1926,7 @@ int pf_stack_close(struct pf_stack *s)
 	if (s->wb_stop)
 		pthread_join(s->wb_thread, NULL);
 	s->wb_running = false;
-	pf_aio_destroy(s->aio);	/* waits for everything in flight */
-	s->aio = NULL;
+	pf_aio_stop(s->aio);	/* waits for everything in flight */
 
 	if (atomic_load(&s->failed)) {
 		ret = -EIO;	/* leave in-use set: recover at next open */
@@ -2080,8 +1938,7 @@ int pf_stack_close(struct pf_stack *s)
 	crash_point(s, CP_CLOSE_COMMITTED);
 	/* Trim the preallocated tail; clusters past alloc_head are unused. */
 	if (s->file_clusters > s->alloc_head) {
-		r = s->top->f->ops->truncate(
-			s->top->f, pf_clu_to_off(s->hdr, (uint32_t)s->alloc_head));
+		r = pf_delta_trim(s->top->d, s->alloc_head);
 		if (!r)
 			crash_point(s, CP_CLOSE_TRIMMED);
 		if (r)
@@ -2096,12 +1953,13 @@ int pf_stack_close(struct pf_stack *s)
 	s->top_hdr.ext_sectors = 0;
 	if (mapped)
 		s->top_hdr.flags &= ~PF_FLAG_EMPTY;
-	pf_header_encode(&s->top_hdr, s->top_meta);
 	pthread_mutex_unlock(&s->bat_lock);
-	r = meta_pwrite(s, s->top_meta, PF_BAT_PAGE_SIZE, 0);
-	if (!r) {
-		crash_point(s, CP_CLOSE_INUSE_WRITTEN);
-		r = datasync(s);
+	{
+		struct pf_delta_hook hook = CP_HOOK(
+			s, [PF_DELTA_HEADER_WRITTEN] = CP_CLOSE_INUSE_WRITTEN);
+
+		atomic_fetch_add(&s->datasyncs, 1);
+		r = pf_delta_write_header(s->top->d, &s->top_hdr, &hook);
 	}
 	if (r) {
 		pf_log(PF_LOG_ERR, "%s: cannot clear the in-use flag: %s",
@@ -2213,47 +2071,6 @@ static int dd_current(struct pf_stack *s, struct pf_dd **out,
 	return 0;
 }
 
-/* Write BAT page 0 of a lower delta (@meta, which readers may be using)
- * with header @h, closed.  The in-memory copies are left alone. */
-static int write_page0(struct pf_stack *s, struct pf_file *f,
-		       const uint8_t *meta, const struct pf_header *h)
-{
-	struct pf_header closed = *h;
-	uint8_t *page = alloc_aligned(s, PF_BAT_PAGE_SIZE);
-	int ret;
-
-	if (!page)
-		return -ENOMEM;
-	memcpy(page, meta, PF_BAT_PAGE_SIZE);
-	closed.in_use = PF_INUSE_CLOSED;
-	closed.ext_sectors = 0;
-	pf_header_encode(&closed, page);
-	ret = f->ops->pwrite(f, page, PF_BAT_PAGE_SIZE, 0);
-	free(page);
-	return ret;
-}
-
-/* Clear the in-use flag of a former top, now read-only, and give back
- * its preallocated tail.  Failure only leaves a warning at next open. */
-static void retire_top(struct pf_stack *s, struct level *lv,
-		       const struct pf_header *h, uint64_t alloc_head)
-{
-	int ret;
-
-	ret = write_page0(s, lv->f, lv->meta, h);
-	if (!ret) {
-		crash_point(s, CP_SNAP_OLD_CLOSED);
-		ret = lv->f->ops->truncate(lv->f, alloc_head << h->cluster_shift);
-	}
-	if (!ret) {
-		crash_point(s, CP_SNAP_OLD_TRIMMED);
-		ret = lv->f->ops->datasync(lv->f);
-	}
-	if (ret)
-		pf_log(PF_LOG_WARNING, "%s/%s: cannot clear the in-use flag of the former top: %s",
-		       s->dir, lv->d->name, strerror(-ret));
-}
-
 /*
  * Frozen, before the commit of a snapshot switch: clear the top's in-use
  * flag and trim its preallocated tail (@closed), or set the flag again
@@ -2275,7 +2092,7 @@ static void top_mark_closed(struct pf_stack *s, bool closed)
 	pthread_mutex_lock(&s->alloc_lock);
 	head = s->alloc_head;
 	pthread_mutex_unlock(&s->alloc_lock);
-	if (s->top->f->ops->truncate(s->top->f, head << s->hdr->cluster_shift))
+	if (pf_delta_trim(s->top->d, head))
 		return;	/* a trailing leak at worst */
 	pthread_mutex_lock(&s->alloc_lock);
 	s->file_clusters = head;
@@ -2287,9 +2104,9 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 {
 	char guid[PF_GUID_LEN + 1], fguid[PF_GUID_LEN + 1];
 	struct level nl = { 0 }, *nlv = NULL, *old_levels, *old_top;
-	struct pf_header h, old_hdr;
+	struct pf_header h;
 	struct pf_dd *dd = NULL;
-	uint64_t t0, stall, old_head;
+	uint64_t t0, stall;
 	unsigned n;
 	char *name = NULL;
 	const char *stem;
@@ -2351,12 +2168,13 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	}
 	created = true;
 	crash_point(s, CP_SNAP_DELTA_CREATED);
-	ret = pf_delta_open(s->dirfd, name, PF_DELTA_WRITE, &nl.d, why);
-	if (!ret)
-		ret = open_data_fd(s, &nl, true, s->no_direct);
-	if (!ret && nl.f->ops->allocate)
-		ret = nl.f->ops->allocate(nl.f, 0, (uint64_t)h.hdr_clusters
-					  << h.cluster_shift);
+	ret = pf_delta_open(s->dirfd, name, PF_DELTA_WRITE, &s->io, &nl.d, why);
+	/* the I/O path reads s->align without locks: it stays */
+	if (!ret && !s->no_direct)
+		use_direct(s, nl.d, s->align);
+	/* BAT pages must never meet a full disk at commit */
+	if (!ret && nl.d->f->ops->allocate)
+		ret = nl.d->f->ops->allocate(nl.d->f, 0, pf_meta_bytes(&h));
 	nlv = calloc(n + 2, sizeof(*nlv));
 	if (!ret && !nlv)
 		ret = -ENOMEM;
@@ -2400,17 +2218,15 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	memcpy(nlv, s->levels, n * sizeof(*nlv));
 	old_top = &nlv[n - 1];
 	snprintf(old_top->guid, sizeof(old_top->guid), "%s", guid);
-	old_top->own_meta = s->top_meta;
-	nl.meta = nl.d->meta;
-	nl.d->meta = NULL;
 	snprintf(nl.guid, sizeof(nl.guid), "%s", PF_TOP_GUID);
 	nlv[n] = nl;
 	pthread_mutex_lock(&s->levels_lock);
 	pthread_mutex_lock(&s->bat_lock);
-	old_hdr = s->top_hdr;
+	/* the former top as the freeze's commit left it: closed */
+	pf_delta_set_state(old_top->d, &s->top_hdr);
 	old_top->mapped = s->top_mapped;
 	s->top_mapped = 0;
-	s->top_meta = nl.meta;
+	s->top_meta = nl.d->meta;
 	/* Only what differs: the geometry is the same (the new delta was
 	 * created from this header) and is read without locks. */
 	s->top_hdr.in_use = nl.d->hdr.in_use;
@@ -2420,7 +2236,6 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	s->n_dirty = 0;
 	pthread_mutex_unlock(&s->bat_lock);
 	pthread_mutex_lock(&s->alloc_lock);
-	old_head = s->alloc_head;
 	s->alloc_head = nl.d->hdr.hdr_clusters;
 	s->file_clusters = nl.d->file_clusters > s->alloc_head ?
 				   nl.d->file_clusters : s->alloc_head;
@@ -2437,7 +2252,6 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	created = false;
 	stall = thaw(s, t0);
 
-	retire_top(s, old_top, &old_hdr, old_head);
 	snprintf(guid_out, PF_GUID_LEN + 1, "%s", guid);
 	if (!durable) {
 		ret = not_durable(why, "snapshot taken");
@@ -2448,8 +2262,6 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	emit(s, "snapshot", "%s created; new top delta %s; I/O stalled %" PRIu64 " us",
 	     guid, name, stall);
 out:
-	if (nl.f)
-		nl.f->ops->close(nl.f);
 	pf_delta_close(nl.d);
 	if (created)
 		unlinkat(s->dirfd, name, 0);
@@ -2468,7 +2280,6 @@ out:
 struct merge {
 	struct pf_stack *s;
 	unsigned p, c;		/* parent (deleted snapshot), child */
-	struct pf_file *pw;	/* parent opened for writing (down merge) */
 	uint8_t *pdirty;	/* parent BAT pages changed (down merge) */
 	atomic_uint_fast32_t next;	/* next virtual cluster to look at */
 	atomic_uint_fast64_t head;	/* next free cluster of the parent */
@@ -2518,6 +2329,7 @@ static void *merge_down_worker(void *arg)
 	struct pf_stack *s = m->s;
 	struct level *pl = &s->levels[m->p], *cl = &s->levels[m->c];
 	const struct pf_header *ph = &pl->d->hdr, *ch = &cl->d->hdr;
+	struct pf_file *pw = pl->d->f;	/* writable since the freeze */
 	uint32_t n = ch->bat_entries, idx, src, dst;
 	uint8_t *buf = alloc_aligned(s, ph->cluster_bytes);
 	int ret;
@@ -2534,17 +2346,17 @@ static void *merge_down_worker(void *arg)
 		dst = level_clu(s, m->p, idx);
 		if (!dst)
 			dst = (uint32_t)atomic_fetch_add(&m->head, 1);
-		ret = cl->f->ops->pread(cl->f, buf, ph->cluster_bytes,
-					pf_clu_to_off(ch, src));
+		ret = pf_delta_read(cl->d, buf, ph->cluster_bytes,
+				    pf_clu_to_off(ch, src));
 		if (!ret)
-			ret = m->pw->ops->pwrite(m->pw, buf, ph->cluster_bytes,
-						 pf_clu_to_off(ph, dst));
+			ret = pw->ops->pwrite(pw, buf, ph->cluster_bytes,
+					      pf_clu_to_off(ph, dst));
 		if (ret) {
 			merge_error(m, ret);
 			break;
 		}
 		if (!level_clu(s, m->p, idx))
-			entry_store(pl->meta, idx, pf_bat_encode(ph, dst));
+			pf_bat_store(ph, pl->d->meta, idx, dst);
 		/* Written even when the entry was already set: an earlier
 		 * attempt in this session may have set it in memory and
 		 * failed before its page reached the disk. */
@@ -2574,16 +2386,51 @@ static int merge_run(struct merge *m, void *(*fn)(void *))
 	return atomic_load(&m->err);
 }
 
+/* Commit the parent's BAT pages that the copy changed, page 0 (with
+ * header @h) always, through the delta's own commit (W1-W3). */
+static int commit_parent(struct merge *m, const struct pf_header *h)
+{
+	struct pf_stack *s = m->s;
+	struct pf_delta *pd = s->levels[m->p].d;
+	struct pf_delta_hook hook = CP_HOOK(
+		s, [PF_DELTA_PAGE_WRITTEN] = CP_MD_BAT_WRITTEN);
+	size_t pages = pf_div_round_up(pf_idx_entry_off(h->bat_entries),
+				       PF_BAT_PAGE_SIZE), n = 0, i;
+	uint32_t *list = malloc(pages * sizeof(*list));
+	uint8_t *copies = alloc_aligned(s, pages * PF_BAT_PAGE_SIZE);
+	int ret = -ENOMEM;
+
+	if (!list || !copies)
+		goto out;
+	/* readers look at the entries only, never at the header bytes */
+	pf_header_encode(h, pd->meta);
+	for (i = 0; i < pages; i++) {
+		if (i && !m->pdirty[i])
+			continue;
+		memcpy(copies + n * PF_BAT_PAGE_SIZE,
+		       pd->meta + i * PF_BAT_PAGE_SIZE, PF_BAT_PAGE_SIZE);
+		list[n++] = (uint32_t)i;
+	}
+	ret = pf_delta_write_bat(pd, list, copies, n, &hook);
+	if (!ret)
+		pf_delta_set_state(pd, h);
+out:
+	free(list);
+	free(copies);
+	return ret;
+}
+
 /* Down merge: the parent's data and then its BAT are durable (W5: copy,
  * flush, commit the receiving BAT) before the descriptor changes. */
 static int merge_down(struct merge *m, struct pf_why *why)
 {
 	struct pf_stack *s = m->s;
 	struct level *pl = &s->levels[m->p], *cl = &s->levels[m->c];
-	struct level tmp = { .d = pl->d };
 	const struct pf_header *ph = &pl->d->hdr;
-	uint64_t need = 0, max_used = 0, pages;
-	uint32_t idx, clu;
+	struct pf_file *pw = pl->d->f;
+	struct pf_header nh;
+	uint64_t need = 0, head, pages;
+	uint32_t idx;
 	int ret;
 
 	if (ph->bat_entries != cl->d->hdr.bat_entries ||
@@ -2591,83 +2438,54 @@ static int merge_down(struct merge *m, struct pf_why *why)
 		return pf_why_set(why, -EOPNOTSUPP,
 				  "%s and %s differ in size or cluster size",
 				  pl->d->name, cl->d->name);
-	ret = open_data_fd(s, &tmp, true, s->no_direct);
-	if (ret)
-		return pf_why_set(why, ret, "%s: cannot open for writing: %s",
-				  pl->d->name, strerror(-ret));
-	m->pw = tmp.f;
 	pages = pf_div_round_up(pf_idx_entry_off(ph->bat_entries),
 				PF_BAT_PAGE_SIZE);
 	m->pdirty = calloc(pages, 1);
-	if (!m->pdirty) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	/* New clusters go after the last committed one: whatever an
-	 * interrupted attempt left past it is a leak, overwritten now. */
-	for (idx = 0; idx < ph->bat_entries; idx++) {
-		clu = level_clu(s, m->p, idx);
-		if (clu > max_used)
-			max_used = clu;
-		if (!clu && level_clu(s, m->c, idx))
+	if (!m->pdirty)
+		return -ENOMEM;
+	for (idx = 0; idx < ph->bat_entries; idx++)
+		if (!level_clu(s, m->p, idx) && level_clu(s, m->c, idx))
 			need++;
-	}
-	atomic_store(&m->head, max_used ? max_used + 1 : ph->hdr_clusters);
+	/* New clusters go after the last one mapped, in memory too: what
+	 * an interrupted attempt left past it is a leak, overwritten now;
+	 * what it mapped in this session but never committed stays its. */
+	head = pf_delta_alloc_head(pl->d, UINT64_MAX);
+	atomic_store(&m->head, head);
 	if (need) {
-		ret = m->pw->ops->allocate ?
-			      m->pw->ops->allocate(m->pw, atomic_load(&m->head) << ph->cluster_shift,
-						   need << ph->cluster_shift) :
-			      m->pw->ops->truncate(m->pw, (atomic_load(&m->head) + need)
-								  << ph->cluster_shift);
-		if (ret) {
-			pf_why_fmt(why, "%s: cannot allocate %" PRIu64 " clusters: %s",
-				   pl->d->name, need, strerror(-ret));
-			goto out;
-		}
+		ret = pw->ops->allocate ?
+			      pw->ops->allocate(pw, head << ph->cluster_shift,
+						need << ph->cluster_shift) :
+			      pw->ops->truncate(pw, (head + need)
+							    << ph->cluster_shift);
+		if (ret)
+			return pf_why_set(why, ret, "%s: cannot allocate %" PRIu64
+					  " clusters: %s", pl->d->name, need,
+					  strerror(-ret));
 		crash_point(s, CP_MD_GROWN);
 	}
 	ret = merge_run(m, merge_down_worker);
-	if (ret) {
-		pf_why_fmt(why, "copy from %s into %s failed: %s", cl->d->name,
-			   pl->d->name, strerror(-ret));
-		goto out;
-	}
-	crash_point(s, CP_MD_COPIED);
-	ret = m->pw->ops->datasync(m->pw);	/* W5: the copies, then ... */
-	if (!ret) {	/* page 0 holds the header: always rewritten */
-		struct pf_header nh = *ph;
-
-		crash_point(s, CP_MD_COPY_SYNCED);
-
-		/* ph is the header as opened: stale for a former top, and
-		 * an earlier failed attempt may have mapped everything
-		 * already (need 0).  The parent holds data if it mapped
-		 * any or got any. */
-		if (need || max_used || atomic_load(&m->copied))
-			nh.flags &= ~PF_FLAG_EMPTY;
-		ret = write_page0(s, m->pw, pl->meta, &nh);
-		if (!ret)
-			crash_point(s, CP_MD_BAT_WRITTEN);
-	}
-	for (idx = 1; !ret && idx < pages; idx++) {
-		if (!m->pdirty[idx])
-			continue;
-		ret = m->pw->ops->pwrite(m->pw,
-					 pl->meta + (size_t)idx * PF_BAT_PAGE_SIZE,
-					 PF_BAT_PAGE_SIZE,
-					 (uint64_t)idx * PF_BAT_PAGE_SIZE);
-		if (!ret)
-			crash_point(s, CP_MD_BAT_WRITTEN);
-	}
-	if (!ret)
-		ret = m->pw->ops->datasync(m->pw);	/* ... the BAT */
-	if (!ret)
-		crash_point(s, CP_MD_BAT_SYNCED);
 	if (ret)
-		pf_why_fmt(why, "%s: cannot commit the merged clusters: %s",
-			   pl->d->name, strerror(-ret));
-out:
-	return ret;
+		return pf_why_set(why, ret, "copy from %s into %s failed: %s",
+				  cl->d->name, pl->d->name, strerror(-ret));
+	crash_point(s, CP_MD_COPIED);
+	ret = pf_delta_sync(pl->d);	/* W5: the copies, then ... */
+	if (!ret) {
+		crash_point(s, CP_MD_COPY_SYNCED);
+		/* ... the BAT, page 0 with a closed header; it holds data
+		 * if it mapped any or got any (an earlier failed attempt may
+		 * have mapped everything already: need 0) */
+		nh = *ph;
+		nh.in_use = PF_INUSE_CLOSED;
+		nh.ext_sectors = 0;
+		if (need || head > ph->hdr_clusters || atomic_load(&m->copied))
+			nh.flags &= ~PF_FLAG_EMPTY;
+		ret = commit_parent(m, &nh);
+	}
+	if (ret)
+		return pf_why_set(why, ret, "%s: cannot commit the merged clusters: %s",
+				  pl->d->name, strerror(-ret));
+	crash_point(s, CP_MD_BAT_SYNCED);
+	return 0;
 }
 
 /* Level @l leaves the stack (frozen, levels_lock held); its struct is
@@ -2700,7 +2518,8 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	char *gone_file = NULL;
 	unsigned p;
 	uint64_t t0, stall;
-	bool down, started = false, committed, durable = true;
+	bool down, started = false, committed = false, durable = true;
+	struct pf_file *ro_file = NULL;
 	uint32_t idx;
 	int ret;
 
@@ -2760,13 +2579,25 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 			goto out;
 		}
 		crash_point(s, CP_MD_MARKED);
-		/* no view of the parent reads while it changes */
+		/* No view of the parent reads while it changes, and its file
+		 * is opened for writing while nothing reads it at all. */
 		t0 = freeze(s);
-		pthread_mutex_lock(&s->levels_lock);
-		s->levels[p].hidden = true;
-		pthread_mutex_unlock(&s->levels_lock);
+		if (!s->levels[p].d->writable)
+			ret = pf_delta_reopen(s->levels[p].d, s->dirfd, true,
+					      &ro_file);
+		if (!ret) {
+			pthread_mutex_lock(&s->levels_lock);
+			s->levels[p].hidden = true;
+			pthread_mutex_unlock(&s->levels_lock);
+		}
 		thaw(s, t0);
-		ret = merge_down(&m, why);
+		if (ro_file)
+			ro_file->ops->close(ro_file);
+		if (ret)
+			pf_why_fmt(why, "%s: cannot open for writing: %s",
+				   s->levels[p].d->name, strerror(-ret));
+		else
+			ret = merge_down(&m, why);
 	} else {
 		ret = merge_run(&m, merge_up_worker);
 		if (ret)
@@ -2830,10 +2661,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	stall = thaw(s, t0);
 
 	/* W5: the merged delta goes only after the descriptor dropped it */
-	if (gone.f)
-		gone.f->ops->close(gone.f);
 	pf_delta_close(gone.d);
-	free(gone.own_meta);
 	if (!durable) {	/* the old descriptor may come back: keep it */
 		ret = not_durable(why, "snapshot deleted");
 		goto out;
@@ -2856,8 +2684,6 @@ out:
 	if (ret && started)
 		emit(s, "merge-failed", "deleting snapshot %s failed: %s", guid,
 		     why->msg);
-	if (m.pw)
-		m.pw->ops->close(m.pw);
 	free(m.pdirty);
 	free(gone_file);
 	pf_dd_free(dd);

@@ -57,6 +57,9 @@
 #define PF_BAT_RESERVED		0xFFFFFFFFu
 #define PF_MAX_FILE_CLUSTERS	0xFFFFFFFFu	/* indices 0 .. 0xFFFFFFFE */
 
+/* First 8 bytes (little-endian u64) of a format extension cluster. */
+#define PF_EXT_MAGIC		0xAB234CEF23DCEA87ull
+
 /* The 64-byte header, exactly as on disk (ploop's struct ploop_pvd_header). */
 struct pf_disk_header {
 	char     sig[PF_SIG_LEN];	/* PF_SIG_V1 or PF_SIG_V2, no NUL */

@@ -2,12 +2,24 @@
 /*
  * Crash-simulating delta files for tests (the idea of SQLite's test6.c):
  * each file is its durable content (the real file) plus a volatile cache
- * of the writes, punches and truncations since its last datasync, which
- * reads see.  At the crash point a random subset of every file's cached
- * operations reaches the real file (writes optionally torn into 512-byte
- * or 4 KiB pieces, each kept or lost on its own) and the rest is dropped;
- * from then on every operation fails with EIO, as if the power went.
- * The files can then be reopened as after a power cut.
+ * of the writes, punches, allocations and truncations since its last
+ * datasync, which reads see.  The cache is kept per inode, as the page
+ * cache is: every pf_file open on the same file shares it.  It has two
+ * parts: a scratch copy of the file (an O_TMPFILE) that reads and writes
+ * go to, and the list of the operations, in the order they completed,
+ * with the data of the writes.  A datasync applies the list to the real
+ * file.  At the crash point a random subset of every list reaches the
+ * real file (writes optionally torn into 512-byte or 4 KiB pieces, each
+ * kept or lost on its own) and the rest is dropped; from then on every
+ * operation fails with EIO, as if the power went.  The files can then be
+ * reopened as after a power cut.
+ *
+ * Asynchronous requests (->submit) go to the scratch copy through the
+ * same engine as production files (pf_aio_submit: in the caller, or
+ * libaio once the stack is started), so the crash tests drive the
+ * production I/O path.  A write enters the list when it completes, never
+ * before: a datasync that overtakes a write in flight does not make it
+ * durable, as on a real disk.
  *
  * The power goes when the countdown of mutating operations runs out, or
  * when a test calls crash_now() (test_crash does it from the stack's
@@ -28,7 +40,7 @@
 
 #define CRASH_MAX_FILES	16
 
-struct crash_file;
+struct crash_inode;
 
 struct crash_world {
 	pthread_mutex_t lock;
@@ -36,8 +48,8 @@ struct crash_world {
 	long countdown;		/* mutating operations until the crash; <0 never */
 	unsigned torn;		/* 0, 512 or 4096: granularity of torn writes */
 	bool crashed;
-	struct crash_file *files[CRASH_MAX_FILES];
-	unsigned n_files;
+	struct crash_inode *inodes[CRASH_MAX_FILES];	/* files open */
+	const char *copy_dir;	/* where the scratch copies go (/tmp) */
 	uint64_t ops;		/* mutating operations seen */
 	uint64_t kept, lost;	/* cached pieces applied / dropped at the crash */
 	/* called once at the crash, after the kept pieces reached the real

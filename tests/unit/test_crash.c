@@ -1,9 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
  * Crash simulation: seeded random scenarios of writes (sub-cluster and
- * whole-cluster, over snapshot data), punches, flushes, online snapshots
- * and snapshot deletes against an image whose delta files are
- * crash-simulating (io_crash.h), cut by a power failure.  The power goes
+ * whole-cluster, over snapshot data, and bursts of writes in flight
+ * together, some with a flush called while they are), punches, flushes,
+ * online snapshots and snapshot deletes against an image whose delta
+ * files are crash-simulating (io_crash.h), cut by a power failure.  The
+ * stack runs as the daemon runs it: started (libaio and its completion
+ * thread, the writeback thread), O_DIRECT where the host allows it, and
+ * the crash-simulating files take their asynchronous requests through
+ * the production engine (pf_aio_submit).  The power goes
  *   - at a random mutating I/O operation (a countdown in the crash
  *     world): the random mode;
  *   - or exactly at the k-th pass of a named crash point, a boundary
@@ -48,9 +53,13 @@
  * real system calls -- the DiskDescriptor.xml tmp file and its rename, a
  * new delta (pf_delta_create), the unlink of a merged delta.  The hook
  * takes the photograph before it returns, so the stricken sequence cannot
- * reach its next system call first; the stack runs synchronously here
- * (no pf_stack_start), so the only other threads are a merge's copy
- * workers, which do delta I/O only.  The stricken stack then runs on with
+ * reach its next system call first.  The other threads (libaio's
+ * completion thread, the writeback thread, a merge's copy workers) do
+ * delta I/O only, which blocks on the world's lock while the photograph
+ * is taken and fails afterwards; when one of them cuts the power (the
+ * countdown ends at a write's completion), the scenario's thread may be
+ * between two real system calls, each durable when it returns: that is
+ * a legal power-cut state too.  The stricken stack then runs on with
  * every I/O failing, is closed, and its directory is thrown away.
  * Parking the stricken thread and recovering the live directory beside
  * the still-open stack was the alternative: that stack holds the image's
@@ -73,17 +82,17 @@
  * returns, never torn, never lost, never reordered with the delta I/O
  * around it.  The crash points cut the power between those steps, but
  * not inside them; the order of their own system calls is covered by the
- * W6 tests.  The crash files have no allocate operation and punch always
- * works, so fallocate (space comes from truncate instead) and discard's
- * zero-write fallback are not exercised.  The writeback thread and libaio
- * are not used (the stack runs synchronously), so races between I/O and
- * commits are not simulated: a cluster punched and reused before its
- * unmapping commit is durable (against W4) goes unnoticed here, as no
- * write can come between a commit's steps (test_stack's
- * test_w4_write_racing_commit makes one come in at
- * commit.bat-page-written and catches it).  The k-th pass of a point
- * that a merge's parallel copy workers pass (cow.*, alloc.*) may be
- * another cluster's from run to run, so such a replay is not exact.
+ * W6 tests.  Punch always works on the crash files, so discard's
+ * zero-write fallback is not exercised.  Commits run
+ * where the scenario asks for them (the periodic one is an hour away, to
+ * keep runs repeatable), and in-place writes race a flush only in the
+ * bursts: a cluster punched and reused before its unmapping commit is
+ * durable (against W4) needs a write between a commit's steps, which
+ * test_stack's test_w4_write_racing_commit makes at
+ * commit.bat-page-written.  A replay is not always exact: libaio
+ * completes a burst's writes in any order (and so the crash keeps a
+ * different subset), and the k-th pass of a point that a merge's
+ * parallel copy workers pass (cow.*, alloc.*) may be another cluster's.
  *
  *   test_crash [-n SCENARIOS] [-s FIRST_SEED] [-v]
  *	the random mode only
@@ -337,6 +346,114 @@ static int do_write(struct scenario *sc, struct pf_stack *s, uint32_t slot,
 	return ret;
 }
 
+/* A flush called while writes were in flight: what was written before
+ * them is durable now; the sectors' first @prior values since the last
+ * flush are the ones before them. */
+static void note_flushed_before(struct scenario *sc, const uint32_t *prior)
+{
+	size_t i, n = (size_t)N_HOT * sc->spc;
+
+	for (i = 0; i < n; i++) {
+		struct sector_state *st = &sc->st[i];
+
+		if (!prior[i])
+			continue;
+		st->durable = st->since[prior[i] - 1];
+		memmove(st->since, st->since + prior[i],
+			(st->n - prior[i]) * sizeof(*st->since));
+		st->n -= prior[i];
+	}
+}
+
+struct burst {
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	unsigned left;
+	int err;
+};
+
+static void burst_done(void *arg, int err)
+{
+	struct burst *b = arg;
+
+	pthread_mutex_lock(&b->lock);
+	if (err && !b->err)
+		b->err = err;
+	if (!--b->left)
+		pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->lock);
+}
+
+#define BURST_MAX	8
+
+/*
+ * Writes in flight together: 2 to 8 pieces in disjoint parts of one
+ * pair, submitted as a batch, so that in-place writes go through libaio
+ * and complete on its thread in any order.  With @flush, a flush is
+ * called while they are in flight: it must make every earlier write
+ * durable, and may or may not take these along (W3 says nothing of
+ * writes not yet answered).
+ */
+static int do_burst(struct scenario *sc, struct pf_stack *s, bool flush)
+{
+	struct burst b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+			   0, 0 };
+	uint32_t slot = 2 * (uint32_t)rnd_below(HOT_PAIRS), part, i, j;
+	uint32_t m = 2 + (uint32_t)rnd_below(BURST_MAX - 1);
+	uint8_t *buf[BURST_MAX] = { NULL };
+	uint32_t sec0[BURST_MAX], len[BURST_MAX], *prior = NULL;
+	size_t n_sec = (size_t)N_HOT * sc->spc;
+	int fret = 0;
+
+	if (flush) {
+		prior = malloc(n_sec * sizeof(*prior));
+		if (!prior)
+			abort();
+		for (i = 0; i < n_sec; i++)
+			prior[i] = sc->st[i].n;
+	}
+	part = 2 * sc->spc / m;
+	for (j = 0; j < m; j++) {
+		uint32_t id = sc->next_id++;
+		uint64_t first;
+
+		sec0[j] = j * part + (uint32_t)rnd_below(part / 2);
+		len[j] = 1 + (uint32_t)rnd_below(rnd_below(2) ? 8 : part / 2);
+		first = slot_sector(sc, slot, sec0[j]);
+		for (i = 0; i < len[j]; i++) {
+			uint32_t k = slot + (sec0[j] + i) / sc->spc;
+
+			note_written(state_of(sc, k, (sec0[j] + i) % sc->spc),
+				     id);
+		}
+		if (posix_memalign((void **)&buf[j], 4096,
+				   (size_t)len[j] * SECTOR))
+			abort();
+		for (i = 0; i < len[j]; i++)
+			sector_fill(buf[j] + (size_t)i * SECTOR, id, first + i);
+	}
+	b.left = m;
+	pf_stack_batch(s, true);
+	for (j = 0; j < m; j++)
+		pf_stack_write(s, buf[j], (size_t)len[j] * SECTOR,
+			       slot_sector(sc, slot, sec0[j]) * SECTOR,
+			       burst_done, &b);
+	pf_stack_batch(s, false);
+	if (flush) {
+		fret = pf_stack_flush(s);
+		if (!fret)
+			note_flushed_before(sc, prior);
+		free(prior);
+	}
+	pthread_mutex_lock(&b.lock);
+	while (b.left)
+		pthread_cond_wait(&b.cv, &b.lock);
+	pthread_mutex_unlock(&b.lock);
+	for (j = 0; j < m; j++)
+		free(buf[j]);
+	return b.err ? b.err : fret;
+}
+
 /*
  * Steering by point.  The random mode uses the first row's values (the
  * mix the countdown mode always had).  kmax follows how often a run
@@ -456,11 +573,15 @@ static bool crashed(struct crash_world *w)
 	return c;
 }
 
+/* A stack as the daemon runs it: started (libaio, the writeback thread),
+ * O_DIRECT where the host allows it.  The periodic commit is an hour
+ * away, so that commits come where the scenario asks for them and a
+ * seed replays the same run. */
 static struct pf_stack *open_stack(struct scenario *sc,
 				   const struct pf_file_factory *f,
 				   struct point_run *pr)
 {
-	struct pf_stack_opts o = { .dir = sc->dir, .no_direct = true,
+	struct pf_stack_opts o = { .dir = sc->dir, .commit_ms = 3600 * 1000,
 				   .factory = f };
 	struct pf_why why = { "" };
 	struct pf_stack *s = NULL;
@@ -471,10 +592,14 @@ static struct pf_stack *open_stack(struct scenario *sc,
 		o.crash_point_ctx = pr;
 	}
 	ret = pf_stack_open(&o, &s, &why);
-	if (ret)
+	if (ret) {
 		snprintf(sc->why, sizeof(sc->why), "open: %s (%d)", why.msg,
 			 ret);
-	return ret ? NULL : s;
+		return NULL;
+	}
+	if (pf_stack_start(s))
+		abort();
+	return s;
 }
 
 /*
@@ -556,6 +681,8 @@ static int random_op(struct scenario *sc, struct pf_stack *s)
 	if (r < sp + 26)	/* a whole cluster */
 		return do_write(sc, s, slot + (uint32_t)rnd_below(2), 0, spc,
 				r < sp + 21 ? false : true);
+	if (r < sp + 36)	/* several in flight, maybe with a flush */
+		return do_burst(sc, s, r >= sp + 32);
 	/* a piece, possibly across the pair's cluster boundary */
 	sec0 = (uint32_t)rnd_below(2 * spc);
 	n = 1 + (uint32_t)rnd_below(rnd_below(4) ? 16 : spc);
@@ -689,7 +816,7 @@ static bool deltas_ok(struct scenario *sc, bool clean, const char *when)
 			abort();
 	}
 	for (i = 0; ok && i < dd->n_images; i++)
-		ok = pf_delta_open(fd, dd->images[i].file, 0, &d[i], &why) ==
+		ok = pf_delta_open(fd, dd->images[i].file, 0, NULL, &d[i], &why) ==
 			     0 &&
 		     pf_check_delta(d[i], &r) == 0;
 	if (ok)

@@ -1409,7 +1409,7 @@ static int load_top(int dirfd, struct pf_dd **dd, struct pf_delta **top)
 	if (!ret)
 		ret = pf_dd_chain(*dd, &chain, &n, &why);
 	if (!ret)
-		ret = pf_delta_open(dirfd, (*dd)->images[chain[n - 1]].file, 0,
+		ret = pf_delta_open(dirfd, (*dd)->images[chain[n - 1]].file, 0, NULL,
 				    top, &why);
 	if (ret)
 		tap_diag("load_top: %s", why.msg);
@@ -1544,7 +1544,7 @@ static void test_image_switch(void)
 		/* the side branch's delta is untouched and still opens */
 		memset(&why, 0, sizeof(why));
 		check_int(pf_delta_open(dirfd,
-					pf_dd_find_image(dd, snap2)->file, 0,
+					pf_dd_find_image(dd, snap2)->file, 0, NULL,
 					&d, &why), ==, 0);
 		pf_delta_close(d);
 	}

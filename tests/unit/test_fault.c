@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 /*
- * Fault injection (W7): EIO on the k-th data write, BAT/header write or
- * fdatasync of the top delta, for every k that a fixed workload reaches.
+ * Fault injection (W7): EIO on the k-th data write, BAT/header write, any
+ * write or fdatasync of the top delta, for every k that a fixed workload
+ * reaches.  The stack runs as in the daemon (started: libaio, writeback
+ * thread, O_DIRECT where the host allows it), and the workload has writes
+ * in flight together, so faults also come back on the completion thread.
  * After the fault the image must be in the sticky failed state: writes
  * and flushes fail with EIO, reads still serve the data, the in-use flag
  * stays set; a remount recovers the last committed state -- everything
@@ -10,6 +13,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,12 +48,17 @@ static void fill(uint8_t *b, size_t len, unsigned seed)
 static struct pf_stack *open_with(const char *dir,
 				  const struct pf_file_factory *f, int *err)
 {
-	struct pf_stack_opts o = { .dir = dir, .no_direct = true, .factory = f };
+	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000,
+				   .factory = f };
 	struct pf_why why = { "" };
 	struct pf_stack *s = NULL;
 
 	*err = pf_stack_open(&o, &s, &why);
-	return *err ? NULL : s;
+	if (*err)
+		return NULL;
+	if (pf_stack_start(s))
+		abort();
+	return s;
 }
 
 static uint32_t in_use_of(const char *dir)
@@ -73,7 +82,7 @@ static bool no_corruption(const char *dir, bool clean)
 	struct pf_why why = { "" };
 	struct pf_delta *d = NULL;
 	int fd = open(dir, O_RDONLY | O_DIRECTORY);
-	bool ok = pf_delta_open(fd, PF_BASE_NAME, 0, &d, &why) == 0 &&
+	bool ok = pf_delta_open(fd, PF_BASE_NAME, 0, NULL, &d, &why) == 0 &&
 		  pf_check_delta(d, &r) == 0 && !r.count[PF_FIND_CORRUPT] &&
 		  (!clean || !r.count[PF_FIND_UNCLEAN]);
 
@@ -111,6 +120,49 @@ static int step_discard(struct pf_stack *s, struct state *st, uint64_t off,
 	return pf_stack_discard(s, off, len);
 }
 
+/* Writes in flight together: @n pieces of @len bytes every @stride from
+ * @off, submitted as one batch (libaio), then waited for. */
+struct burst {
+	pthread_mutex_t lock;
+	pthread_cond_t cv;
+	unsigned left;
+	int err;
+};
+
+static void burst_done(void *arg, int err)
+{
+	struct burst *b = arg;
+
+	pthread_mutex_lock(&b->lock);
+	if (err && !b->err)
+		b->err = err;
+	if (!--b->left)
+		pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->lock);
+}
+
+static int step_burst(struct pf_stack *s, struct state *st, uint64_t off,
+		      unsigned n, uint64_t len, uint64_t stride, unsigned seed)
+{
+	struct burst b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+			   n, 0 };
+	unsigned i;
+
+	pf_stack_batch(s, true);
+	for (i = 0; i < n; i++) {
+		uint64_t o = off + i * stride;
+
+		fill(st->latest + o, len, seed + i);
+		pf_stack_write(s, st->latest + o, len, o, burst_done, &b);
+	}
+	pf_stack_batch(s, false);
+	pthread_mutex_lock(&b.lock);
+	while (b.left)
+		pthread_cond_wait(&b.cv, &b.lock);
+	pthread_mutex_unlock(&b.lock);
+	return b.err;
+}
+
 /* Runs the workload until the first error; returns that error or 0. */
 static int workload(struct pf_stack *s, struct state *st)
 {
@@ -118,6 +170,8 @@ static int workload(struct pf_stack *s, struct state *st)
 
 	if ((ret = step_write(s, st, 2 * MiB, 4 * MiB, 2)) ||	/* 2,3 in place; 4,5 new */
 	    (ret = step_flush(s, st)) ||
+	    /* 16 in place in clusters 0-3, in flight together */
+	    (ret = step_burst(s, st, 64 * 1024, 16, 4096, 256 * 1024, 20)) ||
 	    (ret = step_write(s, st, 8 * MiB, 1 * MiB, 3)) ||
 	    (ret = step_write(s, st, 4 * MiB + 4096, 8192, 4)) ||
 	    (ret = step_write(s, st, 12 * MiB + 100 * SECTOR, 3 * SECTOR, 5)) ||
@@ -147,7 +201,7 @@ static bool recovered_legally(struct pf_stack *s, const struct state *st)
 }
 
 static const char *kind_name[] = { "data write", "BAT/header write",
-				   "fdatasync" };
+				   "write", "fdatasync" };
 
 /* One run with the fault at the @nth operation of @kind; false once the
  * workload no longer reaches it. */

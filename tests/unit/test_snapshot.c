@@ -48,6 +48,7 @@
 #include "descriptor.h"
 #include "file.h"
 #include "format.h"
+#include "io_fault.h"
 #include "stack.h"
 #include "tap.h"
 #include "testutil.h"
@@ -358,7 +359,7 @@ static bool delta_ok_leaks(const char *dir, const char *name, bool clean,
 	int fd = open(dir, O_RDONLY | O_DIRECTORY);
 	bool ok;
 
-	ok = fd >= 0 && pf_delta_open(fd, name, 0, &d, &why) == 0 &&
+	ok = fd >= 0 && pf_delta_open(fd, name, 0, NULL, &d, &why) == 0 &&
 	     pf_check_delta(d, &r) == 0;
 	if (!ok)
 		tap_diag("%s/%s: cannot check: %s", dir, name, why.msg);
@@ -582,143 +583,6 @@ static size_t levels_of(struct pf_stack *s, struct pf_stack_level *lv)
 	if (n > MAX_LEVELS)
 		abort();
 	return n;
-}
-
-/* A test file backend: fault injection by file name and lack of space */
-
-struct tw_ctx {
-	/* fail the fault_nth pwrite into the writable file fault_name
-	 * (once) with fault_err */
-	char fault_name[256];
-	unsigned fault_nth;
-	int fault_err;
-	atomic_uint fault_seen;
-	atomic_bool fault_fired;
-	/* while set, ->allocate past the metadata and writes past the end
-	 * of a writable file fail with ENOSPC, as on a full host fs */
-	atomic_bool nospace;
-	atomic_uint nospace_hits;
-	uint64_t meta_bytes;
-	struct pf_file_factory factory;
-};
-
-struct tw_file {
-	struct pf_file base;
-	struct pf_file *real;
-	struct tw_ctx *ctx;
-	bool writable, faulty;
-};
-
-static int tw_pread(struct pf_file *f, void *buf, size_t len, uint64_t off)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	return t->real->ops->pread(t->real, buf, len, off);
-}
-
-static int tw_pwrite(struct pf_file *f, const void *buf, size_t len,
-		     uint64_t off)
-{
-	struct tw_file *t = (struct tw_file *)f;
-	struct stat st;
-
-	if (t->faulty &&
-	    atomic_fetch_add(&t->ctx->fault_seen, 1) + 1 == t->ctx->fault_nth) {
-		atomic_store(&t->ctx->fault_fired, true);
-		return t->ctx->fault_err;
-	}
-	if (t->writable && atomic_load(&t->ctx->nospace) &&
-	    fstat(f->fd, &st) == 0 && off + len > (uint64_t)st.st_size) {
-		atomic_fetch_add(&t->ctx->nospace_hits, 1);
-		return -ENOSPC;
-	}
-	return t->real->ops->pwrite(t->real, buf, len, off);
-}
-
-static int tw_datasync(struct pf_file *f)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	return t->real->ops->datasync(t->real);
-}
-
-static int tw_punch(struct pf_file *f, uint64_t off, uint64_t len)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	return t->real->ops->punch(t->real, off, len);
-}
-
-static int tw_truncate(struct pf_file *f, uint64_t size)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	return t->real->ops->truncate(t->real, size);
-}
-
-static int tw_allocate(struct pf_file *f, uint64_t off, uint64_t len)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	if (t->writable && atomic_load(&t->ctx->nospace) &&
-	    off + len > t->ctx->meta_bytes) {
-		atomic_fetch_add(&t->ctx->nospace_hits, 1);
-		return -ENOSPC;
-	}
-	return t->real->ops->allocate(t->real, off, len);
-}
-
-static void tw_close(struct pf_file *f)
-{
-	struct tw_file *t = (struct tw_file *)f;
-
-	t->real->ops->close(t->real);
-	free(t);
-}
-
-static const struct pf_file_ops tw_ops = {
-	.pread = tw_pread,
-	.pwrite = tw_pwrite,
-	.datasync = tw_datasync,
-	.punch = tw_punch,
-	.truncate = tw_truncate,
-	.allocate = tw_allocate,
-	.close = tw_close,
-};
-
-static int tw_wrap(void *ctx, int fd, const char *name, bool writable,
-		   struct pf_file **out)
-{
-	struct tw_ctx *c = ctx;
-	struct tw_file *t = calloc(1, sizeof(*t));
-	int ret;
-
-	if (!t) {
-		close(fd);
-		return -ENOMEM;
-	}
-	ret = pf_file_posix(fd, &t->real);
-	if (ret) {
-		free(t);
-		return ret;
-	}
-	t->base.ops = &tw_ops;
-	t->base.fd = fd;
-	t->base.aio_ok = false;
-	t->ctx = c;
-	t->writable = writable;
-	t->faulty = writable && c->fault_nth && !strcmp(name, c->fault_name);
-	*out = &t->base;
-	return 0;
-}
-
-static void tw_init(struct tw_ctx *c, uint64_t meta_bytes)
-{
-	memset(c, 0, sizeof(*c));
-	c->meta_bytes = meta_bytes;
-	c->fault_err = -EIO;
-	c->factory.wrap = tw_wrap;
-	c->factory.ctx = c;
 }
 
 /*
@@ -1544,7 +1408,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	struct open_args oa = { .factory = &tw.factory, .ev = &ev };
 	struct pf_stack *s;
 	uint32_t idx;
@@ -1555,8 +1419,8 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 		 same_session ? "in the same session" : "after a remount");
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
-	snprintf(tw.fault_name, sizeof(tw.fault_name), "%s", PF_BASE_NAME);
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
+	snprintf(tw.name, sizeof(tw.name), "%s", PF_BASE_NAME);
 
 	/* base: every 6th cluster; child: every 4th (two thirds new to the
 	 * base), partial ones among them, on both BAT pages */
@@ -1597,10 +1461,10 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	 * now: only the parent opened for writing by the merge is hit (the
 	 * top of the first session was root.hds too). */
 	check_u64(copies, ==, 275);
-	tw.fault_nth = nth;
+	tw.nth = nth;
 	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
 	snprintf(why_copy, sizeof(why_copy), "%s", why.msg);
-	check_msg(atomic_load(&tw.fault_fired), "fault #%u injected", nth);
+	check_msg(atomic_load(&tw.fired), "fault #%u injected", nth);
 	check_msg(ret == -EIO, "delete fails with EIO (%d: %s)", ret, why_copy);
 	check_msg(strstr(why_copy, nth <= copies ? "copy from" :
 						  "cannot commit") != NULL,
@@ -1680,7 +1544,7 @@ static void test_interrupted_empty_parent(void)
 	struct pf_stack_merge_info info;
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	struct open_args oa = { .factory = &tw.factory };
 	struct pf_stack *s;
 	uint32_t idx;
@@ -1689,8 +1553,8 @@ static void test_interrupted_empty_parent(void)
 	tap_diag("down merge into an empty parent, interrupted at its BAT write");
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
-	snprintf(tw.fault_name, sizeof(tw.fault_name), "%s", PF_BASE_NAME);
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
+	snprintf(tw.name, sizeof(tw.name), "%s", PF_BASE_NAME);
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
@@ -1709,9 +1573,9 @@ static void test_interrupted_empty_parent(void)
 			  ==, 0);
 	}
 	check_int(pf_stack_snapshot(s, NULL, gc, &why), ==, 0);
-	tw.fault_nth = 11;	/* ten copies, then BAT page 0 */
+	tw.nth = 11;	/* ten copies, then BAT page 0 */
 	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
-	check_msg(ret == -EIO && atomic_load(&tw.fault_fired),
+	check_msg(ret == -EIO && atomic_load(&tw.fired),
 		  "BAT write of the merge fails: %d %s", ret, why.msg);
 	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
 	check_msg(ret == 0, "retry: %d %s", ret, why.msg);
@@ -1842,7 +1706,7 @@ static void test_enospc_hold_and_release(void)
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	struct open_args oa = { .factory = &tw.factory, .ev = &ev };
 	struct pf_stack_stat st, st2;
 	struct held_write hw;
@@ -1853,7 +1717,7 @@ static void test_enospc_hold_and_release(void)
 	tap_diag("ENOSPC: a write is held until space is freed");
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
@@ -1919,7 +1783,7 @@ static void test_enospc_timeout_and_stop(void)
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	atomic_bool stopping;
 	struct open_args oa = { .factory = &tw.factory, .ev = &ev,
 				.enospc_timeout_s = 1, .stopping = stop_flag,
@@ -1934,7 +1798,7 @@ static void test_enospc_timeout_and_stop(void)
 	atomic_init(&stopping, false);
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
 	s = open_stack(dir, true, &oa);
 	if (!s) {
 		check(0);
@@ -1990,7 +1854,7 @@ static void test_enospc_snapshot_while_held(void)
 	struct pf_stack_level lv[MAX_LEVELS];
 	struct pf_why why = { "" };
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	struct open_args oa = { .factory = &tw.factory, .ev = &ev };
 	struct pf_stack_stat st;
 	struct held_write hw;
@@ -2001,7 +1865,7 @@ static void test_enospc_snapshot_while_held(void)
 	tap_diag("ENOSPC: a snapshot while a write is held");
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
 	/* data in the top, its file trimmed to it: the next cluster needs
 	 * new space */
 	s = open_stack(dir, true, NULL);
@@ -2083,7 +1947,7 @@ static void test_enospc_snapshot_while_discard(void)
 	struct pf_why why = { "" };
 	struct pf_stack_stat st;
 	struct pf_header h;
-	struct tw_ctx tw;
+	struct fault_plan tw;
 	struct open_args oa = { .factory = &tw.factory };
 	struct held_discard hd;
 	struct call c, sn;
@@ -2094,7 +1958,7 @@ static void test_enospc_snapshot_while_discard(void)
 	tap_diag("ENOSPC: a snapshot while a partial discard finds no space");
 	if (pf_header_init(&h, size, CLU, &why))
 		abort();
-	tw_init(&tw, pf_meta_bytes(&h));
+	fault_plan_init(&tw, FAULT_WRITE, 0, -EIO, pf_meta_bytes(&h));
 	s = open_stack(dir, true, NULL);
 	if (!s) {
 		check(0);

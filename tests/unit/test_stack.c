@@ -679,7 +679,7 @@ static void test_recovery_after_process_death(void)
 	check_int(pf_stack_close(s), ==, 0);
 
 	fd = open(dir, O_RDONLY | O_DIRECTORY);
-	check_int(pf_delta_open(fd, PF_BASE_NAME, 0, &d, &why), ==, 0);
+	check_int(pf_delta_open(fd, PF_BASE_NAME, 0, NULL, &d, &why), ==, 0);
 	if (d) {
 		check_int(pf_check_delta(d, &r), ==, 0);
 		check_int(r.count[PF_FIND_CORRUPT], ==, 0);
@@ -799,6 +799,13 @@ static void lazy_drain(void *ctx)
 	}
 }
 
+static bool lazy_idle(void *ctx)
+{
+	const struct lazy_engine *e = ctx;
+
+	return !e->n;
+}
+
 static void hang_alarm(int sig)
 {
 	static const char msg[] =
@@ -843,7 +850,8 @@ static void test_engine_never_waits_on_itself(void)
 	char *dir = new_image(size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct lazy_engine le = { .n = 0 };
-	const struct pf_aio_engine eng = { lazy_submit, lazy_drain, &le };
+	const struct pf_aio_engine eng = { lazy_submit, lazy_drain, lazy_idle,
+					   &le };
 	uint8_t *a = aligned_alloc(4096, 4096), *b = aligned_alloc(4096, 4096);
 	uint8_t *back = aligned_alloc(4096, 4096);
 	struct done_rec d1 = { 0, 0 }, d2 = { 0, 0 }, d3 = { 0, 0 };

@@ -53,7 +53,7 @@ void tu_snapshot_guid(const char *dir, char *guid)
 	pf_guid_new(guid);
 	if (fd < 0 || pf_dd_load(fd, &dd, &why) ||
 	    pf_dd_chain(dd, &chain, &n, &why) ||
-	    pf_delta_open(fd, dd->images[chain[n - 1]].file, 0, &top, &why) ||
+	    pf_delta_open(fd, dd->images[chain[n - 1]].file, 0, NULL, &top, &why) ||
 	    pf_image_snapshot(fd, dd, &top->hdr, dd->images[chain[0]].file,
 			      guid, &name, &why)) {
 		fprintf(stderr, "cannot snapshot %s: %s\n", dir, why.msg);
