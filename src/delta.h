@@ -136,6 +136,7 @@ uint64_t pf_delta_alloc_head(const struct pf_delta *d, uint64_t limit);
  * stack maps them to its named crash points).  NULL: no hook.
  */
 enum pf_delta_step {
+	PF_DELTA_CREATED,		/* a new delta exists, synced (W6) */
 	PF_DELTA_HEADER_WRITTEN,	/* page 0 written, not synced */
 	PF_DELTA_PAGE_WRITTEN,		/* one BAT page written */
 	PF_DELTA_LEAK_PUNCHED,		/* one leaked cluster punched */

@@ -1412,6 +1412,27 @@ int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
 	return 0;
 }
 
+int pf_dd_set_file(struct pf_dd *dd, const char *guid, const char *file)
+{
+	ssize_t i = pf_guid_valid(guid) ? image_index(dd, guid) : -1;
+	size_t j;
+	char *copy;
+
+	if (!pf_guid_valid(guid) || !pf_dd_file_name_valid(file))
+		return -EINVAL;
+	if (i < 0)
+		return -ENOENT;
+	for (j = 0; j < dd->n_images; j++)
+		if ((ssize_t)j != i && !strcmp(dd->images[j].file, file))
+			return -EINVAL;
+	copy = strdup(file);
+	if (!copy)
+		return -ENOMEM;
+	free(dd->images[i].file);
+	dd->images[i].file = copy;
+	return 0;
+}
+
 int pf_dd_delete_snapshot(struct pf_dd *dd, const char *guid,
 			  bool child_takes_file, char **gone_file)
 {

@@ -164,6 +164,15 @@ PF_MUST_CHECK int pf_dd_set_temporary(struct pf_dd *dd, const char *guid,
 				      bool on);
 
 /*
+ * Name the file of image @guid @file (the same file under a new name: a
+ * hard link made first).  Returns: 0; -EINVAL (@guid malformed, @file not
+ * a valid name or another image's); -ENOENT (no image @guid); -ENOMEM.
+ * On error @dd is unchanged.
+ */
+PF_MUST_CHECK int pf_dd_set_file(struct pf_dd *dd, const char *guid,
+				 const char *file);
+
+/*
  * Delete snapshot @guid, which is not the top (ploop-format.md 4.3).
  * If it has one child C, C is merged into it: C's shot takes @guid's
  * parent and @guid's image and shot are removed.  With @child_takes_file

@@ -21,6 +21,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "delta.h"
 
 int pf_image_create(int dirfd, const struct pf_header *h, struct pf_why *why)
@@ -58,67 +59,168 @@ int pf_image_create(int dirfd, const struct pf_header *h, struct pf_why *why)
 }
 
 /* A fresh header for a new empty top with the geometry of @top. */
-static struct pf_header new_top_header(const struct pf_header *top)
+static struct pf_header new_top_header(const struct pf_header *top,
+				       uint32_t in_use)
 {
 	struct pf_header h = *top;
 
-	/* same geometry and version as the old top, empty, closed */
-	h.in_use = PF_INUSE_CLOSED;
+	/* same geometry and version as the old top, empty */
+	h.in_use = in_use;
 	h.flags = PF_FLAG_EMPTY;
 	h.ext_sectors = 0;
 	return h;
 }
 
-/* "<base_file>.{uuid}", as ploop names a new top: the uuid fresh and
- * independent of any snapshot GUID.  NULL if out of memory. */
-static char *new_top_name(const char *base_file)
+/* Length of @name without the ".{uuid}" suffixes new tops get. */
+static size_t name_stem(const char *name)
 {
-	char fguid[PF_GUID_LEN + 1];
-	char *name;
+	size_t len = strlen(name);
+	char guid[PF_GUID_LEN + 1];
 
-	pf_guid_new(fguid);
-	if (asprintf(&name, "%s.%s", base_file, fguid) < 0)
-		return NULL;
-	return name;
+	while (len > PF_GUID_LEN + 1 && name[len - PF_GUID_LEN - 1] == '.') {
+		memcpy(guid, name + len - PF_GUID_LEN, PF_GUID_LEN);
+		guid[PF_GUID_LEN] = 0;
+		if (!pf_guid_valid(guid))
+			break;
+		len -= PF_GUID_LEN + 1;
+	}
+	return len;
 }
 
-int pf_image_snapshot(int dirfd, struct pf_dd *dd, const struct pf_header *top,
-		      const char *base_file, const char *snap_guid,
-		      char **new_file, struct pf_why *why)
+int pf_image_top_name(const char *base_file, char **out, struct pf_why *why)
 {
-	struct pf_header h = new_top_header(top);
-	bool committed = false;
-	char *name;
+	char fguid[PF_GUID_LEN + 1];
+	size_t stem = name_stem(base_file);
+
+	*out = NULL;
+	pf_guid_new(fguid);
+	if (asprintf(out, "%.*s.%s", (int)stem, base_file, fguid) < 0) {
+		*out = NULL;
+		return -ENOMEM;
+	}
+	if (!pf_dd_file_name_valid(*out)) {
+		free(*out);
+		*out = NULL;
+		return pf_why_set(why, -EINVAL,
+				  "the new delta's name would be longer than NAME_MAX (base file \"%.40s...\")",
+				  base_file);
+	}
+	return 0;
+}
+
+/* The file of the base of the active chain of @dd, or NULL. */
+static const char *active_base_file(const struct pf_dd *dd)
+{
+	size_t *chain = NULL, n = 0;
+	const char *file = NULL;
+
+	if (!pf_dd_chain(dd, &chain, &n, NULL) && n)
+		file = dd->images[chain[0]].file;
+	free(chain);
+	return file;
+}
+
+/* The GUID for a new snapshot: @want, checked, or a fresh one. */
+static int snapshot_guid(const struct pf_dd *dd, const char *want, char *out,
+			 struct pf_why *why)
+{
+	if (!want) {
+		pf_guid_new(out);
+		return 0;
+	}
+	if (!pf_guid_valid(want) || !strcasecmp(want, PF_TOP_GUID) ||
+	    !strcasecmp(want, PF_NONE_GUID))
+		return pf_why_set(why, -EINVAL, "%s: not a valid snapshot GUID",
+				  want);
+	if (pf_dd_find_image(dd, want) || pf_dd_find_shot(dd, want))
+		return pf_why_set(why, -EEXIST, "GUID %s is already in use", want);
+	snprintf(out, PF_GUID_LEN + 1, "%s", want);
+	return 0;
+}
+
+int pf_image_snapshot_prepare(int dirfd, struct pf_dd *dd,
+			      const struct pf_header *top, const char *want,
+			      uint32_t in_use, const struct pf_delta_hook *hook,
+			      struct pf_snap_prep *p, struct pf_why *why)
+{
+	struct pf_header h = new_top_header(top, in_use);
+	const char *base = active_base_file(dd);
 	int ret;
 
-	*new_file = NULL;
-	name = new_top_name(base_file);
-	if (!name)
-		return -ENOMEM;
-	/* W6: written and synced (file and directory entry) before the
+	memset(p, 0, sizeof(*p));
+	if (dd->n_images >= PF_MAX_DELTAS)
+		return pf_why_set(why, -EMLINK, "too many deltas (%zu, at most %d)",
+				  dd->n_images, PF_MAX_DELTAS);
+	if (!base)	/* not in a validated descriptor */
+		return pf_why_set(why, -EINVAL, PF_DD_NAME " has no active chain");
+	ret = snapshot_guid(dd, want, p->guid, why);
+	if (!ret)
+		ret = pf_image_top_name(base, &p->file, why);
+	if (ret)
+		return ret;
+	/* W6: written and synced (file and directory entry) before any
 	 * descriptor names it ... */
-	ret = pf_delta_create(dirfd, name, &h, why);
+	ret = pf_delta_create(dirfd, p->file, &h, why);
 	if (ret) {
 		struct pf_why w = *why;
 
-		pf_why_fmt(why, "%s: %s", name, w.msg);
-		free(name);
-		return ret;
+		pf_why_fmt(why, "%s: %s", p->file, w.msg);
+		goto err_name;
 	}
-	/* ... and the descriptor is replaced atomically. */
-	ret = pf_dd_add_snapshot(dd, snap_guid, name);
-	if (!ret)
-		ret = pf_dd_replace(dirfd, dd, &committed);
+	if (hook && hook->step)
+		hook->step(hook->ctx, PF_DELTA_CREATED);
+	/* ... then the descriptor that names it, in its tmp file */
+	ret = pf_dd_add_snapshot(dd, p->guid, p->file);
 	if (ret) {
-		pf_why_fmt(why, PF_DD_NAME ": cannot update: %s",
+		pf_why_fmt(why, PF_DD_NAME ": cannot add the snapshot: %s",
 			   strerror(-ret));
-		if (!committed)
-			unlinkat(dirfd, name, 0);
-		free(name);
-		return ret;
+		goto err_file;
 	}
-	*new_file = name;
+	ret = pf_dd_store_tmp(dirfd, dd);
+	if (ret) {
+		pf_why_fmt(why, PF_DD_NAME ": cannot prepare: %s",
+			   strerror(-ret));
+		goto err_file;
+	}
 	return 0;
+err_file:
+	unlinkat(dirfd, p->file, 0);
+err_name:
+	free(p->file);
+	p->file = NULL;
+	return ret;
+}
+
+void pf_image_snapshot_abort(int dirfd, struct pf_snap_prep *p)
+{
+	pf_dd_drop_tmp(dirfd);
+	if (p->file)
+		unlinkat(dirfd, p->file, 0);
+	free(p->file);
+	p->file = NULL;
+}
+
+int pf_image_snapshot(int dirfd, struct pf_dd *dd, const struct pf_header *top,
+		      const char *want, struct pf_snap_prep *p,
+		      struct pf_why *why)
+{
+	bool committed;
+	int ret;
+
+	ret = pf_image_snapshot_prepare(dirfd, dd, top, want, PF_INUSE_CLOSED,
+					NULL, p, why);
+	if (ret)
+		return ret;
+	ret = pf_dd_commit_tmp(dirfd, &committed);
+	if (!ret)
+		return 0;
+	if (committed)	/* descriptor.h: keep every file either names */
+		return pf_why_set(why, ret,
+				  PF_DD_NAME " replaced, but syncing the directory failed: %s (snapshot %s may be lost in a crash)",
+				  strerror(-ret), p->guid);
+	pf_why_fmt(why, PF_DD_NAME ": cannot update: %s", strerror(-ret));
+	pf_image_snapshot_abort(dirfd, p);
+	return ret;
 }
 
 /* The file of the base of @guid's chain, or NULL. */
@@ -145,7 +247,7 @@ static const char *chain_base_file(const struct pf_dd *dd, const char *guid)
 int pf_image_switch(int dirfd, struct pf_dd *dd, const struct pf_header *top,
 		    const char *guid, char **new_file, struct pf_why *why)
 {
-	struct pf_header h = new_top_header(top);
+	struct pf_header h = new_top_header(top, PF_INUSE_CLOSED);
 	const struct pf_dd_shot *s;
 	char *name = NULL, *old_top = NULL;
 	char target[PF_GUID_LEN + 1];
@@ -184,16 +286,9 @@ int pf_image_switch(int dirfd, struct pf_dd *dd, const struct pf_header *top,
 	     pf_dd_find_image(dd, PF_TOP_GUID)))
 		return pf_why_set(why, -EINVAL,
 				  "snapshot " PF_TOP_GUID " is not the top: the new top cannot take that GUID");
-	name = new_top_name(base);
-	if (!name)
-		return -ENOMEM;
-	if (!pf_dd_file_name_valid(name)) {
-		ret = pf_why_set(why, -EINVAL,
-				 "the new delta's name would be longer than NAME_MAX (base file \"%.40s...\")",
-				 base);
-		free(name);
+	ret = pf_image_top_name(base, &name, why);
+	if (ret)
 		return ret;
-	}
 
 	/* All checks first (pure, in memory): a refused switch creates no
 	 * file.  From here @dd describes the new image. */
@@ -244,4 +339,72 @@ out_free:
 	free(old_top);
 	free(name);
 	return ret;
+}
+
+/* The first corruption a check reports: "<file>: <problem>". */
+struct first_corrupt {
+	bool found;
+	char msg[sizeof(((struct pf_why *)0)->msg)];
+};
+
+static void note_corrupt(void *ctx, const char *file, enum pf_finding kind,
+			 const char *msg)
+{
+	struct first_corrupt *fc = ctx;
+
+	if (kind != PF_FIND_CORRUPT || fc->found)
+		return;
+	fc->found = true;
+	snprintf(fc->msg, sizeof(fc->msg), "%s: %s", file, msg);
+}
+
+void pf_image_close_chain(struct pf_delta **v, size_t n)
+{
+	size_t i;
+
+	if (!v)
+		return;
+	for (i = 0; i < n; i++)
+		pf_delta_close(v[i]);
+	free(v);
+}
+
+int pf_image_open_chain(int dirfd, const struct pf_dd *dd, const size_t *chain,
+			size_t n, int top_flags, bool check,
+			const struct pf_delta_io *io, struct pf_delta ***out,
+			struct pf_why *why)
+{
+	struct first_corrupt fc = { false, "" };
+	struct pf_check_report r = { .emit = note_corrupt, .ctx = &fc };
+	struct pf_delta **v = calloc(n ? n : 1, sizeof(*v));
+	size_t i;
+	int ret = 0;
+
+	*out = NULL;
+	if (!v)
+		return -ENOMEM;
+	for (i = 0; i < n && !ret; i++) {
+		const char *name = dd->images[chain[i]].file;
+		struct pf_why w = { "" };
+
+		ret = pf_delta_open(dirfd, name, i + 1 == n ? top_flags : 0, io,
+				    &v[i], &w);
+		if (ret)
+			pf_why_fmt(why, "%s: %s", name,
+				   w.msg[0] ? w.msg : strerror(-ret));
+	}
+	/* the stack first: a delta of the wrong size or cluster size is
+	 * the problem to name, not the entries that follow from it */
+	if (!ret && check && n)
+		pf_check_stack(dd, v, n, &r);
+	for (i = 0; !ret && check && i < n && !fc.found; i++)
+		ret = pf_check_delta(v[i], &r);
+	if (!ret && fc.found)
+		ret = pf_why_set(why, -EUCLEAN, "%s", fc.msg);
+	if (ret) {
+		pf_image_close_chain(v, n);
+		return ret;
+	}
+	*out = v;
+	return 0;
 }

@@ -249,44 +249,10 @@ static struct pf_delta *delta_open(struct image *im, const char *name,
 
 static void deltas_close(struct pf_delta **v, size_t n)
 {
-	size_t i;
-
-	if (!v)
-		return;
-	for (i = 0; i < n; i++)
-		pf_delta_close(v[i]);
-	free(v);
+	pf_image_close_chain(v, n);
 }
 
-/* Open the active chain of a directory image (or the one delta of a file
- * image), base first.  Returns an exit code. */
-static int chain_open(struct image *im, struct pf_delta ***out, size_t *n)
-{
-	struct pf_delta **v;
-	size_t i, depth = im->is_dir ? im->depth : 1;
-	int rc = EXIT_OK;
-
-	v = calloc(depth, sizeof(*v));
-	if (!v) {
-		err_line(im->arg, "out of memory");
-		return EXIT_FAIL;
-	}
-	for (i = 0; i < depth; i++) {
-		const char *name =
-			im->is_dir ? im->dd->images[im->chain[i]].file : NULL;
-
-		v[i] = delta_open(im, name, 0, &rc);
-		if (!v[i]) {
-			deltas_close(v, i);
-			return rc;
-		}
-	}
-	*out = v;
-	*n = depth;
-	return EXIT_OK;
-}
-
-/* Findings collected for commands that only want the first problem. */
+/* The first corruption a check finds. */
 struct first_problem {
 	char file[PATH_MAX];
 	char msg[512];
@@ -305,28 +271,75 @@ static void keep_first_corrupt(void *ctx, const char *file,
 	snprintf(fp->msg, sizeof(fp->msg), "%s", msg);
 }
 
-/*
- * Validate the deltas @v as a stack (and each BAT).  Prints the first
- * corruption and returns EXIT_CORRUPT, or EXIT_OK.
- */
-static int validate_stack(struct image *im, struct pf_delta **v, size_t n)
+/* The one delta of a file image, checked with @check. */
+static int file_open(struct image *im, bool check, struct pf_delta ***out)
 {
 	struct first_problem fp = { "", "", false };
 	struct pf_check_report r = { .emit = keep_first_corrupt, .ctx = &fp };
-	size_t i;
+	struct pf_delta **v = calloc(1, sizeof(*v));
+	int rc = EXIT_OK;
 
-	if (im->is_dir)
-		pf_check_stack(im->dd, v, n, &r);
-	for (i = 0; i < n && !fp.corrupt; i++)
-		if (pf_check_delta(v[i], &r) < 0) {
-			err_line(v[i]->name, "out of memory");
-			return EXIT_FAIL;
-		}
-	if (fp.corrupt) {
+	if (!v) {
+		err_line(im->arg, "out of memory");
+		return EXIT_FAIL;
+	}
+	v[0] = delta_open(im, im->arg, 0, &rc);
+	if (v[0] && check && pf_check_delta(v[0], &r) < 0) {
+		err_line(v[0]->name, "out of memory");
+		rc = EXIT_FAIL;
+	} else if (fp.corrupt) {
 		err_line(fp.file, "%s (run ploopctl check for all problems)",
 			 fp.msg);
-		return EXIT_CORRUPT;
+		rc = EXIT_CORRUPT;
 	}
+	if (rc != EXIT_OK) {
+		deltas_close(v, 1);
+		return rc;
+	}
+	*out = v;
+	return EXIT_OK;
+}
+
+/*
+ * Open the active chain of a directory image (or the one delta of a file
+ * image), base first, read-only; with @check, refuse a corrupt one (the
+ * first problem printed).  The deltas' names become their displayed
+ * paths.  Returns an exit code.
+ */
+static int chain_open(struct image *im, bool check, struct pf_delta ***out,
+		      size_t *n)
+{
+	struct pf_why why = { "" };
+	struct pf_delta **v;
+	size_t i;
+	int ret;
+
+	if (!im->is_dir) {
+		*n = 1;
+		return file_open(im, check, out);
+	}
+	ret = pf_image_open_chain(im->dirfd, im->dd, im->chain, im->depth, 0,
+				  check, NULL, &v, &why);
+	if (ret) {
+		/* why: "<file>: <problem>" */
+		if (ret == -EUCLEAN)
+			err_line(NULL, "%s/%s (run ploopctl check for all problems)",
+				 im->dir, why.msg);
+		else
+			err_line(NULL, "%s/%s", im->dir,
+				 why.msg[0] ? why.msg : strerror(-ret));
+		return exit_for(ret);
+	}
+	for (i = 0; i < im->depth; i++) {
+		char *path = path_join(im->dir, v[i]->name);
+
+		if (path) {
+			free(v[i]->name);
+			v[i]->name = path;
+		}
+	}
+	*out = v;
+	*n = im->depth;
 	return EXIT_OK;
 }
 
@@ -573,9 +586,7 @@ static int cmd_info(int argc, char **argv)
 		return rc;
 	rc = image_open(&im, argv[optind], 0, true);
 	if (rc == EXIT_OK)
-		rc = chain_open(&im, &v, &n);
-	if (rc == EXIT_OK)
-		rc = validate_stack(&im, v, n);
+		rc = chain_open(&im, true, &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
 
@@ -866,9 +877,7 @@ static int open_clean_chain(struct image *im, const char *arg,
 
 	rc = image_open(im, arg, 2, false);
 	if (rc == EXIT_OK)
-		rc = chain_open(im, v, n);
-	if (rc == EXIT_OK)
-		rc = validate_stack(im, *v, *n);
+		rc = chain_open(im, true, v, n);
 	for (i = 0; rc == EXIT_OK && i < *n; i++)
 		if ((*v)[i]->hdr.in_use == PF_INUSE_OPEN) {
 			err_line((*v)[i]->name,
@@ -924,10 +933,10 @@ static int cmd_snapshot(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	char guid[PF_GUID_LEN + 1] = "";
+	struct pf_snap_prep prep = { "", NULL };
 	struct pf_why why = { "" };
 	struct pf_delta **v = NULL;
 	struct image im;
-	char *newname = NULL;
 	size_t n = 0;
 	int c, rc, ret, fd;
 
@@ -964,25 +973,21 @@ static int cmd_snapshot(int argc, char **argv)
 	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
-	if (!guid[0])
-		pf_guid_new(guid);
-	if (pf_dd_find_shot(im.dd, guid) || pf_dd_find_image(im.dd, guid) ||
-	    !strcasecmp(guid, PF_TOP_GUID) || !strcasecmp(guid, PF_NONE_GUID)) {
-		err_line(NULL, "GUID %s is already in use", guid);
-		rc = EXIT_USAGE;
-		goto out;
-	}
+	/* the same preparation as the daemon's (image.c) */
 	ret = pf_image_snapshot(im.dirfd, im.dd, &v[n - 1]->hdr,
-				im.dd->images[im.chain[0]].file, guid,
-				&newname, &why);
+				guid[0] ? guid : NULL, &prep, &why);
 	if (ret) {
-		err_line(im.dir, "%s", why.msg);
-		rc = EXIT_FAIL;
+		err_line(guid[0] && (ret == -EEXIST || ret == -EINVAL) ? NULL :
+									 im.dir,
+			 "%s", why.msg);
+		rc = guid[0] && (ret == -EEXIST || ret == -EINVAL) ?
+			     EXIT_USAGE :
+			     EXIT_FAIL;
 		goto out;
 	}
-	printf("%s\n", guid);
+	printf("%s\n", prep.guid);
 out:
-	free(newname);
+	free(prep.file);
 	deltas_close(v, n);
 	image_close(&im);
 	return rc;
@@ -1065,7 +1070,7 @@ static int cmd_snapshot_switch(int argc, char **argv)
 	struct pf_why why = { "" };
 	const struct pf_dd_shot *s;
 	const struct pf_dd_image *img;
-	size_t n = 0, tn = 0, i;
+	size_t n = 0, tn = 0, i, *chain = NULL;
 	char *newname = NULL;
 	struct image im;
 	const char *g;
@@ -1128,8 +1133,8 @@ static int cmd_snapshot_switch(int argc, char **argv)
 		       tn < im.dd->n_shots;
 	     g = pf_dd_parent(im.dd, g))
 		tn++;
-	tv = calloc(tn + 1, sizeof(*tv));
-	if (!tv) {
+	chain = calloc(tn + 1, sizeof(*chain));
+	if (!chain) {
 		err_line(im.arg, "out of memory");
 		rc = EXIT_FAIL;
 		goto out;
@@ -1141,19 +1146,23 @@ static int cmd_snapshot_switch(int argc, char **argv)
 			rc = EXIT_CORRUPT;
 			goto out;
 		}
-		tv[i - 1] = delta_open(&im, img->file, 0, &rc);
-		if (!tv[i - 1])
-			goto out;
+		chain[i - 1] = (size_t)(img - im.dd->images);
 	}
-	tv[tn] = v[n - 1];	/* borrowed, not closed with tv */
-	rc = validate_stack(&im, tv, tn + 1);
-	tv[tn] = NULL;
-	if (rc != EXIT_OK)
+	chain[tn] = im.chain[im.depth - 1];	/* the current top */
+	ret = pf_image_open_chain(im.dirfd, im.dd, chain, tn + 1, 0, true, NULL,
+				  &tv, &why);
+	if (ret) {
+		err_line(NULL, "%s/%s%s", im.dir, why.msg,
+			 ret == -EUCLEAN ? " (run ploopctl check for all problems)" :
+					   "");
+		rc = exit_for(ret);
 		goto out;
+	}
 	for (i = 0; i < tn; i++)
 		if (tv[i]->hdr.in_use == PF_INUSE_OPEN) {
-			err_line(tv[i]->name,
-				 "in-use flag is set: the image was not closed cleanly (run ploopctl check)");
+			err_line(NULL,
+				 "%s/%s: in-use flag is set: the image was not closed cleanly (run ploopctl check)",
+				 im.dir, tv[i]->name);
 			rc = EXIT_UNCLEAN;
 			goto out;
 		}
@@ -1169,6 +1178,7 @@ static int cmd_snapshot_switch(int argc, char **argv)
 	       guid);
 out:
 	free(newname);
+	free(chain);
 	deltas_close(tv, tn + 1);
 	deltas_close(v, n);
 	image_close(&im);
@@ -1483,7 +1493,7 @@ static int status_offline(struct image *im, struct status *st)
 	size_t n = 0, i;
 	int rc;
 
-	rc = chain_open(im, &v, &n);
+	rc = chain_open(im, false, &v, &n);
 	if (rc != EXIT_OK)
 		return rc;
 	st->lv = calloc(n, sizeof(*st->lv));

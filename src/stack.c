@@ -66,6 +66,7 @@
 #include "descriptor.h"
 #include "file.h"
 #include "format.h"
+#include "image.h"
 #include "io.h"
 #include "log.h"
 
@@ -221,6 +222,9 @@ struct pf_stack {
 	X(CP_MU_DD_TMP,			"merge-up.dd-tmp-written")	\
 	X(CP_MU_DD_RENAMED,		"merge-up.dd-renamed")		\
 	X(CP_MU_UNLINKED,		"merge-up.parent-unlinked")	\
+	X(CP_MU_BASE_LINKED,		"merge-up.base-name-linked")	\
+	X(CP_MU_BASE_NAMED,		"merge-up.base-name-committed")	\
+	X(CP_MU_OLD_NAME_UNLINKED,	"merge-up.old-name-unlinked")	\
 	X(CP_CLOSE_COMMITTED,		"close.committed")		\
 	X(CP_CLOSE_TRIMMED,		"close.tail-trimmed")		\
 	X(CP_CLOSE_INUSE_WRITTEN,	"close.in-use-cleared")
@@ -768,8 +772,8 @@ static int write_allocating(struct pf_stack *s, uint32_t idx, uint64_t in_off,
 		/* Unreferenced: reusable once punched (reads zeros again),
 		 * else a leak that the next open reclaims (W8). */
 		if (ret != -ENOSPC)
-			pf_log(PF_LOG_ERR, "%s: write of cluster %" PRIu32 " failed: %s",
-			       s->top->d->name, clu, strerror(-ret));
+			pf_log(PF_LOG_ERR, "%s: write of cluster %" PRIu32 " of the top delta failed: %s",
+			       s->dir, clu, strerror(-ret));
 		if (!atomic_load(&s->failed) &&
 		    !punch(s->top, pf_clu_to_off(s->hdr, clu), cs)) {
 			pthread_mutex_lock(&s->alloc_lock);
@@ -1595,24 +1599,6 @@ int pf_stack_flush(struct pf_stack *s)
 
 /* Opening: validation, recovery (W8), in-use flag */
 
-struct first_finding {
-	char msg[512];
-	bool corrupt, unclean;
-};
-
-static void note_finding(void *ctx, const char *file, enum pf_finding kind,
-			 const char *msg)
-{
-	struct first_finding *f = ctx;
-
-	if (kind == PF_FIND_CORRUPT && !f->corrupt) {
-		f->corrupt = true;
-		snprintf(f->msg, sizeof(f->msg), "%s: %s", file, msg);
-	}
-	if (kind == PF_FIND_UNCLEAN)
-		f->unclean = true;
-}
-
 /* W8: the allocation state of the top delta comes from its committed
  * BAT (pf_delta_recover): trailing clusters are leaks, trimmed;
  * unreferenced ones below the last used one are punched and free. */
@@ -1654,9 +1640,7 @@ static void use_direct(struct pf_stack *s, struct pf_delta *d,
 static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		      struct pf_why *why)
 {
-	struct first_finding ff = { "", false, false };
-	struct pf_check_report r = { .emit = note_finding, .ctx = &ff };
-	struct pf_delta **chain_d = NULL;
+	struct pf_delta **v = NULL;
 	struct pf_dd *dd = NULL;
 	size_t *chain = NULL, depth = 0, i;
 	int ret;
@@ -1664,60 +1648,48 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 	ret = pf_dd_load(s->dirfd, &dd, why);
 	if (ret == -ENOENT)
 		pf_why_fmt(why, PF_DD_NAME " not found: not an image directory");
-	if (ret)
-		goto out;
-	ret = pf_dd_chain(dd, &chain, &depth, why);
+	if (!ret)
+		ret = pf_dd_chain(dd, &chain, &depth, why);
+	if (!ret)
+		ret = pf_image_open_chain(s->dirfd, dd, chain, depth,
+					  PF_DELTA_WRITE, true, &s->io, &v, why);
+	if (ret == -EUCLEAN) {
+		struct pf_why w = *why;
+
+		pf_why_fmt(why, "%s (run ploopctl check)", w.msg);
+	}
 	if (ret)
 		goto out;
 	s->cap_levels = (unsigned)depth + 1;	/* room for a snapshot */
 	s->levels = calloc(s->cap_levels, sizeof(*s->levels));
-	chain_d = calloc(depth, sizeof(*chain_d));
-	if (!s->levels || !chain_d) {
+	if (!s->levels) {
+		pf_image_close_chain(v, depth);
 		ret = -ENOMEM;
 		goto out;
 	}
 	for (i = 0; i < depth; i++) {
-		struct pf_why w = { "" };
+		struct level *lv = &s->levels[i];
 		const struct pf_dd_shot *shot;
-		const char *name = dd->images[chain[i]].file;
-		bool is_top = i + 1 == depth;
 
-		ret = pf_delta_open(s->dirfd, name, is_top ? PF_DELTA_WRITE : 0,
-				    &s->io, &s->levels[i].d, &w);
-		s->n_levels = (unsigned)i + (ret == 0);
-		if (ret) {
-			pf_why_fmt(why, "%s: %s", name, w.msg);
-			goto out;
-		}
-		chain_d[i] = s->levels[i].d;
-		snprintf(s->levels[i].guid, sizeof(s->levels[i].guid), "%s",
+		lv->d = v[i];
+		snprintf(lv->guid, sizeof(lv->guid), "%s",
 			 dd->images[chain[i]].guid);
-		shot = pf_dd_find_shot(dd, s->levels[i].guid);
+		shot = pf_dd_find_shot(dd, lv->guid);
 		/* an interrupted snapshot-delete: no view of it */
-		s->levels[i].hidden = shot && shot->temporary;
-		s->levels[i].mapped = pf_delta_mapped_count(s->levels[i].d);
-		ret = pf_check_delta(s->levels[i].d, &r);
-		if (ret)
-			goto out;
-	}
-	s->top = &s->levels[depth - 1];
-	s->hdr = &s->top->d->hdr;
-	pf_check_stack(dd, chain_d, depth, &r);
-	if (ff.corrupt) {
-		ret = pf_why_set(why, -EUCLEAN, "%s (run ploopctl check)", ff.msg);
-		goto out;
-	}
-	for (i = 0; i < depth; i++) {
+		lv->hidden = shot && shot->temporary;
+		lv->mapped = pf_delta_mapped_count(lv->d);
 		if (!o->no_direct)
-			use_direct(s, s->levels[i].d, PF_BAT_PAGE_SIZE);
-		if (i + 1 < depth &&
-		    s->levels[i].d->hdr.in_use == PF_INUSE_OPEN)
+			use_direct(s, lv->d, PF_BAT_PAGE_SIZE);
+		if (i + 1 < depth && lv->d->hdr.in_use == PF_INUSE_OPEN)
 			pf_log(PF_LOG_WARNING,
 			       "%s/%s: lower delta has its in-use flag set; opened read-only",
-			       s->dir, s->levels[i].d->name);
+			       s->dir, lv->d->name);
 	}
+	free(v);	/* the deltas are the levels' now */
+	s->n_levels = (unsigned)depth;
+	s->top = &s->levels[depth - 1];
+	s->hdr = &s->top->d->hdr;
 out:
-	free(chain_d);
 	free(chain);
 	pf_dd_free(dd);
 	return ret;
@@ -2102,73 +2074,37 @@ static void top_mark_closed(struct pf_stack *s, bool closed)
 int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 		      struct pf_why *why)
 {
-	char guid[PF_GUID_LEN + 1], fguid[PF_GUID_LEN + 1];
+	struct pf_delta_hook hook = CP_HOOK(
+		s, [PF_DELTA_CREATED] = CP_SNAP_DELTA_CREATED);
 	struct level nl = { 0 }, *nlv = NULL, *old_levels, *old_top;
+	struct pf_snap_prep prep = { "", NULL };
 	struct pf_header h;
 	struct pf_dd *dd = NULL;
 	uint64_t t0, stall;
 	unsigned n;
-	char *name = NULL;
-	const char *stem;
-	bool created = false, durable = true;
-	int ret, stem_len;
+	bool prepared = false, durable = true;
+	int ret;
 
 	ret = lock_structure(s, why);
 	if (ret)
 		return ret;
 	n = s->n_levels;	/* stable: changes only under struct_lock */
-	/* Prepare: everything that can fail happens before the freeze. */
-	if (n + 1 > PF_MAX_DELTAS) {
-		ret = pf_why_set(why, -EMLINK, "too many deltas (%u)", n);
-		goto out;
-	}
+	/* Prepare: everything that can fail happens before the freeze
+	 * (CTL-3): the new top and the descriptor naming it, in its tmp
+	 * file, as offline (image.c). */
 	ret = dd_current(s, &dd, why);
 	if (ret)
 		goto out;
-	if (want_guid) {
-		if (!pf_guid_valid(want_guid) || !strcmp(want_guid, PF_TOP_GUID)) {
-			ret = pf_why_set(why, -EINVAL, "%s: not a valid snapshot GUID",
-					 want_guid);
-			goto out;
-		}
-		if (pf_dd_find_image(dd, want_guid) ||
-		    pf_dd_find_shot(dd, want_guid)) {
-			ret = pf_why_set(why, -EEXIST, "%s: GUID already in use",
-					 want_guid);
-			goto out;
-		}
-		snprintf(guid, sizeof(guid), "%s", want_guid);
-	} else {
-		pf_guid_new(guid);
-	}
-	/* ploop's naming: "<base file>.{uuid}"; a base that was itself
-	 * such a delta (after a merge up) lends only its stem */
-	pf_guid_new(fguid);
-	stem = strstr(s->levels[0].d->name, ".{");
-	stem_len = stem ? (int)(stem - s->levels[0].d->name) :
-			  (int)strlen(s->levels[0].d->name);
-	if (asprintf(&name, "%.*s.%s", stem_len, s->levels[0].d->name,
-		     fguid) < 0) {
-		name = NULL;
-		ret = -ENOMEM;
-		goto out;
-	}
 	pthread_mutex_lock(&s->bat_lock);
 	h = s->top_hdr;
 	pthread_mutex_unlock(&s->bat_lock);
-	h.in_use = PF_INUSE_OPEN;	/* ploop sets it on the new top */
-	h.flags = PF_FLAG_EMPTY;
-	h.ext_sectors = 0;
-	ret = pf_delta_create(s->dirfd, name, &h, why);	/* synced (W6) */
-	if (ret) {
-		struct pf_why w = *why;
-
-		pf_why_fmt(why, "%s: %s", name, w.msg);
+	ret = pf_image_snapshot_prepare(s->dirfd, dd, &h, want_guid,
+					PF_INUSE_OPEN, &hook, &prep, why);
+	if (ret)
 		goto out;
-	}
-	created = true;
-	crash_point(s, CP_SNAP_DELTA_CREATED);
-	ret = pf_delta_open(s->dirfd, name, PF_DELTA_WRITE, &s->io, &nl.d, why);
+	prepared = true;
+	ret = pf_delta_open(s->dirfd, prep.file, PF_DELTA_WRITE, &s->io, &nl.d,
+			    why);
 	/* the I/O path reads s->align without locks: it stays */
 	if (!ret && !s->no_direct)
 		use_direct(s, nl.d, s->align);
@@ -2178,14 +2114,11 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	nlv = calloc(n + 2, sizeof(*nlv));
 	if (!ret && !nlv)
 		ret = -ENOMEM;
-	if (!ret)
-		ret = pf_dd_add_snapshot(dd, guid, name);
-	if (!ret)
-		ret = pf_dd_store_tmp(s->dirfd, dd);
 	if (ret) {
-		if (!why->msg[0])
-			pf_why_fmt(why, "%s: cannot prepare: %s", name,
-				   strerror(-ret));
+		struct pf_why w = *why;
+
+		pf_why_fmt(why, "%s: cannot prepare: %s", prep.file,
+			   w.msg[0] ? w.msg : strerror(-ret));
 		goto out;
 	}
 	crash_point(s, CP_SNAP_DD_TMP);
@@ -2208,7 +2141,6 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 		if (!atomic_load(&s->failed))
 			(void)commit_locked(s, true);
 		thaw(s, t0);
-		pf_dd_drop_tmp(s->dirfd);
 		pf_why_fmt(why, "%s: %s", ret == -EIO ? "commit of the current top failed" :
 			   "cannot replace " PF_DD_NAME, strerror(-ret));
 		goto out;
@@ -2217,7 +2149,7 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	/* Switch: memory only, nothing can fail. */
 	memcpy(nlv, s->levels, n * sizeof(*nlv));
 	old_top = &nlv[n - 1];
-	snprintf(old_top->guid, sizeof(old_top->guid), "%s", guid);
+	snprintf(old_top->guid, sizeof(old_top->guid), "%s", prep.guid);
 	snprintf(nl.guid, sizeof(nl.guid), "%s", PF_TOP_GUID);
 	nlv[n] = nl;
 	pthread_mutex_lock(&s->levels_lock);
@@ -2249,24 +2181,24 @@ int pf_stack_snapshot(struct pf_stack *s, const char *want_guid, char *guid_out,
 	pthread_mutex_unlock(&s->levels_lock);
 	nlv = old_levels;	/* freed below */
 	memset(&nl, 0, sizeof(nl));
-	created = false;
+	prepared = false;
 	stall = thaw(s, t0);
 
-	snprintf(guid_out, PF_GUID_LEN + 1, "%s", guid);
+	snprintf(guid_out, PF_GUID_LEN + 1, "%s", prep.guid);
 	if (!durable) {
 		ret = not_durable(why, "snapshot taken");
 		goto out;
 	}
 	pf_log(PF_LOG_INFO, "%s: snapshot %s created, new top %s (I/O stalled %" PRIu64 " us)",
-	       s->dir, guid, name, stall);
+	       s->dir, prep.guid, prep.file, stall);
 	emit(s, "snapshot", "%s created; new top delta %s; I/O stalled %" PRIu64 " us",
-	     guid, name, stall);
+	     prep.guid, prep.file, stall);
 out:
 	pf_delta_close(nl.d);
-	if (created)
-		unlinkat(s->dirfd, name, 0);
+	if (prepared)
+		pf_image_snapshot_abort(s->dirfd, &prep);
 	free(nlv);
-	free(name);
+	free(prep.file);
 	pf_dd_free(dd);
 	pthread_mutex_unlock(&s->struct_lock);
 	return ret;
@@ -2507,6 +2439,71 @@ static void level_remove(struct pf_stack *s, unsigned l, struct level *gone)
 	s->top = &s->levels[s->n_levels - 1];
 }
 
+/*
+ * After an up merge out of the base: the top is the base now, and takes
+ * the file name the base had (root.hds), as ploop's merges leave it.  The
+ * file gets the name as a hard link first, durable before the descriptor
+ * names it (W6); the descriptor is replaced; then the old name goes.  A
+ * crash in between leaves an extra name of the same file, which the next
+ * attempt finds and uses.  Where the file system has no hard links the
+ * long name stays (nothing is lost).  Returns 0, or -EIO for a descriptor
+ * that was replaced without its directory sync (descriptor.h: W7).
+ */
+static int take_base_name(struct pf_stack *s, const char *base_name,
+			  struct pf_why *why)
+{
+	struct pf_delta *d = s->top->d;
+	struct pf_dd *dd = NULL;
+	struct stat a, b;
+	bool committed = false;
+	char *name, *old;
+	int ret;
+
+	name = strdup(base_name);
+	if (!name)
+		return 0;
+	if (linkat(s->dirfd, d->name, s->dirfd, name, 0) < 0 &&
+	    (errno != EEXIST || fstat(d->f->fd, &a) < 0 ||
+	     fstatat(s->dirfd, name, &b, AT_SYMLINK_NOFOLLOW) < 0 ||
+	     a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
+		pf_log(PF_LOG_NOTICE, "%s: the top keeps the name %s: %s",
+		       s->dir, d->name, strerror(errno));
+		goto out;
+	}
+	if (pf_fsync_dir(s->dirfd))
+		goto unlink_new;	/* not surely durable: not named */
+	crash_point(s, CP_MU_BASE_LINKED);
+	ret = dd_current(s, &dd, NULL);
+	if (!ret)
+		ret = pf_dd_set_file(dd, dd->top_guid, name);
+	if (!ret)
+		ret = pf_dd_replace(s->dirfd, dd, &committed);
+	pf_dd_free(dd);
+	if (ret && !committed)
+		goto unlink_new;
+	/* the descriptor names it now */
+	pthread_mutex_lock(&s->levels_lock);
+	old = d->name;
+	d->name = name;
+	pthread_mutex_unlock(&s->levels_lock);
+	name = NULL;
+	if (ret) {	/* both names stay */
+		set_failed(s, "directory sync after replacing " PF_DD_NAME, ret);
+		free(old);
+		return not_durable(why, "snapshot deleted");
+	}
+	crash_point(s, CP_MU_BASE_NAMED);
+	if (!unlinkat(s->dirfd, old, 0))
+		crash_point(s, CP_MU_OLD_NAME_UNLINKED);
+	free(old);
+	return 0;
+unlink_new:
+	unlinkat(s->dirfd, name, 0);
+out:
+	free(name);
+	return 0;
+}
+
 int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 			     struct pf_stack_merge_info *info,
 			     struct pf_why *why)
@@ -2666,11 +2663,16 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		ret = not_durable(why, "snapshot deleted");
 		goto out;
 	}
-	if (unlinkat(s->dirfd, gone_file, 0) < 0)
+	if (unlinkat(s->dirfd, gone_file, 0) < 0) {
 		pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the merged delta: %s",
 		       s->dir, gone_file, strerror(errno));
-	else
+	} else {
 		crash_point(s, down ? CP_MD_UNLINKED : CP_MU_UNLINKED);
+		if (!down && p == 0)
+			ret = take_base_name(s, gone_file, why);
+		if (ret)
+			goto out;
+	}
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	info->clusters = atomic_load(&m.copied);
 	info->bytes = info->clusters * s->hdr->cluster_bytes;

@@ -126,3 +126,45 @@ setup() {
 	run_ok "$BATS_TEST_DIRNAME/w6_order.py" "$BATS_TEST_TMPDIR/snap.trace"
 	[[ "$output" == "W6 order ok: root.hds."* ]]
 }
+
+# names_short DIR: every delta of DIR's descriptor is root.hds or
+# root.hds.{uuid}, never root.hds.{A}.{B}
+names_short() {
+	local f
+	run_ok ploopctl snapshot-list --json "$1"
+	for f in $(json_get "$output" '" ".join(s["file"] for s in j["snapshots"])'); do
+		[[ "$f" == root.hds || "$f" =~ ^root\.hds\.\{[0-9a-f-]{36}\}$ ]] ||
+			{ echo "delta name $f" >&2; return 1; }
+	done
+}
+
+@test "20 offline snapshot + delete cycles: names stay short, the last delete leaves root.hds" {
+	run_ok ploopctl init -s 64M "$D"
+	run_ok qemu-io -f parallels -c 'write -P 0xaa 0 3M' "$D/root.hds"
+	run_ok qemu-img convert -f parallels -O raw "$D/root.hds" "$BATS_TEST_TMPDIR/before.raw"
+	want=$(sha256sum <"$BATS_TEST_TMPDIR/before.raw")
+	for i in $(seq 1 20); do
+		run_ok ploopctl snapshot "$D"
+		g=$output
+		if [ $((i % 4)) = 0 ]; then
+			# a second snapshot, the older deleted: a down merge
+			run_ok ploopctl snapshot "$D"
+			run_ok ploopctl snapshot-delete "$D" "$g"
+			run_ok ploopctl snapshot-list --json "$D"
+			g=$(json_get "$output" '[s["guid"] for s in j["snapshots"] if not s["current"]][0]')
+		fi
+		names_short "$D"
+		# the only snapshot into the top: an up merge out of the base
+		run_ok ploopctl snapshot-delete "$D" "$g"
+		names_short "$D"
+		run_ok ploopctl snapshot-list --json "$D"
+		[ "$(json_get "$output" 'len(j["snapshots"])')" = 1 ]
+		[ "$(json_get "$output" 'j["snapshots"][0]["file"]')" = root.hds ]
+	done
+	# nothing else is left in the directory
+	[ "$(find "$D" -mindepth 1 | sort | tr '\n' ' ')" = "$D/DiskDescriptor.xml $D/root.hds " ]
+	run_ok ploopctl check "$D"
+	run_ok qemu-img check -f parallels "$D/root.hds"
+	run_ok qemu-img convert -f parallels -O raw "$D/root.hds" "$BATS_TEST_TMPDIR/after.raw"
+	[ "$(sha256sum <"$BATS_TEST_TMPDIR/after.raw")" = "$want" ]
+}

@@ -638,3 +638,35 @@ timed_out_within() {
 	pf_umount "$M"
 	image_ok "$D"
 }
+
+@test "20 online snapshot + delete cycles: names stay short, the last delete leaves root.hds, data intact" {
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 8
+	for i in $(seq 1 20); do
+		run_ok ploopctl snapshot "$D"
+		g=$output
+		write_random "$M/disk" $((i % 8)) 1
+		if [ $((i % 4)) = 0 ]; then
+			# a second snapshot, the older deleted: a down merge
+			run_ok ploopctl snapshot "$D"
+			run_ok ploopctl snapshot-delete "$D" "$g"
+			run_ok ploopctl snapshot-list --json "$D"
+			g=$(json_get "$output" '[s["guid"] for s in j["snapshots"] if not s["current"]][0]')
+		fi
+		# the only snapshot into the top: an up merge out of the base
+		run_ok ploopctl snapshot-delete "$D" "$g"
+		run_ok ploopctl snapshot-list --json "$D"
+		[ "$(json_get "$output" 'len(j["snapshots"])')" = 1 ]
+		[ "$(json_get "$output" 'j["snapshots"][0]["file"]')" = root.hds ]
+		# the daemon names it so too
+		run_ok ploopctl status --json "$D"
+		[ "$(json_get "$output" 'j["deltas"][0]["file"]')" = root.hds ]
+	done
+	want=$(sum "$M/disk")
+	pf_umount "$M"
+	[ "$(find "$D" -mindepth 1 | sort | tr '\n' ' ')" = "$D/DiskDescriptor.xml $D/root.hds " ]
+	image_ok "$D"
+	pf_mount "$D" "$M"
+	[ "$(sum "$M/disk")" = "$want" ]
+}

@@ -4,7 +4,8 @@
  * snapshots, atomic store/load (whole and split in tmp + commit), the
  * snapshot edits (temporary mark, delete/merge, switch) and the branches
  * they leave, hostile documents (inline and the corpus in $PF_CORPUS_DIR,
- * default tests/corpus/dd); and pf_image_switch of image.c on real files.
+ * default tests/corpus/dd); and the image operations of image.c on real
+ * files: switch, snapshot preparation (GUID rules, naming), chain open.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -1645,6 +1646,212 @@ out:
 	check(rmdir(tmpl) == 0);
 }
 
+/* A file name that is "<stem>.{uuid}" with a valid GUID. */
+static bool stem_plus_guid(const char *name, const char *stem)
+{
+	size_t n = strlen(stem);
+
+	return name && !strncmp(name, stem, n) && name[n] == '.' &&
+	       strlen(name + n + 1) == PF_GUID_LEN &&
+	       pf_guid_valid(name + n + 1);
+}
+
+/* Names of new tops: ploop's "<base>.{uuid}", from the base's stem. */
+static void test_top_name(void)
+{
+	static const struct {
+		const char *base, *stem;
+	} cases[] = {
+		{ "root.hds", "root.hds" },
+		{ "root.hds." GA, "root.hds" },
+		{ "root.hds." GA "." GB, "root.hds" },
+		{ "my.disk", "my.disk" },
+		{ "a.{not-a-guid}", "a.{not-a-guid}" },
+		{ "x" GA, "x" GA },	/* no dot: not a suffix */
+	};
+	struct pf_why why = { "" };
+	char *name = NULL, longb[250];
+	size_t i;
+
+	for (i = 0; i < PF_ARRAY_SIZE(cases); i++) {
+		check_int(pf_image_top_name(cases[i].base, &name, &why), ==, 0);
+		check_msg(stem_plus_guid(name, cases[i].stem), "%s -> %s",
+			  cases[i].base, name ? name : "(null)");
+		free(name);
+		name = NULL;
+	}
+	memset(longb, 'a', sizeof(longb) - 1);
+	longb[sizeof(longb) - 1] = 0;
+	check_int(pf_image_top_name(longb, &name, &why), ==, -EINVAL);
+	check(name == NULL);
+	check(strstr(why.msg, "NAME_MAX") != NULL);
+}
+
+/* Number of entries in the directory @dir (but . and ..). */
+static int dir_entries(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	int n = 0;
+
+	while (d && (de = readdir(d)))
+		n += strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* Offline snapshot through the shared preparation: the GUID rules (the
+ * daemon's are the same code), refusals that leave no file behind. */
+static void test_image_snapshot(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	static const char *const bad[] = { "{x}", GT, GN, "not-a-guid" };
+	struct pf_snap_prep p = { "", NULL };
+	struct pf_delta *top = NULL;
+	struct pf_dd *dd = NULL;
+	struct pf_why why = { "" };
+	char first[PF_GUID_LEN + 1] = "", up[PF_GUID_LEN + 1];
+	size_t i;
+	int dirfd, ret;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	rmdir(tmpl);
+	tu_make_image(tmpl, 64 << 20, 1 << 20);
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0 || load_top(dirfd, &dd, &top)) {
+		check(0);
+		return;
+	}
+	for (i = 0; i < PF_ARRAY_SIZE(bad); i++) {
+		memset(&why, 0, sizeof(why));
+		check_int(pf_image_snapshot(dirfd, dd, &top->hdr, bad[i], &p,
+					    &why), ==, -EINVAL);
+		check_msg(strstr(why.msg, "not a valid snapshot GUID"), "%s: %s",
+			  bad[i], why.msg);
+	}
+	check_int(dir_entries(tmpl), ==, 2);
+	check_int(pf_image_snapshot(dirfd, dd, &top->hdr, GA, &p, &why), ==, 0);
+	check_str(p.guid, GA);
+	check_msg(stem_plus_guid(p.file, PF_BASE_NAME), "new top %s", p.file);
+	memcpy(first, p.guid, sizeof(first));
+	free(p.file);
+	pf_dd_free(dd);
+	dd = NULL;
+	pf_delta_close(top);
+	top = NULL;
+	check_int(load_top(dirfd, &dd, &top), ==, 0);
+	/* in use, in either case: refused, nothing created */
+	for (i = 0; i <= PF_GUID_LEN; i++)
+		up[i] = (char)(first[i] >= 'a' && first[i] <= 'f' ?
+				       first[i] - 'a' + 'A' :
+				       first[i]);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_snapshot(dirfd, dd, &top->hdr, up, &p, &why), ==,
+		  -EEXIST);
+	check(strstr(why.msg, "already in use") != NULL);
+	check_int(dir_entries(tmpl), ==, 3);
+	/* fresh GUIDs, and the stem again (not root.hds.{A}.{B}) */
+	check_int(pf_image_snapshot(dirfd, dd, &top->hdr, NULL, &p, &why), ==, 0);
+	check(pf_guid_valid(p.guid) && strcmp(p.guid, first));
+	check_msg(stem_plus_guid(p.file, PF_BASE_NAME), "new top %s", p.file);
+	free(p.file);
+	pf_dd_free(dd);
+	dd = NULL;
+	pf_delta_close(top);
+	top = NULL;
+
+	/* PF_MAX_DELTAS images: refused before any file is made */
+	check_int(load_top(dirfd, &dd, &top), ==, 0);
+	for (i = dd->n_images, ret = 0; i < PF_MAX_DELTAS && !ret; i++) {
+		char g[PF_GUID_LEN + 1], f[32];
+
+		pf_guid_new(g);
+		snprintf(f, sizeof(f), "f%zu", i);
+		ret = pf_dd_add_snapshot(dd, g, f);
+	}
+	check_int(ret, ==, 0);
+	memset(&why, 0, sizeof(why));
+	check_int(pf_image_snapshot_prepare(dirfd, dd, &top->hdr, NULL,
+					    PF_INUSE_OPEN, NULL, &p, &why),
+		  ==, -EMLINK);
+	check(strstr(why.msg, "too many deltas") != NULL);
+	check_int(dir_entries(tmpl), ==, 4);
+	pf_dd_free(dd);
+	pf_delta_close(top);
+	tu_remove_dir(tmpl);
+	close(dirfd);
+}
+
+/* The shared chain open: every delta, checked, problems named by file. */
+static void test_open_chain(void)
+{
+	char tmpl[] = "/tmp/test_descriptor.XXXXXX";
+	struct pf_delta **v = NULL;
+	struct pf_dd *dd = NULL;
+	struct pf_why why = { "" };
+	size_t *chain = NULL, n = 0;
+	char path[600];
+	uint8_t bad[4] = { 0xff, 0xff, 0xff, 0x7f };
+	int dirfd, fd;
+
+	if (!mkdtemp(tmpl)) {
+		check_msg(0, "mkdtemp: %s", strerror(errno));
+		return;
+	}
+	rmdir(tmpl);
+	tu_make_image(tmpl, 64 << 20, 1 << 20);
+	tu_snapshot(tmpl);
+	dirfd = open(tmpl, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0 || pf_dd_load(dirfd, &dd, &why) ||
+	    pf_dd_chain(dd, &chain, &n, &why)) {
+		check(0);
+		return;
+	}
+	check_int(pf_image_open_chain(dirfd, dd, chain, n, PF_DELTA_WRITE,
+				      true, NULL, &v, &why), ==, 0);
+	check(v && v[0] && v[1] && !v[0]->writable && v[1]->writable);
+	pf_image_close_chain(v, n);
+	v = NULL;
+	/* a BAT entry of the base far beyond its file */
+	snprintf(path, sizeof(path), "%s/" PF_BASE_NAME, tmpl);
+	fd = open(path, O_WRONLY);
+	check(fd >= 0 && pwrite(fd, bad, 4, PF_HEADER_SIZE) == 4);
+	if (fd >= 0)
+		close(fd);
+	check_int(pf_image_open_chain(dirfd, dd, chain, n, 0, true, NULL, &v,
+				      &why), ==, -EUCLEAN);
+	check(v == NULL);
+	check_msg(!strncmp(why.msg, PF_BASE_NAME ": ", 10), "why: %s", why.msg);
+	/* unchecked, it opens */
+	check_int(pf_image_open_chain(dirfd, dd, chain, n, 0, false, NULL, &v,
+				      &why), ==, 0);
+	pf_image_close_chain(v, n);
+	v = NULL;
+	/* a missing delta: named, with the open's error */
+	snprintf(path, sizeof(path), "%s/%s", tmpl, dd->images[chain[1]].file);
+	check(unlink(path) == 0);
+	check_int(pf_image_open_chain(dirfd, dd, chain, n, 0, false, NULL, &v,
+				      &why), ==, -ENOENT);
+	check_msg(!strncmp(why.msg, dd->images[chain[1]].file,
+			   strlen(dd->images[chain[1]].file)) &&
+			  strstr(why.msg, "cannot open"),
+		  "why: %s", why.msg);
+	/* a FIFO in its place: refused at once, not waited for */
+	check(mkfifo(path, 0600) == 0);
+	check_int(pf_image_open_chain(dirfd, dd, chain, n, 0, false, NULL, &v,
+				      &why), ==, -EINVAL);
+	check_msg(strstr(why.msg, "not a regular file") != NULL, "why: %s",
+		  why.msg);
+	free(chain);
+	pf_dd_free(dd);
+	tu_remove_dir(tmpl);
+	close(dirfd);
+}
+
 int main(void)
 {
 	test_example_2_2();
@@ -1662,6 +1869,9 @@ int main(void)
 	test_switch();
 	test_image_switch();
 	test_replace_not_durable();
+	test_top_name();
+	test_image_snapshot();
+	test_open_chain();
 	test_corpus();
 	return tap_done();
 }

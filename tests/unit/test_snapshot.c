@@ -1023,6 +1023,15 @@ static struct pf_stack *fixture_delete(struct pf_stack *s, struct fixture *fx,
 		snprintf(gone, sizeof(gone), "%s", fx->file[p]);
 		for (idx = 0; idx < fx->n_clu; idx++)
 			fx->mapped[p + 1][idx] |= fx->mapped[p][idx];
+		if (p == 0) {
+			/* the top became the base: it takes the base's
+			 * name (as ploop's merges leave it), its long
+			 * name goes */
+			snprintf(gone, sizeof(gone), "%s", fx->file[1]);
+			memcpy(fx->file[1], fx->file[0], sizeof(fx->file[0]));
+			check_msg(file_exists(fx->dir, fx->file[1]),
+				  "%s: the top is %s now", when, fx->file[1]);
+		}
 	}
 	free(fx->view[p]);
 	free(fx->mapped[p]);

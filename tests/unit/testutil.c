@@ -43,23 +43,22 @@ void tu_snapshot(const char *dir)
 
 void tu_snapshot_guid(const char *dir, char *guid)
 {
+	struct pf_snap_prep prep = { "", NULL };
 	struct pf_why why = { "" };
 	struct pf_delta *top = NULL;
 	struct pf_dd *dd = NULL;
-	char *name = NULL;
 	size_t *chain = NULL, n;
 	int fd = open(dir, O_RDONLY | O_DIRECTORY);
 
-	pf_guid_new(guid);
 	if (fd < 0 || pf_dd_load(fd, &dd, &why) ||
 	    pf_dd_chain(dd, &chain, &n, &why) ||
 	    pf_delta_open(fd, dd->images[chain[n - 1]].file, 0, NULL, &top, &why) ||
-	    pf_image_snapshot(fd, dd, &top->hdr, dd->images[chain[0]].file,
-			      guid, &name, &why)) {
+	    pf_image_snapshot(fd, dd, &top->hdr, NULL, &prep, &why)) {
 		fprintf(stderr, "cannot snapshot %s: %s\n", dir, why.msg);
 		abort();
 	}
-	free(name);
+	memcpy(guid, prep.guid, PF_GUID_LEN + 1);
+	free(prep.file);
 	free(chain);
 	pf_delta_close(top);
 	pf_dd_free(dd);
