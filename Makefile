@@ -34,11 +34,12 @@ LDLIBS   += $(PKG_LIBS) -laio -lpthread
 ifeq ($(VARIANT),release)
 CFLAGS   += -O2 -D_FORTIFY_SOURCE=2
 else ifeq ($(VARIANT),asan)
+# PF_DEBUG: the state checks of the stack (stack_check_state)
 CFLAGS   += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
-	    -fno-sanitize-recover=undefined
+	    -fno-sanitize-recover=undefined -DPF_DEBUG
 LDFLAGS  += -fsanitize=address,undefined
 else ifeq ($(VARIANT),tsan)
-CFLAGS   += -O1 -fsanitize=thread
+CFLAGS   += -O1 -fsanitize=thread -DPF_DEBUG
 LDFLAGS  += -fsanitize=thread
 else
 $(error unknown VARIANT '$(VARIANT)': release, asan or tsan)

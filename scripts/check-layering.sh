@@ -22,13 +22,40 @@ only_in 'uuid/' src/descriptor.c
 only_in 'libaio\.h' src/io_aio.c
 only_in 'fuse' src/fuse_fe.c src/fuse_uring.c src/ploopfs.c
 only_in 'liburing' src/fuse_uring.c
+# planned: checksums with OpenSSL live in csum.c alone
 only_in 'openssl/' src/csum.c
 only_in 'syslog\.h' src/log.c
 
-# layer of each module; a module may include only its layer or lower
-declare -A layer=([util]=0 [log]=0 [format]=1 [descriptor]=1 [io_aio]=2
-	[io]=2 [file]=2 [delta]=3 [image]=3 [map]=3 [stack]=4 [writeback]=5 [check]=3
-	[fuse_fe]=6 [fuse_uring]=6 [control]=5 [serve]=6)
+# layer of each module; a module may include only its layer or lower.
+# The stack is one module in several files over the private stack_i.h.
+declare -A layer=([util]=0 [log]=0 [cli]=0 [format]=1 [descriptor]=1
+	[io_aio]=2 [io]=2 [file]=2 [delta]=3 [image]=3 [check]=3
+	[stack]=4 [stack_i]=4 [map]=4 [gate]=4 [writeback]=4 [snapshot]=4
+	[merge]=4 [control]=5 [serve]=6 [fuse_fe]=6 [fuse_uring]=6
+	[ploopctl]=7 [ploopfs]=7)
+# every file of src/ has a layer: a new one is placed here first
+for f in src/*.c src/*.h; do
+	m=$(basename "${f%.*}")
+	if [ -z "${layer[$m]:-}" ]; then
+		echo "layering: $f has no layer in scripts/check-layering.sh"
+		fail=1
+	fi
+done
+# stack_i.h is private to the files of the stack
+for f in src/*.c src/*.h; do
+	m=$(basename "${f%.*}")
+	[ "${layer[$m]:-}" = 4 ] && continue
+	if grep -q '^#include "stack_i\.h"' "$f"; then
+		echo "layering: $f includes stack_i.h (private to the stack's files)"
+		fail=1
+	fi
+done
+# on-disk byte order is converted in format.c and util.c only
+if grep -nE '\b(le|be)(16|32|64)toh\b|\bhto(le|be)(16|32|64)\b|\bbswap_|\bpf_le(32|64)_(get|put)\b' \
+	src/*.c | grep -vE '^src/(format|util)\.c:'; then
+	echo "layering: byte order converted outside format.c and util.c"
+	fail=1
+fi
 for f in src/*.c src/*.h; do
 	m=$(basename "${f%.*}")
 	[ -n "${layer[$m]:-}" ] || continue

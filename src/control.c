@@ -260,6 +260,29 @@ struct pf_ctl {
 };
 
 /*
+ * Send what of *@buf the socket takes (without waiting, unless @block),
+ * advancing *@buf and *@len.  Returns 0 (all sent), -EAGAIN (the socket
+ * is full: wait for POLLOUT) or -errno.
+ */
+static int send_some(int fd, const char **buf, size_t *len, bool block)
+{
+	while (*len) {
+		ssize_t n = send(fd, *buf, *len,
+				 MSG_NOSIGNAL | (block ? 0 : MSG_DONTWAIT));
+
+		if (n >= 0) {
+			*buf += n;
+			*len -= (size_t)n;
+		} else if (errno == EWOULDBLOCK) {
+			return -EAGAIN;
+		} else if (errno != EINTR) {
+			return -errno;
+		}
+	}
+	return 0;
+}
+
+/*
  * Send all of @buf to the client of @cn.  A client that does not read is
  * waited for; once the server stops, for STOP_GRACE_MS more at most, so
  * that a reading client still gets its end line.
@@ -269,23 +292,11 @@ struct pf_ctl {
 static int conn_send(struct ctl_conn *cn, const char *buf, size_t len)
 {
 	struct pf_ctl *c = cn->ctl;
-	struct timespec now;
-	long grace_end = -1;	/* ms, CLOCK_MONOTONIC; -1: not stopping */
+	long grace_end = -1;	/* ms, mono_ms(); -1: not stopping */
+	long left;
+	int ret;
 
-	while (len) {
-		ssize_t n = send(cn->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		long left;
-		int ret;
-
-		if (n >= 0) {
-			buf += n;
-			len -= (size_t)n;
-			continue;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return errno == ECONNRESET ? -EPIPE : -errno;
+	while ((ret = send_some(cn->fd, &buf, &len, false)) == -EAGAIN) {
 		if (!atomic_load(&c->stopping)) {
 			ret = wait_fd(cn->fd, POLLOUT, c->wake[0], -1);
 			if (ret < 0 && ret != -ESHUTDOWN)
@@ -294,20 +305,17 @@ static int conn_send(struct ctl_conn *cn, const char *buf, size_t len)
 		}
 		/* The wake pipe stays readable now: wait on the socket
 		 * alone, for a bounded time. */
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		left = now.tv_sec * 1000 + now.tv_nsec / 1000000;
 		if (grace_end < 0)
-			grace_end = left + STOP_GRACE_MS;
-		left = grace_end - left;
-		if (left <= 0)
-			return -EPIPE;
-		ret = wait_fd(cn->fd, POLLOUT, -1, (int)left);
+			grace_end = mono_ms() + STOP_GRACE_MS;
+		left = grace_end - mono_ms();
+		ret = left > 0 ? wait_fd(cn->fd, POLLOUT, -1, (int)left) :
+				 -ETIMEDOUT;
 		if (ret == -ETIMEDOUT)
 			return -EPIPE;
 		if (ret < 0)
 			return ret;
 	}
-	return 0;
+	return ret == -ECONNRESET ? -EPIPE : ret;
 }
 
 static char printable(char ch)
@@ -1040,21 +1048,10 @@ err:
  * limit) for room.  Returns 0, -ETIMEDOUT or -errno. */
 static int send_all(int fd, const char *buf, size_t len, long end)
 {
-	while (len) {
-		ssize_t n = send(fd, buf, len,
-				 MSG_NOSIGNAL | (end >= 0 ? MSG_DONTWAIT : 0));
-		long left;
-		int ret;
+	long left;
+	int ret;
 
-		if (n >= 0) {
-			buf += n;
-			len -= (size_t)n;
-			continue;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK)
-			return -errno;
+	while ((ret = send_some(fd, &buf, &len, end < 0)) == -EAGAIN) {
 		left = end - mono_ms();
 		if (left <= 0)
 			return -ETIMEDOUT;
@@ -1062,7 +1059,7 @@ static int send_all(int fd, const char *buf, size_t len, long end)
 		if (ret < 0 && ret != -ETIMEDOUT)
 			return ret;
 	}
-	return 0;
+	return ret;
 }
 
 /* "N s" or "N ms" */

@@ -116,21 +116,10 @@ static bool view_guid(struct pf_fe *fe, fuse_ino_t ino, char *guid)
 static ssize_t views_now(struct pf_fe *fe, struct pf_stack_level **out)
 {
 	struct pf_stack_level *lv = NULL;
-	size_t n = 8, got, i, k;
+	size_t got, i, k;
 
-	for (;;) {
-		struct pf_stack_level *p = realloc(lv, n * sizeof(*lv));
-
-		if (!p) {
-			free(lv);
-			return -ENOMEM;
-		}
-		lv = p;
-		got = pf_stack_levels(fe->stack, lv, n);
-		if (got <= n)
-			break;
-		n = got;
-	}
+	if (pf_stack_levels_all(fe->stack, &lv, &got))
+		return -ENOMEM;
 	for (i = k = 0; i < got; i++)
 		if (!lv[i].top && !lv[i].hidden)
 			lv[k++] = lv[i];

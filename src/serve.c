@@ -32,69 +32,51 @@ static int cmd_status(void *ctx, int argc, char **argv,
 	struct pf_serve *sv = ctx;
 	struct pf_stack_level *lv = NULL;
 	struct pf_stack_stat st;
-	size_t n = 0, i, want = 8;
-	int ret = 0;
+	size_t n = 0, i;
+	int ret;
 
 	(void)argv;
 	if (argc != 1)
 		return pf_why_set(why, -EINVAL, "usage: status");
 	/* Everything here answers while I/O is frozen (CTL-1). */
-	for (;;) {
-		struct pf_stack_level *p = realloc(lv, want * sizeof(*lv));
-
-		if (!p) {
-			free(lv);
-			return -ENOMEM;
-		}
-		lv = p;
-		n = pf_stack_levels(sv->stack, lv, want);
-		if (n <= want)
-			break;
-		want = n;
-	}
+	if (pf_stack_levels_all(sv->stack, &lv, &n))
+		return -ENOMEM;
 	pf_stack_stat(sv->stack, &st);
-	ret = pf_ctl_data(r, "mounted %s", sv->disk_path);
-	if (!ret)
-		ret = pf_ctl_data(r, "size %" PRIu64, st.size_bytes);
-	if (!ret)
-		ret = pf_ctl_data(r, "cluster %" PRIu32, st.cluster_bytes);
-	for (i = 0; !ret && i < n; i++)
-		ret = pf_ctl_data(r, "delta %zu %s %" PRIu64 " %d %d %s", i,
-				  lv[i].guid, lv[i].mapped, lv[i].top,
-				  lv[i].hidden, lv[i].file);
-	if (!ret)
-		ret = pf_ctl_data(r, "dirty_pages %" PRIu64, st.dirty_pages);
-	if (!ret)
-		ret = pf_ctl_data(r, "file_clusters %" PRIu64, st.file_clusters);
-	if (!ret)
-		ret = pf_ctl_data(r, "free_clusters %" PRIu64, st.free_clusters);
-	if (!ret)
-		ret = pf_ctl_data(r, "failed %d", st.failed);
-	if (!ret)
-		ret = pf_ctl_data(r, "frozen %d", st.frozen);
-	if (!ret)
-		ret = pf_ctl_data(r, "held_writes %u", st.held);
-	if (!ret)
-		ret = pf_ctl_data(r, "enospc_events %" PRIu64, st.enospc_events);
-	if (!ret)
-		ret = pf_ctl_data(r, "commits %" PRIu64, st.commits);
-	if (!ret)
-		ret = pf_ctl_data(r, "fuse_transport %s",
-				  pf_ring_transport(sv->ring));
-	if (!ret)
-		ret = pf_ctl_data(r, "fuse_ring_requests %llu",
-				  pf_ring_served(sv->ring));
-	if (!ret)
-		ret = pf_ctl_data(r, "datasyncs %" PRIu64, st.datasyncs);
-	if (!ret)
-		ret = pf_ctl_data(r, "freezes %" PRIu64, st.freezes);
-	if (!ret)
-		ret = pf_ctl_data(r, "stall_last_us %" PRIu64, st.stall_last_us);
-	if (!ret)
-		ret = pf_ctl_data(r, "stall_max_us %" PRIu64, st.stall_max_us);
-	if (!ret)
-		ret = pf_ctl_data(r, "last_event %" PRIu64,
-				  pf_events_last(sv->events));
+	{
+		const struct {
+			const char *key;
+			uint64_t v;
+		} nums[] = {
+			{ "size", st.size_bytes },
+			{ "cluster", st.cluster_bytes },
+			{ "dirty_pages", st.dirty_pages },
+			{ "file_clusters", st.file_clusters },
+			{ "free_clusters", st.free_clusters },
+			{ "failed", st.failed },
+			{ "frozen", st.frozen },
+			{ "held_writes", st.held },
+			{ "enospc_events", st.enospc_events },
+			{ "commits", st.commits },
+			{ "fuse_ring_requests", pf_ring_served(sv->ring) },
+			{ "datasyncs", st.datasyncs },
+			{ "freezes", st.freezes },
+			{ "stall_last_us", st.stall_last_us },
+			{ "stall_max_us", st.stall_max_us },
+			{ "last_event", pf_events_last(sv->events) },
+		};
+
+		ret = pf_ctl_data(r, "mounted %s", sv->disk_path);
+		if (!ret)
+			ret = pf_ctl_data(r, "fuse_transport %s",
+					  pf_ring_transport(sv->ring));
+		for (i = 0; !ret && i < n; i++)
+			ret = pf_ctl_data(r, "delta %zu %s %" PRIu64 " %d %d %s",
+					  i, lv[i].guid, lv[i].mapped,
+					  lv[i].top, lv[i].hidden, lv[i].file);
+		for (i = 0; !ret && i < PF_ARRAY_SIZE(nums); i++)
+			ret = pf_ctl_data(r, "%s %" PRIu64, nums[i].key,
+					  nums[i].v);
+	}
 	free(lv);
 	return ret;
 }

@@ -203,6 +203,11 @@ struct pf_stack_level {
 size_t pf_stack_levels(struct pf_stack *s, struct pf_stack_level *out,
 		       size_t n);
 
+/* All levels, base first, in *@out (malloc'ed), *@n of them.  Returns 0
+ * or -ENOMEM. */
+PF_MUST_CHECK int pf_stack_levels_all(struct pf_stack *s,
+				      struct pf_stack_level **out, size_t *n);
+
 struct pf_stack_stat {
 	uint64_t size_bytes;
 	uint32_t cluster_bytes;

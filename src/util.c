@@ -24,39 +24,18 @@ void pf_why_fmt(struct pf_why *why, const char *fmt, ...)
 	va_end(ap);
 }
 
-int pf_pread_full(int fd, void *buf, size_t len, uint64_t off)
+/* pread or pwrite until done: EINTR retried, a short transfer resumed,
+ * a premature end of file -EIO. */
+static int rw_full(int fd, uint8_t *p, size_t len, uint64_t off, bool write)
 {
-	uint8_t *p = buf;
-
 	while (len) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
+		ssize_t n = write ? pwrite(fd, p, len, (off_t)off) :
+				    pread(fd, p, len, (off_t)off);
 
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
 			return -errno;
-		}
-		if (n == 0)
-			return -EIO;	/* premature end of file */
-		p += n;
-		len -= (size_t)n;
-		off += (uint64_t)n;
-	}
-	return 0;
-}
-
-int pf_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-	const uint8_t *p = buf;
-
-	while (len) {
-		ssize_t n = pwrite(fd, p, len, (off_t)off);
-
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
 		if (n == 0)
 			return -EIO;
 		p += n;
@@ -64,6 +43,17 @@ int pf_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 		off += (uint64_t)n;
 	}
 	return 0;
+}
+
+int pf_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	return rw_full(fd, buf, len, off, false);
+}
+
+int pf_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+	/* not written through: pwrite only reads it */
+	return rw_full(fd, (uint8_t *)buf, len, off, true);
 }
 
 int pf_fsync_dir(int dirfd)

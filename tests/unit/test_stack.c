@@ -26,6 +26,7 @@
 #include "image.h"
 #include "io.h"
 #include "stack.h"
+#include "stack_i.h"
 #include "tap.h"
 #include "testutil.h"
 #include "util.h"
@@ -750,7 +751,7 @@ static void test_odd_sizes(void)
 /*
  * A thread with its own I/O engine (io.h; a FUSE io_uring queue thread)
  * completes its requests only when it gets back to its loop, or when the
- * stack is about to make it sleep (pf_aio_before_wait).  Here the engine
+ * stack is about to make it sleep (pf_aio_wait).  Here the engine
  * completes nothing on its own: a stack that put the thread to sleep on
  * a range lock or a freeze held by the thread's own request would hang,
  * and the alarm fails the test.
@@ -910,6 +911,58 @@ static void test_engine_never_waits_on_itself(void)
 	free(dir);
 }
 
+/*
+ * The state checker of debug builds (stack_check_state): a stack whose
+ * fields disagree is stopped at the next transition.  In a child, one
+ * field is broken at a time; the child must die of SIGABRT.
+ */
+#ifdef PF_DEBUG
+static void break_head(struct pf_stack *s)
+{
+	s->alloc_head = 0;	/* below the header clusters */
+}
+
+static void break_dirty(struct pf_stack *s)
+{
+	s->n_dirty = 1;		/* a dirty page the bitmap does not have */
+}
+
+static void break_map(struct pf_stack *s)
+{
+	level_store(s, 3, 0);	/* level 0 does not map cluster 3 */
+}
+
+static void test_state_checker(void)
+{
+	static void (*const breaks[])(struct pf_stack *) = {
+		break_head, break_dirty, break_map
+	};
+	char *dir = new_image(8 * MiB, 1 * MiB);
+	size_t i;
+
+	for (i = 0; i < PF_ARRAY_SIZE(breaks); i++) {
+		pid_t pid = fork();
+		int st = 0;
+
+		if (pid == 0) {
+			struct pf_stack *s = open_stack(dir, false);
+
+			if (!s)
+				_exit(2);
+			stack_check_state(s, "test, intact");
+			breaks[i](s);
+			stack_check_state(s, "test, broken");
+			_exit(0);	/* not caught */
+		}
+		check(pid > 0 && waitpid(pid, &st, 0) == pid);
+		check_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT,
+			  "break %zu: the checker stops the stack (status %#x)",
+			  i, st);
+	}
+	free(dir);
+}
+#endif
+
 int main(void)
 {
 	char cmd[600];
@@ -931,6 +984,9 @@ int main(void)
 	test_recovery_after_process_death();
 	test_odd_sizes();
 	test_engine_never_waits_on_itself();
+#ifdef PF_DEBUG
+	test_state_checker();
+#endif
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmp_root);
 	if (system(cmd) != 0)
 		tap_diag("cannot remove %s", tmp_root);
