@@ -52,7 +52,10 @@ Q := @
 endif
 
 MAINS     := src/ploopctl.c src/ploopfs.c
-LIB_SRCS  := $(filter-out $(MAINS),$(wildcard src/*.c))
+# the other files of ploopctl (ploopctl_i.h): linked into it alone
+CTL_SRCS  := $(wildcard src/ploopctl_*.c)
+CTL_OBJS  := $(CTL_SRCS:src/%.c=$(B)/src/%.o)
+LIB_SRCS  := $(filter-out $(MAINS) $(CTL_SRCS),$(wildcard src/*.c))
 LIB_OBJS  := $(LIB_SRCS:src/%.c=$(B)/src/%.o)
 LIB       := $(B)/libploopfs.a
 PROGS     := $(B)/ploopctl $(B)/ploopfs
@@ -117,7 +120,7 @@ $(LIB): $(LIB_OBJS)
 	@echo "  AR      $@"
 	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(B)/ploopctl: $(B)/src/ploopctl.o $(LIB)
+$(B)/ploopctl: $(B)/src/ploopctl.o $(CTL_OBJS) $(LIB)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

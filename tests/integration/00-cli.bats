@@ -21,7 +21,8 @@ load helpers
 }
 
 @test "every command answers --help with exit 0" {
-	for c in init info check snapshot snapshot-list; do
+	for c in init info check snapshot snapshot-list snapshot-switch \
+		snapshot-delete snapshot-merge status events; do
 		run_ok ploopctl "$c" --help
 		[[ "$output" == *"usage: ploopctl $c"* ]]
 	done
@@ -95,4 +96,24 @@ load helpers
 		[ "${#lines[@]}" -eq 1 ]
 		[[ "$output" == "ploopctl: $nope: "* ]]
 	done
+}
+
+@test "option values are checked: one line, exit 2, and too many operands are refused" {
+	d=$BATS_TEST_TMPDIR/none
+	run -2 ploopctl snapshot -u not-a-guid "$d"
+	[ "$output" = "ploopctl: invalid GUID 'not-a-guid'" ]
+	run -2 ploopctl events -n 0 "$d"
+	[ "$output" = "ploopctl: invalid count '0'" ]
+	run -2 ploopctl events -a 12x "$d"
+	[ "$output" = "ploopctl: invalid sequence number '12x'" ]
+	run -2 ploopctl check --force "$d"
+	[[ "${lines[0]}" == "usage: ploopctl check "* ]]
+	for c in info check snapshot snapshot-list status events snapshot-delete; do
+		run -2 ploopctl "$c" "$d" "$d" "$d"
+		[[ "$output" == *"usage: ploopctl $c "* ]] || { echo "$c: $output" >&2; false; }
+	done
+	run -2 ploopctl snapshot-merge "$d" a b
+	run -2 ploopctl snapshot-switch "$d"
+	run -2 ploopctl init -c 64K "$d"
+	[[ "${lines[0]}" == "usage: ploopctl init "* ]]
 }

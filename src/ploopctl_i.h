@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * What the files of ploopctl share (private to them):
+ *   ploopctl.c         main, the command table, opening images, option
+ *                      parsing, talking to the daemon, exit statuses
+ *   ploopctl_image.c   init, info, check (and --repair)
+ *   ploopctl_snap.c    snapshot, snapshot-list, -switch, -delete, -merge
+ *   ploopctl_status.c  status, events
+ * Every function that prints an error prints one line (err_line) and
+ * returns an exit status of enum pf_exit (cli.h).
+ */
+#ifndef PF_PLOOPCTL_I_H
+#define PF_PLOOPCTL_I_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "delta.h"
+#include "descriptor.h"
+#include "util.h"
+
+/* Seconds the daemon may stay silent (--timeout); 0: no limit. */
+#define CTL_TIMEOUT_DEFAULT	30
+#define CTL_TIMEOUT_MAX		86400
+/* --timeout, set by the command line (ploopctl.c) */
+extern unsigned ctl_timeout;
+
+/* An image as named on the command line: a directory or one delta. */
+struct image {
+	const char *arg;	/* as given */
+	char *dir;		/* the image directory (or the file's) */
+	int dirfd;
+	bool is_dir;
+	struct pf_dd *dd;	/* directory form only */
+	size_t *chain;		/* indices into dd->images, base first */
+	size_t depth;
+};
+
+/*
+ * The options of a command, for parse_args(): --name (and -key, a
+ * letter) sets *dst.  -h/--help is every command's.
+ */
+enum opt_kind {
+	OPT_FLAG,	/* bool *dst = true */
+	OPT_ARG,	/* const char **dst = the argument */
+	OPT_SECONDS,	/* unsigned *dst = whole seconds (parse_timeout) */
+};
+
+struct cmd_opt {
+	const char *name;
+	int key;
+	enum opt_kind kind;
+	void *dst;
+};
+
+#define CMD_OPTS_MAX	8
+
+/* --timeout, into ctl_timeout */
+#define OPT_TIMEOUT	{ "timeout", 't', OPT_SECONDS, &ctl_timeout }
+
+/* Collected "key value" data lines of a reply. */
+struct kv {
+	char **lines;
+	size_t n;
+};
+
+/* ploopctl.c */
+
+/* parse_args() for the commands that take [--json] and one operand. */
+int parse_json_args(int argc, char **argv, void (*usage_fn)(FILE *),
+		    bool *json);
+void PF_PRINTF(2, 3) err_line(const char *file, const char *fmt, ...);
+int exit_for(int err);
+void json_str(FILE *out, const char *s);
+const char *in_use_name(uint32_t v);
+char *path_join(const char *dir, const char *name);
+void image_close(struct image *im);
+int image_open(struct image *im, const char *arg, int lock,
+		      bool file_ok);
+void deltas_close(struct pf_delta **v, size_t n);
+int chain_open(struct image *im, bool check, struct pf_delta ***out,
+		      size_t *n);
+int parse_args(int argc, char **argv, const struct cmd_opt *opts,
+		      size_t n, void (*usage_fn)(FILE *), int min_ops,
+		      int max_ops);
+int open_clean_chain(struct image *im, const char *arg,
+			    struct pf_delta ***v, size_t *n);
+int daemon_of(const char *dir, int *fd);
+int exit_for_struct(int err);
+int kv_add(void *ctx, const char *line);
+void kv_free(struct kv *kv);
+const char *kv_get(const struct kv *kv, const char *key);
+uint64_t kv_u64(const struct kv *kv, const char *key);
+int daemon_call(int fd, const char *dir, int argc,
+		       const char *const *argv,
+		       int (*on_data)(void *ctx, const char *line), void *ctx);
+
+/* the commands */
+int cmd_init(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
+int cmd_snapshot_list(int argc, char **argv);
+int cmd_snapshot_switch(int argc, char **argv);
+int cmd_snapshot_delete(int argc, char **argv);
+int cmd_snapshot_merge(int argc, char **argv);
+int cmd_status(int argc, char **argv);
+int cmd_events(int argc, char **argv);
+
+#endif /* PF_PLOOPCTL_I_H */

@@ -1,0 +1,435 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/* ploopctl snapshot, snapshot-list, snapshot-switch, snapshot-delete
+ * and snapshot-merge (see ploopctl_i.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "cli.h"
+#include "control.h"
+#include "delta.h"
+#include "descriptor.h"
+#include "format.h"
+#include "image.h"
+#include "stack.h"
+#include "util.h"
+
+#include "ploopctl_i.h"
+
+/* snapshot */
+
+static int snapshot_guid_line(void *ctx, const char *line)
+{
+	if (!strncmp(line, "guid ", 5))
+		snprintf(ctx, PF_GUID_LEN + 1, "%s", line + 5);
+	return 0;
+}
+
+/* Online: the daemon prepares, freezes, switches and thaws (CTL-3). */
+static int snapshot_online(int fd, const char *dir, const char *guid)
+{
+	const char *cargv[] = { "snapshot", guid };
+	char got[PF_GUID_LEN + 1] = "";
+	int rc;
+
+	rc = daemon_call(fd, dir, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
+			 got);
+	if (rc == EXIT_OK)
+		printf("%s\n", got);
+	return rc;
+}
+
+static void usage_snapshot(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--timeout <s>] <dir>\n"
+		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n"
+		     "  -t, --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
+		     "                      seconds (default %d; 0: no limit)\n",
+		CTL_TIMEOUT_DEFAULT);
+}
+
+int cmd_snapshot(int argc, char **argv)
+{
+	const char *want = NULL;
+	const struct cmd_opt opts[] = {
+		{ "guid", 'u', OPT_ARG, &want },
+		OPT_TIMEOUT,
+	};
+	char guid[PF_GUID_LEN + 1] = "";
+	struct pf_snap_prep prep = { "", NULL };
+	struct pf_why why = { "" };
+	struct pf_delta **v = NULL;
+	struct image im;
+	size_t n = 0;
+	int rc, ret, fd;
+
+	rc = parse_args(argc, argv, opts, PF_ARRAY_SIZE(opts), usage_snapshot,
+			1, 1);
+	if (rc >= 0)
+		return rc;
+	if (want && !pf_guid_valid(want)) {
+		err_line(NULL, "invalid GUID '%s'", want);
+		return EXIT_USAGE;
+	}
+	if (want)
+		snprintf(guid, sizeof(guid), "%s", want);
+	rc = daemon_of(argv[optind], &fd);
+	if (rc != EXIT_OK)
+		return rc;
+	if (fd >= 0)
+		return snapshot_online(fd, argv[optind], guid);
+	rc = open_clean_chain(&im, argv[optind], &v, &n);
+	if (rc != EXIT_OK)
+		goto out;
+	/* the same preparation as the daemon's (image.c) */
+	ret = pf_image_snapshot(im.dirfd, im.dd, &v[n - 1]->hdr,
+				guid[0] ? guid : NULL, &prep, &why);
+	if (ret) {
+		err_line(guid[0] && (ret == -EEXIST || ret == -EINVAL) ? NULL :
+									 im.dir,
+			 "%s", why.msg);
+		rc = guid[0] && (ret == -EEXIST || ret == -EINVAL) ?
+			     EXIT_USAGE :
+			     EXIT_FAIL;
+		goto out;
+	}
+	printf("%s\n", prep.guid);
+out:
+	free(prep.file);
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* snapshot-list */
+
+static void usage_snapshot_list(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-list [--json] <dir>\n");
+}
+
+int cmd_snapshot_list(int argc, char **argv)
+{
+	struct image im;
+	bool json = false;
+	size_t i;
+	int rc;
+
+	rc = parse_json_args(argc, argv, usage_snapshot_list, &json);
+	if (rc >= 0)
+		return rc;
+	rc = image_open(&im, argv[optind], 0, false);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	if (json) {
+		printf("{\"top\":");
+		json_str(stdout, im.dd->top_guid);
+		printf(",\"snapshots\":[");
+	} else {
+		printf("%-38s C %-38s %s\n", "PARENT_UUID", "UUID", "FNAME");
+	}
+	for (i = 0; i < im.dd->n_shots; i++) {
+		const struct pf_dd_shot *s = &im.dd->shots[i];
+		const struct pf_dd_image *img = pf_dd_find_image(im.dd, s->guid);
+		bool cur = !strcmp(s->guid, im.dd->top_guid);
+
+		if (json) {
+			printf("%s{\"guid\":", i ? "," : "");
+			json_str(stdout, s->guid);
+			printf(",\"parent\":");
+			json_str(stdout, s->parent);
+			printf(",\"file\":");
+			json_str(stdout, img ? img->file : "");
+			printf(",\"current\":%s,\"temporary\":%s}",
+			       cur ? "true" : "false",
+			       s->temporary ? "true" : "false");
+		} else {
+			printf("%-38s %c %-38s %s%s\n", s->parent,
+			       cur ? '*' : ' ', s->guid, img ? img->file : "",
+			       s->temporary ? " (temporary)" : "");
+		}
+	}
+	if (json)
+		printf("]}\n");
+	image_close(&im);
+	return EXIT_OK;
+}
+
+/* snapshot-switch */
+
+static void usage_snapshot_switch(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl snapshot-switch <dir> <guid>\n"
+		"  make snapshot <guid> the parent of a new empty top delta; the current\n"
+		"  top, with every change since its snapshot, is discarded\n");
+}
+
+int cmd_snapshot_switch(int argc, char **argv)
+{
+	struct pf_delta **v = NULL, **tv = NULL;
+	char guid[PF_GUID_LEN + 1];
+	struct pf_why why = { "" };
+	const struct pf_dd_shot *s;
+	const struct pf_dd_image *img;
+	size_t n = 0, tn = 0, i, *chain = NULL;
+	char *newname = NULL;
+	struct image im;
+	const char *g;
+	int rc, ret;
+
+	rc = parse_args(argc, argv, NULL, 0, usage_snapshot_switch, 2, 2);
+	if (rc >= 0)
+		return rc;
+	if (!pf_guid_valid(argv[optind + 1])) {
+		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+		return EXIT_USAGE;
+	}
+	/* Exclusive lock: the top is discarded and the descriptor replaced,
+	 * so a mounted image is busy. */
+	/* As snapshot: an unclean image is recovered first, not guessed at. */
+	rc = open_clean_chain(&im, argv[optind], &v, &n);
+	if (rc != EXIT_OK)
+		goto out;
+
+	s = pf_dd_find_shot(im.dd, argv[optind + 1]);
+	if (!s) {
+		err_line(im.dir, "no snapshot %s", argv[optind + 1]);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	/* the stored (lower-case) form; @s moves when the descriptor is
+	 * edited */
+	memcpy(guid, s->guid, sizeof(guid));
+	if (!strcmp(guid, im.dd->top_guid)) {
+		err_line(im.dir, "%s is the current top, not a snapshot to switch to",
+			 guid);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (s->temporary) {
+		err_line(im.dir,
+			 "cannot switch to snapshot %s: it is being deleted (temporary)",
+			 guid);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+
+	/*
+	 * The stack after the switch is @guid's chain, which may lie on
+	 * another branch, under a top with the current top's header: check
+	 * it as one before anything changes.
+	 */
+	for (g = guid; g && strcmp(g, PF_NONE_GUID) != 0 &&
+		       tn < im.dd->n_shots;
+	     g = pf_dd_parent(im.dd, g))
+		tn++;
+	chain = calloc(tn + 1, sizeof(*chain));
+	if (!chain) {
+		err_line(im.arg, "out of memory");
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	for (i = tn, g = guid; i > 0; i--, g = pf_dd_parent(im.dd, g)) {
+		img = pf_dd_find_image(im.dd, g);
+		if (!img) {	/* not in a validated descriptor */
+			err_line(im.dir, "snapshot %s has no image", g ? g : "");
+			rc = EXIT_CORRUPT;
+			goto out;
+		}
+		chain[i - 1] = (size_t)(img - im.dd->images);
+	}
+	chain[tn] = im.chain[im.depth - 1];	/* the current top */
+	ret = pf_image_open_chain(im.dirfd, im.dd, chain, tn + 1, 0, true, NULL,
+				  &tv, &why);
+	if (ret) {
+		err_line(NULL, "%s/%s%s", im.dir, why.msg,
+			 ret == -EUCLEAN ? " (run ploopctl check for all problems)" :
+					   "");
+		rc = exit_for(ret);
+		goto out;
+	}
+	for (i = 0; i < tn; i++)
+		if (tv[i]->hdr.in_use == PF_INUSE_OPEN) {
+			err_line(NULL,
+				 "%s/%s: in-use flag is set: the image was not closed cleanly (run ploopctl check)",
+				 im.dir, tv[i]->name);
+			rc = EXIT_UNCLEAN;
+			goto out;
+		}
+
+	ret = pf_image_switch(im.dirfd, im.dd, &v[n - 1]->hdr, guid, &newname,
+			      &why);
+	if (ret) {
+		err_line(im.dir, "%s", why.msg);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	printf("switched to snapshot %s; the previous top is discarded\n",
+	       guid);
+out:
+	free(newname);
+	free(chain);
+	deltas_close(tv, tn + 1);
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+/* snapshot-delete and snapshot-merge */
+
+
+static void print_merge(const char *guid, const struct pf_stack_merge_info *mi)
+{
+	double s = (double)mi->usec / 1e6;
+
+	printf("deleted snapshot %s: %" PRIu64 " clusters (%.1f MiB) merged %s in %.3f s (%.1f MiB/s), I/O stalled %" PRIu64 " us\n",
+	       guid, mi->clusters, (double)mi->bytes / (1 << 20),
+	       mi->down ? "into it from its child" : "up into the top", s,
+	       s > 0 ? (double)mi->bytes / (1 << 20) / s : 0.0, mi->stall_us);
+}
+
+/* Delete snapshot @guid of image @dir, through the daemon or on the files. */
+static int delete_snapshot(const char *dir, const char *guid)
+{
+	struct pf_stack_opts so = { .dir = dir };
+	struct pf_stack_merge_info mi;
+	const char *cargv[] = { "snapshot-delete", guid };
+	struct pf_why why = { "" };
+	struct pf_stack *s;
+	struct kv kv = { NULL, 0 };
+	int rc, fd, ret;
+
+	rc = daemon_of(dir, &fd);
+	if (rc != EXIT_OK)
+		return rc;
+	if (fd >= 0) {
+		rc = daemon_call(fd, dir, 2, cargv, kv_add, &kv);
+		if (rc == EXIT_OK) {
+			memset(&mi, 0, sizeof(mi));
+			mi.down = kv_u64(&kv, "down");
+			mi.clusters = kv_u64(&kv, "clusters");
+			mi.bytes = kv_u64(&kv, "bytes");
+			mi.usec = kv_u64(&kv, "usec");
+			mi.stall_us = kv_u64(&kv, "stall_us");
+			print_merge(guid, &mi);
+		}
+		kv_free(&kv);
+		return rc;
+	}
+	/* Not mounted: the same engine, run here (it takes the lock). */
+	ret = pf_stack_open(&so, &s, &why);
+	if (ret) {
+		err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		return ret == -EBUSY ? EXIT_BUSY : exit_for(ret);
+	}
+	ret = pf_stack_delete_snapshot(s, guid, &mi, &why);
+	if (pf_stack_close(s) && !ret) {
+		ret = -EIO;
+		pf_why_fmt(&why, "cannot close the image cleanly");
+	}
+	if (ret) {
+		err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		return exit_for_struct(ret);
+	}
+	print_merge(guid, &mi);
+	return EXIT_OK;
+}
+
+static void usage_snapshot_delete(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-delete [--timeout <s>] <dir> <guid>\n"
+		     "  --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
+		     "                  seconds (default %d; 0: no limit); a merge that goes\n"
+		     "                  on may take longer\n",
+		CTL_TIMEOUT_DEFAULT);
+}
+
+int cmd_snapshot_delete(int argc, char **argv)
+{
+	const struct cmd_opt opts[] = { OPT_TIMEOUT };
+	int rc = parse_args(argc, argv, opts, 1, usage_snapshot_delete, 2, 2);
+
+	if (rc >= 0)
+		return rc;
+	if (!pf_guid_valid(argv[optind + 1])) {
+		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+		return EXIT_USAGE;
+	}
+	return delete_snapshot(argv[optind], argv[optind + 1]);
+}
+
+static void usage_snapshot_merge(FILE *out)
+{
+	fprintf(out, "usage: ploopctl snapshot-merge [--timeout <s>] <dir> [<guid>]\n"
+		     "  merge delta <guid> (default: the top) into its parent; the parent's\n"
+		     "  snapshot GUID goes.  Without <guid>, a snapshot delete that was\n"
+		     "  interrupted is completed first.\n"
+		     "  --timeout <s>   as for snapshot-delete (default %d)\n",
+		CTL_TIMEOUT_DEFAULT);
+}
+
+int cmd_snapshot_merge(int argc, char **argv)
+{
+	const char *guid = PF_TOP_GUID, *parent = NULL;
+	char pguid[PF_GUID_LEN + 1] = "";
+	const struct cmd_opt opts[] = { OPT_TIMEOUT };
+	struct image im;
+	size_t i;
+	int rc;
+
+	rc = parse_args(argc, argv, opts, 1, usage_snapshot_merge, 1, 2);
+	if (rc >= 0)
+		return rc;
+	if (optind + 2 == argc) {
+		guid = argv[optind + 1];
+		if (!pf_guid_valid(guid)) {
+			err_line(NULL, "invalid GUID '%s'", guid);
+			return EXIT_USAGE;
+		}
+	}
+	/* the descriptor is read without a lock: the engine re-checks */
+	rc = image_open(&im, argv[optind], 0, false);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	if (optind + 1 == argc)
+		for (i = 0; i < im.dd->n_shots; i++)
+			if (im.dd->shots[i].temporary) {
+				snprintf(pguid, sizeof(pguid), "%s",
+					 im.dd->shots[i].guid);
+				printf("completing the interrupted delete of snapshot %s\n",
+				       pguid);
+				break;
+			}
+	if (!pguid[0]) {
+		parent = pf_dd_parent(im.dd, guid);
+		if (!pf_dd_find_shot(im.dd, guid)) {
+			err_line(argv[optind], "%s: no such delta", guid);
+			rc = EXIT_FAIL;
+		} else if (!parent || !strcmp(parent, PF_NONE_GUID)) {
+			err_line(argv[optind], "%s is the base delta: it has no parent to merge into",
+				 guid);
+			rc = EXIT_USAGE;
+		} else {
+			snprintf(pguid, sizeof(pguid), "%s", parent);
+		}
+	}
+	image_close(&im);
+	if (rc != EXIT_OK)
+		return rc;
+	return delete_snapshot(argv[optind], pguid);
+}
