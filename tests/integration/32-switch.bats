@@ -7,10 +7,7 @@
 load helpers
 
 setup() {
-	D=$BATS_TEST_TMPDIR/img
-	M=$BATS_TEST_TMPDIR/mnt
-	T=$BATS_TEST_TMPDIR
-	MiB=$((1 << 20))
+	pf_dirs
 	TOP='{5fbaabe3-6958-40ff-92a7-860e329aab41}'
 }
 
@@ -134,10 +131,7 @@ make_two_snapshots() {
 	expect_disk "$D" 0:1:0xa1 1:2:0xb2 3:61:0
 	run_ok ploopctl info --json "$D"
 	[ "$(json_get "$output" 'len(j["deltas"])')" = 3 ]
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 	[ "$(find "$D" -mindepth 1 | wc -l)" -eq 4 ]
 	[ "$(sha256sum <"$D/root.hds")" = "$base_sum" ]
 	[ "$(sha256sum <"$D/$b_file")" = "$b_sum" ]

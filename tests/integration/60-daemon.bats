@@ -7,10 +7,7 @@
 load helpers
 
 setup() {
-	D=$BATS_TEST_TMPDIR/img
-	M=$BATS_TEST_TMPDIR/mnt
-	T=$BATS_TEST_TMPDIR
-	MiB=$((1 << 20))
+	pf_dirs
 }
 
 teardown() {
@@ -72,31 +69,11 @@ os.close(fd)
 PY
 }
 
-# top_delta DIR: path of the top delta file
-top_delta() {
-	local out
-	out=$(ploopctl info --json "$1") || return 1
-	json_get "$out" 'j["deltas"][-1]["file"]'
-}
-
 # top_allocated DIR: allocated clusters of the top delta
 top_allocated() {
 	local out
 	out=$(ploopctl info --json "$1") || return 1
 	json_get "$out" 'j["deltas"][-1]["allocated_clusters"]'
-}
-
-# loop_detach DEV FILE: detach and wait until FILE has no loop device
-loop_detach() {
-	local deadline=$((SECONDS + 30))
-	timeout 60 losetup -d "$1"
-	while [ -n "$(losetup -n -j "$2")" ]; do
-		if [ "$SECONDS" -ge "$deadline" ]; then
-			echo "loop device $1 still attached to $2" >&2
-			return 1
-		fi
-		sleep 0.05
-	done
 }
 
 # wait_closed DIR: wait (30 s at most) until no daemon holds the image
@@ -113,6 +90,24 @@ wait_closed() {
 		fi
 		sleep 0.05
 	done
+}
+
+# fio_verify NAME BS SIZE_MIB: random writes of BS over SIZE_MIB of the
+# disk at depth 32, O_DIRECT, crc32c verified: no error, every byte
+# written and read back
+fio_verify() {
+	run timeout 120 fio --name="$1" --bs="$2" --size="${3}M" \
+		--filename="$M/disk" --direct=1 --ioengine=libaio --iodepth=32 \
+		--rw=randwrite --verify=crc32c --do_verify=1 --verify_fatal=1 \
+		--verify_state_save=0 --output-format=json --output="$T/$1.json"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[[ "$output" != *verify* ]]
+	j=$(cat "$T/$1.json")
+	[ "$(json_get "$j" 'j["jobs"][0]["error"]')" = 0 ]
+	[ "$(json_get "$j" 'j["jobs"][0]["write"]["io_bytes"]')" = $(($3 * MiB)) ]
+	# the verify pass read everything back
+	[ "$(json_get "$j" 'j["jobs"][0]["read"]["io_bytes"]')" = $(($3 * MiB)) ]
 }
 
 # qemu_expect FILE-OR-OPTS... -c 'read -P ...': qemu-io reads and checks
@@ -222,10 +217,7 @@ qemu_expect() {
 	[ "$(sha256sum <"$top1")" = "$top1_sum" ]
 	# the top holds only what was written last: clusters 3 (copy-on-write) and 4
 	[ "$(top_allocated "$D")" -eq 2 ]
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 	pf_mount "$D" "$M"
 	expect_bytes "$M/disk" 0:2M:0xa1 2M:1.5M:0xb2 3.5M:1.5M:0xc3 5M:59M:0
 	pf_umount "$M"
@@ -234,27 +226,8 @@ qemu_expect() {
 @test "fio with crc32c verify: 4k random writes and 1M random writes, O_DIRECT libaio" {
 	run_ok ploopctl init -s 1G "$D"
 	pf_mount "$D" "$M"
-	local -a common=(--filename="$M/disk" --direct=1 --ioengine=libaio
-		--iodepth=32 --rw=randwrite --verify=crc32c --do_verify=1
-		--verify_fatal=1 --verify_state_save=0 --output-format=json)
-	run timeout 120 fio --name=rand4k --bs=4k --size=256M "${common[@]}" --output="$T/fio1.json"
-	echo "$output"
-	[ "$status" -eq 0 ]
-	[[ "$output" != *verify* ]]
-	j=$(cat "$T/fio1.json")
-	[ "$(json_get "$j" 'j["jobs"][0]["error"]')" = 0 ]
-	[ "$(json_get "$j" 'j["jobs"][0]["write"]["io_bytes"]')" = $((256 * MiB)) ]
-	# the verify pass read everything back
-	[ "$(json_get "$j" 'j["jobs"][0]["read"]["io_bytes"]')" = $((256 * MiB)) ]
-
-	run timeout 120 fio --name=rand1m --bs=1M --size=512M "${common[@]}" --output="$T/fio2.json"
-	echo "$output"
-	[ "$status" -eq 0 ]
-	[[ "$output" != *verify* ]]
-	j=$(cat "$T/fio2.json")
-	[ "$(json_get "$j" 'j["jobs"][0]["error"]')" = 0 ]
-	[ "$(json_get "$j" 'j["jobs"][0]["write"]["io_bytes"]')" = $((512 * MiB)) ]
-	[ "$(json_get "$j" 'j["jobs"][0]["read"]["io_bytes"]')" = $((512 * MiB)) ]
+	fio_verify rand4k 4k 256
+	fio_verify rand1m 1M 512
 	pf_umount "$M"
 	run_ok ploopctl check "$D"
 	[ "$(top_allocated "$D")" -eq 512 ]
@@ -314,10 +287,7 @@ PY
 	expect_bytes "$M/disk" "${want[@]}"
 	pf_umount "$M"
 	[ "$(sha256sum <"$D/root.hds")" = "$base_sum" ]
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 }
 
 @test "punch in the top delta returns the space once the unmapping commit is durable" {
@@ -369,10 +339,7 @@ PY
 	pf_mount "$D" "$M"
 	expect_bytes "$M/disk" "${want[@]}"
 	pf_umount "$M"
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 }
 
 @test "qemu-img convert of the unmounted image equals what the mount served" {
@@ -408,10 +375,7 @@ PY
 	opts="driver=parallels,file.filename=$top,backing.driver=parallels,backing.file.filename=$D/root.hds"
 	run_ok timeout 120 qemu-img convert --image-opts "$opts" -O raw "$T/conv.raw"
 	cmp "$T/through" "$T/conv.raw"
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 }
 
 @test "kill -9 under write load: check says unclean, never corrupt; remount recovers" {
@@ -662,10 +626,7 @@ PY
 	pf_mount "$D" "$M"
 	timeout 120 cmp "$M/disk" "$T/ref"
 	pf_umount "$M"
-	run_ok ploopctl check "$D"
-	for f in "$D"/root.hds*; do
-		run_ok qemu-img check -f parallels "$f"
-	done
+	image_ok "$D"
 }
 
 # Daemons started by mount(8) daemonize, and their stderr is lost: send

@@ -11,9 +11,7 @@
 load helpers
 
 setup() {
-	D=$BATS_TEST_TMPDIR/img
-	M=$BATS_TEST_TMPDIR/mnt
-	T=$BATS_TEST_TMPDIR
+	pf_dirs
 	[ -e "$PF_URING_PARAM" ] ||
 		skip "this kernel has no FUSE over io_uring ($PF_URING_PARAM)"
 	run_ok ploopctl init -s 256M "$D"

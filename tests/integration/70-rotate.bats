@@ -9,14 +9,9 @@
 load helpers
 
 setup() {
-	D=$BATS_TEST_TMPDIR/img
-	M=$BATS_TEST_TMPDIR/mnt
-	T=$BATS_TEST_TMPDIR
-	MiB=$((1 << 20))
+	pf_dirs
 	ROTATE=$BATS_TEST_DIRNAME/../../scripts/ploop-rotate
-	# the script runs the ploopctl under test
-	PLOOPCTL=$(realpath "$PLOOPCTL")
-	export PLOOPCTL
+	pf_ploopctl_abs	# the script runs the ploopctl under test
 	stopped=
 }
 
@@ -34,29 +29,6 @@ rotate() {
 # created OUTPUT: the GUIDs a rotation's log says it created
 created() {
 	sed -n 's/.*: created snapshot \({.*}\)$/\1/p' <<<"$1"
-}
-
-# disk_sum MNT: sha256 of the mounted disk
-disk_sum() {
-	timeout 120 sha256sum <"$1/disk" | cut -d' ' -f1
-}
-
-# write_random MNT OFF_MIB LEN_MIB: random data into the disk, synced
-write_random() {
-	timeout 60 dd if=/dev/urandom of="$1/disk" bs=1M seek="$2" count="$3" \
-		oflag=direct conv=notrunc,fsync status=none
-}
-
-# deltas DIR: the delta files of the chain, base first, one a line
-deltas() {
-	local out
-	out=$(ploopctl info "$1") || return 1
-	awk '$1 == "file:" { print $2 }' <<<"$out"
-}
-
-# top_delta DIR: path of the top delta file
-top_delta() {
-	deltas "$1" | tail -n 1
 }
 
 # qemu_write DIR BYTE OFF LEN: qemu-io writes a pattern into the top delta
@@ -82,15 +54,6 @@ chain_sum() {
 	timeout 120 qemu-img convert --image-opts "$opts" -O raw "$T/chain.raw" || return 1
 	sha256sum <"$T/chain.raw" | cut -d' ' -f1
 	rm -f "$T/chain.raw"
-}
-
-# image_ok DIR: ploopctl check clean and qemu-img check of every delta
-image_ok() {
-	local f
-	run_ok ploopctl check "$1"
-	for f in "$1"/root.hds*; do
-		run_ok timeout 120 qemu-img check -f parallels "$f"
-	done
 }
 
 # mark_temporary DIR GUID: what an interrupted delete leaves: the shot
@@ -191,7 +154,7 @@ time.sleep(float(sys.argv[3]))
 	image_ok "$D"
 	# ploopfs serves the same
 	pf_mount "$D" "$M"
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 }
 
@@ -200,14 +163,14 @@ time.sleep(float(sys.argv[3]))
 	pf_mount "$D" "$M"
 	local -a made=()
 	for i in 1 2 3 4 5; do
-		write_random "$M" $((i * 5)) 6
-		want=$(disk_sum "$M")
+		write_random "$M/disk" $((i * 5)) 6
+		want=$(disk_sum "$M/disk")
 		run_ok rotate --keep 2 "$D"
 		echo "$output"
 		made+=("$(created "$output")")
 		[ "$(n_snapshots "$D")" -eq "$((i < 2 ? i : 2))" ]
 		[ "$(chain "$D")" = "$(printf '%s\n' "${made[@]}" | tail -n 2)" ]
-		[ "$(disk_sum "$M")" = "$want" ]
+		[ "$(disk_sum "$M/disk")" = "$want" ]
 		# MNT/snapshots holds exactly the chain's snapshots
 		[ "$(timeout 10 ls "$M/snapshots" | sort)" = \
 			"$(chain "$D" | tr -d '{}' | sort)" ]
@@ -218,7 +181,7 @@ time.sleep(float(sys.argv[3]))
 	pf_umount "$M"
 	image_ok "$D"
 	pf_mount "$D" "$M"
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 }
 
@@ -249,8 +212,8 @@ time.sleep(float(sys.argv[3]))
 	[ ! -e "$D/.ploop-rotate.lock" ]
 
 	pf_mount "$D" "$M"
-	write_random "$M" 1 2
-	sum=$(disk_sum "$M")
+	write_random "$M/disk" 1 2
+	sum=$(disk_sum "$M/disk")
 	list=$(ploopctl snapshot-list --json "$D")
 	before=$(tree_sum "$D")
 	run_ok rotate --dry-run --keep 1 "$D"
@@ -258,7 +221,7 @@ time.sleep(float(sys.argv[3]))
 	[ "${lines[3]}" = "$D: would delete snapshot ${c[2]}" ]
 	[ "$(tree_sum "$D")" = "$before" ]
 	[ "$(ploopctl snapshot-list --json "$D")" = "$list" ]
-	[ "$(disk_sum "$M")" = "$sum" ]
+	[ "$(disk_sum "$M/disk")" = "$sum" ]
 	[ "$(timeout 10 ls "$M/snapshots" | wc -l)" -eq 3 ]
 	pf_umount "$M"
 	image_ok "$D"
@@ -416,7 +379,7 @@ time.sleep(float(sys.argv[3]))
 	# and the rotation completes it through the daemon
 	mark_temporary "$D" "${c2[1]}"
 	pf_mount "$D" "$M"
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	run_ok rotate --keep 2 "$D"
 	echo "$output"
 	[ "${lines[0]}" = "$D: completed the interrupted delete of snapshot ${c2[1]}" ]
@@ -426,7 +389,7 @@ time.sleep(float(sys.argv[3]))
 	[ "$(n_snapshots "$D")" -eq 2 ]
 	run_ok ploopctl snapshot-list --json "$D"
 	[ "$(json_get "$output" 'sum(s["temporary"] for s in j["snapshots"])')" -eq 0 ]
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	[ "$(timeout 10 ls "$M/snapshots" | sort)" = "$(chain "$D" | tr -d '{}' | sort)" ]
 	pf_umount "$M"
 	image_ok "$D"
@@ -463,13 +426,13 @@ interrupt_delete() {
 @test "a delete interrupted by kill -9 of the daemon is completed by the next rotation" {
 	run_ok ploopctl init -s 256M "$D"
 	pf_mount "$D" "$M"
-	write_random "$M" 0 128
+	write_random "$M/disk" 0 128
 	run_ok ploopctl snapshot "$D"
 	# the child of the base holds 128 clusters: a merge down takes a while
-	write_random "$M" 0 128
+	write_random "$M/disk" 0 128
 	run_ok ploopctl snapshot "$D"
-	write_random "$M" 200 8
-	want=$(disk_sum "$M")
+	write_random "$M/disk" 200 8
+	want=$(disk_sum "$M/disk")
 	interrupt_delete "$D" "$M" 0
 	run ploopctl check "$D"
 	echo "$output"
@@ -489,18 +452,18 @@ interrupt_delete() {
 	# mounted: the daemon recovers the image with the delete pending and
 	# the rotation completes it through the daemon
 	pf_mount "$D" "$M"
-	write_random "$M" 64 128
+	write_random "$M/disk" 64 128
 	run_ok ploopctl snapshot "$D"
-	want=$(disk_sum "$M")
+	want=$(disk_sum "$M/disk")
 	interrupt_delete "$D" "$M" 1
 	pf_mount "$D" "$M"
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	run_ok rotate --keep 7 "$D"
 	echo "$output"
 	[ "${lines[0]}" = "$D: completed the interrupted delete of snapshot $interrupted" ]
 	[ "${#lines[@]}" -eq 2 ]
 	[ "$(n_snapshots "$D")" -eq 3 ]
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	[ "$(timeout 10 ls "$M/snapshots" | sort)" = "$(chain "$D" | tr -d '{}' | sort)" ]
 	pf_umount "$M"
 	image_ok "$D"
@@ -510,10 +473,10 @@ interrupt_delete() {
 @test "a stopped daemon: exit 8 after --timeout, one line naming the image; nothing changed, the next rotation works" {
 	run_ok ploopctl init -s 64M "$D"
 	pf_mount "$D" "$M"
-	write_random "$M" 0 4
+	write_random "$M/disk" 0 4
 	run_ok rotate --quiet --keep 2 "$D"
 	c=$(chain "$D")
-	want=$(disk_sum "$M")
+	want=$(disk_sum "$M/disk")
 	stopped=$(pf_pid "$M")
 	kill -STOP "$stopped"
 	t0=$(date +%s%N)
@@ -527,14 +490,14 @@ interrupt_delete() {
 	stopped=
 	# the snapshot whose client gave up was not taken
 	[ "$(chain "$D")" = "$c" ]
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	# the lock went with the failed rotation
 	run_ok rotate --timeout 1 --keep 1 --lock-timeout 0 "$D"
 	echo "$output"
 	[ "${#lines[@]}" -eq 2 ]
 	[ "${lines[1]}" = "$D: deleted snapshot $c" ]
 	[ "$(n_snapshots "$D")" -eq 1 ]
-	[ "$(disk_sum "$M")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 	image_ok "$D"
 }

@@ -9,13 +9,9 @@
 load helpers
 
 setup() {
-	D=$BATS_TEST_TMPDIR/img
-	M=$BATS_TEST_TMPDIR/mnt
-	T=$BATS_TEST_TMPDIR
-	MiB=$((1 << 20))
+	pf_dirs
 	ROTATE=$BATS_TEST_DIRNAME/../../scripts/ploop-rotate
-	PLOOPCTL=$(realpath "$PLOOPCTL")
-	export PLOOPCTL
+	pf_ploopctl_abs
 	bg_pids=()
 	stopped=
 }
@@ -30,50 +26,6 @@ teardown() {
 		kill "$p" 2>/dev/null || true
 	done
 	pf_teardown
-}
-
-# sum FILE: sha256 of a file (a disk or a snapshot view), read 4 MiB at
-# a time (hashlib: faster than sha256sum)
-sum() {
-	timeout 120 python3 -c '
-import hashlib, sys
-h = hashlib.sha256()
-with open(sys.argv[1], "rb", buffering=0) as f:
-    while True:
-        b = f.read(4 << 20)
-        if not b:
-            break
-        h.update(b)
-print(h.hexdigest())
-' "$1"
-}
-
-# write_random FILE OFF_MIB LEN_MIB: random data into a disk, synced
-write_random() {
-	timeout 60 dd if=/dev/urandom of="$1" bs=1M seek="$2" count="$3" \
-		oflag=direct conv=notrunc,fsync status=none
-}
-
-# loop_detach DEV FILE: detach and wait until FILE has no loop device
-loop_detach() {
-	local deadline=$((SECONDS + 30))
-	timeout 60 losetup -d "$1"
-	while [ -n "$(losetup -n -j "$2")" ]; do
-		if [ "$SECONDS" -ge "$deadline" ]; then
-			echo "loop device $1 still attached to $2" >&2
-			return 1
-		fi
-		sleep 0.05
-	done
-}
-
-# image_ok DIR: ploopctl check clean, qemu-img check of every delta
-image_ok() {
-	local f
-	run_ok ploopctl check "$1"
-	for f in "$1"/root.hds*; do
-		run_ok timeout 120 qemu-img check -f parallels "$f"
-	done
 }
 
 # qemu_chain_opts DIR: qemu --image-opts for the current chain, top first
@@ -229,12 +181,12 @@ sys.exit(bad)
 
 	# what the mount serves is what the files hold: the same after a
 	# remount and for qemu reading the chain
-	want=$(sum "$M/disk")
+	want=$(disk_sum "$M/disk")
 	pf_umount "$M"
 	image_ok "$D"
 	[ "$(find "$D" -name 'root.hds*' | wc -l)" -eq 3 ]
 	run_ok timeout 300 qemu-img convert --image-opts "$(qemu_chain_opts "$D")" -O raw "$T/conv.raw"
-	[ "$(sum "$T/conv.raw")" = "$want" ]
+	[ "$(disk_sum "$T/conv.raw")" = "$want" ]
 	rm -f "$T/conv.raw"
 }
 
@@ -398,11 +350,11 @@ structural_pairs() {
 	[ "$(json_get "$output" 'j["failed"]')" = False ]
 	[ "$(json_get "$output" 'len(j["deltas"])')" -eq "$(($(n_snapshots "$D") + 1))" ]
 	[ "$(timeout 10 ls "$M/snapshots" | wc -l)" -eq "$(n_snapshots "$D")" ]
-	want=$(sum "$M/disk")
+	want=$(disk_sum "$M/disk")
 	pf_umount "$M"
 	image_ok "$D"
 	pf_mount "$D" "$M"
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 }
 
@@ -414,20 +366,20 @@ structural_pairs() {
 	[ -z "$(timeout 10 ls -A "$M/snapshots")" ]
 	write_random "$M/disk" 0 40
 	write_random "$M/disk" 200 16
-	s1=$(sum "$M/disk")
+	s1=$(disk_sum "$M/disk")
 	run_ok ploopctl snapshot "$D"
 	g1=$output
 	v1=$M/snapshots/$(tr -d '{}' <<<"$g1")
 	[ "$(timeout 10 ls "$M/snapshots")" = "$(tr -d '{}' <<<"$g1")" ]
 	[ "$(timeout 10 stat -c %s "$v1")" -eq $((256 * MiB)) ]
 	[ "$(timeout 10 stat -c %s "$M/disk")" -eq $((256 * MiB)) ]
-	[ "$(sum "$v1")" = "$s1" ]
+	[ "$(disk_sum "$v1")" = "$s1" ]
 	# the live disk changes, the view does not
 	write_random "$M/disk" 10 20
 	write_random "$M/disk" 250 6
 	timeout 60 fallocate -p -o $((30 * MiB)) -l $((4 * MiB)) "$M/disk"
-	[ "$(sum "$M/disk")" != "$s1" ]
-	[ "$(sum "$v1")" = "$s1" ]
+	[ "$(disk_sum "$M/disk")" != "$s1" ]
+	[ "$(disk_sum "$v1")" = "$s1" ]
 	# read-only: opening for writing fails with EROFS
 	run ! timeout 10 dd if=/dev/zero of="$v1" bs=4k count=1 conv=notrunc status=none
 	[[ "$output" == *"Read-only file system"* ]]
@@ -444,7 +396,7 @@ for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_TRUNC):
 ' "$v1"
 	run ! timeout 10 truncate -s 1M "$v1"
 	run ! timeout 10 touch "$M/snapshots/new"
-	[ "$(sum "$v1")" = "$s1" ]
+	[ "$(disk_sum "$v1")" = "$s1" ]
 
 	# ext4 made and filled before a snapshot; the snapshot is taken with
 	# the file system mounted (crash-consistent: mount -o ro,noload)
@@ -459,13 +411,13 @@ for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_TRUNC):
 	run_ok ploopctl snapshot "$D"
 	g2=$output
 	v2=$M/snapshots/$(tr -d '{}' <<<"$g2")
-	s2=$(sum "$v2")
+	s2=$(disk_sum "$v2")
 	# the live file system moves on
 	rm "$F/f2"
 	timeout 60 dd if=/dev/urandom of="$F/f1" bs=1M count=8 conv=notrunc status=none
 	timeout 60 dd if=/dev/urandom of="$F/g" bs=1M count=16 status=none
 	timeout 60 sync -f "$F"
-	[ "$(sum "$v2")" = "$s2" ]
+	[ "$(disk_sum "$v2")" = "$s2" ]
 	[ "$(timeout 10 ls "$M/snapshots" | sort)" = "$(printf '%s\n' "$g1" "$g2" | tr -d '{}' | sort)" ]
 
 	rdev=$(timeout 60 losetup -r -f --show "$v2")
@@ -494,7 +446,7 @@ sys.exit("a read of the deleted view succeeded")
 	[ "$status" -eq 0 ] || { echo "$output" >&2; false; }
 	[ "$(timeout 10 ls "$M/snapshots")" = "$(tr -d '{}' <<<"$g2")" ]
 	[ ! -e "$v1" ]
-	[ "$(sum "$v2")" = "$s2" ]
+	[ "$(disk_sum "$v2")" = "$s2" ]
 	rdev=$(timeout 60 losetup -r -f --show "$v2")
 	run_ok timeout 60 mount -o ro,noload "$rdev" "$T/fs2"
 	run_ok timeout 60 bash -c 'cd "$1" && sha256sum -c "$2"' _ "$T/fs2" "$T/sums"
@@ -539,7 +491,7 @@ timed_out_within() {
 	run_ok ploopctl snapshot "$D"
 	g1=$output
 	write_random "$M/disk" 4 8
-	want=$(sum "$M/disk")
+	want=$(disk_sum "$M/disk")
 	list=$(ploopctl snapshot-list --json "$D")
 	stopped=$(pf_pid "$M")
 	kill -STOP "$stopped"
@@ -574,10 +526,10 @@ timed_out_within() {
 	[ "$(json_get "$output" 'len(j["deltas"])')" -eq 2 ]
 	# the snapshot and the deletes whose clients gave up were not done
 	[ "$(ploopctl snapshot-list --json "$D")" = "$list" ]
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	run_ok ploopctl snapshot-delete --timeout 1 "$D" "$g1"
 	[ "$(n_snapshots "$D")" -eq 0 ]
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 	image_ok "$D"
 }
@@ -592,7 +544,7 @@ timed_out_within() {
 	# a while, marked <Temporary/> in the descriptor while it runs
 	write_random "$M/disk" 0 256
 	run_ok ploopctl snapshot "$D"
-	want=$(sum "$M/disk")
+	want=$(disk_sum "$M/disk")
 	pid=$(pf_pid "$M")
 	t0=$(date +%s%N)
 	timeout 120 "$PLOOPCTL" snapshot-delete --timeout 1 "$D" "$g1" \
@@ -626,7 +578,7 @@ timed_out_within() {
 	[ "$(n_snapshots "$D")" -eq 1 ]
 	! chain "$D" | grep -qxF "$g1"
 	run_ok ploopctl status --timeout 1 "$D"
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	# a merge that goes on is no timeout, however long it takes (the
 	# daemon sends keepalives): 256 clusters up into the top
 	g2=$(chain "$D")
@@ -634,7 +586,7 @@ timed_out_within() {
 	run_ok ploopctl snapshot-delete --timeout 1 "$D" "$g2"
 	echo "# merge up of 256 MiB under --timeout 1: $((($(date +%s%N) - t0) / 1000000)) ms" >&3
 	[ "$(n_snapshots "$D")" -eq 0 ]
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 	pf_umount "$M"
 	image_ok "$D"
 }
@@ -663,10 +615,10 @@ timed_out_within() {
 		run_ok ploopctl status --json "$D"
 		[ "$(json_get "$output" 'j["deltas"][0]["file"]')" = root.hds ]
 	done
-	want=$(sum "$M/disk")
+	want=$(disk_sum "$M/disk")
 	pf_umount "$M"
 	[ "$(find "$D" -mindepth 1 | sort | tr '\n' ' ')" = "$D/DiskDescriptor.xml $D/root.hds " ]
 	image_ok "$D"
 	pf_mount "$D" "$M"
-	[ "$(sum "$M/disk")" = "$want" ]
+	[ "$(disk_sum "$M/disk")" = "$want" ]
 }

@@ -433,3 +433,72 @@ n_snapshots() {
 	c=$(chain "$1") || return 1
 	if [ -z "$c" ]; then echo 0; else wc -l <<<"$c"; fi
 }
+
+# pf_dirs: the names every test that mounts uses: D the image directory,
+# M the mount point, T the test's scratch directory, MiB.
+# shellcheck disable=SC2034 # the tests use them
+pf_dirs() {
+	D=$BATS_TEST_TMPDIR/img
+	M=$BATS_TEST_TMPDIR/mnt
+	T=$BATS_TEST_TMPDIR
+	MiB=$((1 << 20))
+}
+
+# pf_ploopctl_abs: PLOOPCTL as an absolute path, exported, for scripts
+# (ploop-rotate) and helpers that run it from elsewhere.
+pf_ploopctl_abs() {
+	PLOOPCTL=$(realpath "$PLOOPCTL")
+	export PLOOPCTL
+}
+
+# write_random FILE OFF_MIB LEN_MIB: random data into a disk (or a file),
+# O_DIRECT, synced
+write_random() {
+	timeout 60 dd if=/dev/urandom of="$1" bs=1M seek="$2" count="$3" \
+		oflag=direct conv=notrunc,fsync status=none
+}
+
+# disk_sum FILE [OFF_MIB LEN_MIB]: sha256 of a disk, or of a range of it
+# read with O_DIRECT
+disk_sum() {
+	if [ $# -eq 3 ]; then
+		timeout 120 dd if="$1" bs=1M skip="$2" count="$3" iflag=direct \
+			status=none | sha256sum | cut -d' ' -f1
+	else
+		timeout 120 sha256sum <"$1" | cut -d' ' -f1
+	fi
+}
+
+# deltas DIR: the delta files of the chain, base first, one a line
+deltas() {
+	local out
+	out=$(ploopctl info "$1") || return 1
+	awk '$1 == "file:" { print $2 }' <<<"$out"
+}
+
+# top_delta DIR: path of the top delta file
+top_delta() {
+	deltas "$1" | tail -n 1
+}
+
+# loop_detach DEV FILE: detach and wait until FILE has no loop device
+loop_detach() {
+	local deadline=$((SECONDS + 30))
+	timeout 60 losetup -d "$1"
+	while [ -n "$(losetup -n -j "$2")" ]; do
+		if [ "$SECONDS" -ge "$deadline" ]; then
+			echo "loop device $1 still attached to $2" >&2
+			return 1
+		fi
+		sleep 0.05
+	done
+}
+
+# image_ok DIR: ploopctl check clean, qemu-img check of every delta
+image_ok() {
+	local f
+	run_ok ploopctl check "$1"
+	for f in "$1"/root.hds*; do
+		run_ok timeout 120 qemu-img check -f parallels "$f"
+	done
+}

@@ -365,25 +365,6 @@ static void note_flushed_before(struct scenario *sc, const uint32_t *prior)
 	}
 }
 
-struct burst {
-	pthread_mutex_t lock;
-	pthread_cond_t cv;
-	unsigned left;
-	int err;
-};
-
-static void burst_done(void *arg, int err)
-{
-	struct burst *b = arg;
-
-	pthread_mutex_lock(&b->lock);
-	if (err && !b->err)
-		b->err = err;
-	if (!--b->left)
-		pthread_cond_signal(&b->cv);
-	pthread_mutex_unlock(&b->lock);
-}
-
 #define BURST_MAX	8
 
 /*
@@ -396,14 +377,15 @@ static void burst_done(void *arg, int err)
  */
 static int do_burst(struct scenario *sc, struct pf_stack *s, bool flush)
 {
-	struct burst b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-			   0, 0 };
+	struct tu_burst b;
 	uint32_t slot = 2 * (uint32_t)rnd_below(HOT_PAIRS), part, i, j;
 	uint32_t m = 2 + (uint32_t)rnd_below(BURST_MAX - 1);
 	uint8_t *buf[BURST_MAX] = { NULL };
 	uint32_t sec0[BURST_MAX], len[BURST_MAX], *prior = NULL;
+	size_t lens[BURST_MAX];
+	uint64_t offs[BURST_MAX];
 	size_t n_sec = (size_t)N_HOT * sc->spc;
-	int fret = 0;
+	int fret = 0, ret;
 
 	if (flush) {
 		prior = malloc(n_sec * sizeof(*prior));
@@ -431,27 +413,20 @@ static int do_burst(struct scenario *sc, struct pf_stack *s, bool flush)
 			abort();
 		for (i = 0; i < len[j]; i++)
 			sector_fill(buf[j] + (size_t)i * SECTOR, id, first + i);
+		lens[j] = (size_t)len[j] * SECTOR;
+		offs[j] = first * SECTOR;
 	}
-	b.left = m;
-	pf_stack_batch(s, true);
-	for (j = 0; j < m; j++)
-		pf_stack_write(s, buf[j], (size_t)len[j] * SECTOR,
-			       slot_sector(sc, slot, sec0[j]) * SECTOR,
-			       burst_done, &b);
-	pf_stack_batch(s, false);
+	tu_burst_submit(&b, s, m, buf, lens, offs);
 	if (flush) {
 		fret = pf_stack_flush(s);
 		if (!fret)
 			note_flushed_before(sc, prior);
 		free(prior);
 	}
-	pthread_mutex_lock(&b.lock);
-	while (b.left)
-		pthread_cond_wait(&b.cv, &b.lock);
-	pthread_mutex_unlock(&b.lock);
+	ret = tu_burst_wait(&b);
 	for (j = 0; j < m; j++)
 		free(buf[j]);
-	return b.err ? b.err : fret;
+	return ret ? ret : fret;
 }
 
 /*

@@ -37,28 +37,13 @@
 static char tmp_root[] = "/tmp/pf-test-fault.XXXXXX";
 static int n_dirs;
 
-static void fill(uint8_t *b, size_t len, unsigned seed)
-{
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		b[i] = (uint8_t)((i * 131 + seed * 7919) >> 3) ^ (uint8_t)seed;
-}
-
 static struct pf_stack *open_with(const char *dir,
 				  const struct pf_file_factory *f, int *err)
 {
 	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000,
 				   .factory = f };
-	struct pf_why why = { "" };
-	struct pf_stack *s = NULL;
 
-	*err = pf_stack_open(&o, &s, &why);
-	if (*err)
-		return NULL;
-	if (pf_stack_start(s))
-		abort();
-	return s;
+	return tu_open_stack(&o, true, err);
 }
 
 static uint32_t in_use_of(const char *dir)
@@ -100,7 +85,7 @@ struct state {
 static int step_write(struct pf_stack *s, struct state *st, uint64_t off,
 		      uint64_t len, unsigned seed)
 {
-	fill(st->latest + off, len, seed);
+	tu_fill(st->latest + off, len, seed, off);
 	return pf_stack_pwrite(s, st->latest + off, len, off);
 }
 
@@ -122,45 +107,25 @@ static int step_discard(struct pf_stack *s, struct state *st, uint64_t off,
 
 /* Writes in flight together: @n pieces of @len bytes every @stride from
  * @off, submitted as one batch (libaio), then waited for. */
-struct burst {
-	pthread_mutex_t lock;
-	pthread_cond_t cv;
-	unsigned left;
-	int err;
-};
-
-static void burst_done(void *arg, int err)
-{
-	struct burst *b = arg;
-
-	pthread_mutex_lock(&b->lock);
-	if (err && !b->err)
-		b->err = err;
-	if (!--b->left)
-		pthread_cond_signal(&b->cv);
-	pthread_mutex_unlock(&b->lock);
-}
-
 static int step_burst(struct pf_stack *s, struct state *st, uint64_t off,
 		      unsigned n, uint64_t len, uint64_t stride, unsigned seed)
 {
-	struct burst b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-			   n, 0 };
+	uint8_t *bufs[16];
+	size_t lens[16];
+	uint64_t offs[16];
+	struct tu_burst b;
 	unsigned i;
 
-	pf_stack_batch(s, true);
+	if (n > 16)
+		abort();
 	for (i = 0; i < n; i++) {
-		uint64_t o = off + i * stride;
-
-		fill(st->latest + o, len, seed + i);
-		pf_stack_write(s, st->latest + o, len, o, burst_done, &b);
+		offs[i] = off + i * stride;
+		lens[i] = len;
+		bufs[i] = st->latest + offs[i];
+		tu_fill(bufs[i], len, seed + i, offs[i]);
 	}
-	pf_stack_batch(s, false);
-	pthread_mutex_lock(&b.lock);
-	while (b.left)
-		pthread_cond_wait(&b.cv, &b.lock);
-	pthread_mutex_unlock(&b.lock);
-	return b.err;
+	tu_burst_submit(&b, s, n, bufs, lens, offs);
+	return tu_burst_wait(&b);
 }
 
 /* Runs the workload until the first error; returns that error or 0. */

@@ -62,27 +62,9 @@
 #define MAX_LEVELS 64
 
 static char tmp_root[] = "/tmp/pf-test-snapshot.XXXXXX";
-static int n_dirs;
 static bool have_qemu;
 
 /* Helpers: patterns, time, bounded waits */
-
-static uint8_t pat(unsigned seed, uint64_t off)
-{
-	uint64_t x = (off + 1) * 0x9E3779B97F4A7C15ull ^
-		     (seed * 0xBF58476D1CE4E5B9ull);
-
-	x ^= x >> 29;
-	return (uint8_t)(x ^ (x >> 17));
-}
-
-static void fill(uint8_t *buf, size_t len, unsigned seed, uint64_t off)
-{
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		buf[i] = pat(seed, off + i);
-}
 
 struct rng {
 	uint64_t s;
@@ -177,16 +159,6 @@ static int call_join(struct call *c, const char *what)
 }
 
 /* Files and directories */
-
-static char *new_image(uint64_t size, uint32_t cluster)
-{
-	char *dir;
-
-	if (asprintf(&dir, "%s/img%d", tmp_root, n_dirs++) < 0)
-		abort();
-	tu_make_image(dir, size, cluster);
-	return dir;
-}
 
 static void path_of(char *out, size_t n, const char *dir, const char *name)
 {
@@ -510,9 +482,6 @@ static struct pf_stack *open_stack(const char *dir, bool start,
 				   const struct open_args *a)
 {
 	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000 };
-	struct pf_why why = { "" };
-	struct pf_stack *s = NULL;
-	int ret;
 
 	if (a) {
 		o.factory = a->factory;
@@ -526,16 +495,7 @@ static struct pf_stack *open_stack(const char *dir, bool start,
 			o.event_ctx = a->ev;
 		}
 	}
-	ret = pf_stack_open(&o, &s, &why);
-	if (ret) {
-		tap_diag("open %s: %d %s", dir, ret, why.msg);
-		return NULL;
-	}
-	if (start && pf_stack_start(s)) {
-		tap_diag("start %s failed", dir);
-		abort();
-	}
-	return s;
+	return tu_open_stack(&o, start, NULL);
 }
 
 /* The whole disk (@guid NULL) or snapshot view equals @ref; on a
@@ -593,7 +553,7 @@ static void test_snapshot_basic(bool start)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size), *at_snap = malloc(size);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char g1[PF_GUID_LEN + 1] = "", g2[PF_GUID_LEN + 1] = "";
 	const char *want = "{0123abcd-4567-89ab-cdef-0123456789ab}";
 	struct pf_stack_level lv[MAX_LEVELS];
@@ -615,9 +575,9 @@ static void test_snapshot_basic(bool start)
 		return;
 	}
 	/* clusters 0-3 whole, a partial piece of 10, one straddling 20/21 */
-	fill(ref, 4 * CLU, 1, 0);
-	fill(ref + 10 * CLU + 1000, 3000, 2, 0);
-	fill(ref + 21 * CLU - 700, 1400, 3, 0);
+	tu_fill(ref, 4 * CLU, 1, 0);
+	tu_fill(ref + 10 * CLU + 1000, 3000, 2, 0);
+	tu_fill(ref + 21 * CLU - 700, 1400, 3, 0);
 	check_int(pf_stack_pwrite(s, ref, 4 * CLU, 0), ==, 0);
 	check_int(pf_stack_pwrite(s, ref + 10 * CLU + 1000, 3000,
 				  10 * CLU + 1000), ==, 0);
@@ -663,10 +623,10 @@ static void test_snapshot_basic(bool start)
 	h_base = file_hash(dir, PF_BASE_NAME);
 
 	/* writes after it go to the new top only */
-	fill(ref + 1 * CLU + 512, 4096, 4, 0);		/* over base data */
-	fill(ref + 2 * CLU, CLU, 5, 0);			/* whole cluster */
-	fill(ref + 10 * CLU + 3500, 1000, 6, 0);	/* partial over partial */
-	fill(ref + 30 * CLU + 7, 77, 7, 0);		/* fresh, partial */
+	tu_fill(ref + 1 * CLU + 512, 4096, 4, 0);		/* over base data */
+	tu_fill(ref + 2 * CLU, CLU, 5, 0);			/* whole cluster */
+	tu_fill(ref + 10 * CLU + 3500, 1000, 6, 0);	/* partial over partial */
+	tu_fill(ref + 30 * CLU + 7, 77, 7, 0);		/* fresh, partial */
 	check_int(pf_stack_pwrite(s, ref + 1 * CLU + 512, 4096, 1 * CLU + 512),
 		  ==, 0);
 	check_int(pf_stack_pwrite(s, ref + 2 * CLU, CLU, 2 * CLU), ==, 0);
@@ -733,7 +693,7 @@ static void test_views(void)
 {
 	const uint64_t size = 8 * MiB;
 	uint8_t *a = calloc(1, size), *b, *live, *buf = malloc(3 * CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char g1[PF_GUID_LEN + 1], g2[PF_GUID_LEN + 1];
 	struct pf_stack_merge_info info;
 	struct pf_why why = { "" };
@@ -748,13 +708,13 @@ static void test_views(void)
 		free(dir);
 		return;
 	}
-	fill(a, 40 * CLU, 11, 0);
+	tu_fill(a, 40 * CLU, 11, 0);
 	check_int(pf_stack_pwrite(s, a, 40 * CLU, 0), ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, g1, &why), ==, 0);
 	/* overwrite half of it, partly unaligned */
 	b = malloc(size);
 	memcpy(b, a, size);
-	fill(b + 5 * CLU + 123, 17 * CLU, 12, 0);
+	tu_fill(b + 5 * CLU + 123, 17 * CLU, 12, 0);
 	check_int(pf_stack_pwrite(s, b + 5 * CLU + 123, 17 * CLU, 5 * CLU + 123),
 		  ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, g2, &why), ==, 0);
@@ -762,7 +722,7 @@ static void test_views(void)
 	memcpy(live, b, size);
 	/* the live disk is overwritten everywhere, also past the old data */
 	for (off = 0; off < 60 * CLU; off += 3 * CLU) {
-		fill(live + off + 100, 2 * CLU, (unsigned)(13 + off / CLU), 0);
+		tu_fill(live + off + 100, 2 * CLU, (unsigned)(13 + off / CLU), 0);
 		check_int(pf_stack_pwrite(s, live + off + 100, 2 * CLU, off + 100),
 			  ==, 0);
 		/* while it is: the views hold still */
@@ -856,7 +816,7 @@ static int write_level(struct pf_stack *s, struct fixture *fx, unsigned l,
 			continue;
 		in = choice == 1 ? 0 : rnd_below(r, CLU - 1);
 		len = choice == 1 ? CLU : 1 + rnd_below(r, CLU - in);
-		fill(buf, (size_t)len, 100 * l + k, 0);
+		tu_fill(buf, (size_t)len, 100 * l + k, 0);
 		memcpy(fx->ref + (uint64_t)idx * CLU + in, buf, (size_t)len);
 		ret = pf_stack_pwrite(s, buf, (size_t)len,
 				      (uint64_t)idx * CLU + in);
@@ -897,7 +857,7 @@ static struct pf_stack *fixture_build(struct fixture *fx, uint32_t n_clu,
 	memset(fx, 0, sizeof(*fx));
 	fx->n_clu = n_clu;
 	fx->size = (uint64_t)n_clu * CLU;
-	fx->dir = new_image(fx->size, CLU);
+	fx->dir = tu_new_image(tmp_root, fx->size, CLU);
 	fx->ref = calloc(1, fx->size);
 	fx->n = FX_LEVELS;
 	for (l = 0; l < FX_LEVELS; l++)
@@ -1139,7 +1099,7 @@ static void *cwriter_main(void *arg)
 				writer_error(w, "discard", ret, off);
 			memset(w->ref + off, 0, (size_t)len);
 		} else {
-			fill(buf + shift, (size_t)len,
+			tu_fill(buf + shift, (size_t)len,
 			     (unsigned)(w->id * 1000003 + w->ops), off);
 			ret = pf_stack_pwrite(w->s, buf + shift, (size_t)len, off);
 			if (ret)
@@ -1203,7 +1163,7 @@ static void test_concurrent_snapshots_and_deletes(void)
 {
 	const uint64_t size = 32 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct open_args oa = { .commit_ms = 20 };
 	struct pf_stack *s = open_stack(dir, true, &oa);
 	struct pf_stack_level lv[MAX_LEVELS];
@@ -1331,7 +1291,7 @@ static void test_racing_structural(void)
 {
 	const uint64_t size = 8 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct pf_stack *s = open_stack(dir, true, NULL);
 	struct pf_stack_level lv[MAX_LEVELS];
 	struct cwriter w;
@@ -1410,7 +1370,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	const uint32_t n_clu = 1100;	/* two BAT pages */
 	const uint64_t size = (uint64_t)n_clu * CLU;
 	uint8_t *ref = calloc(1, size), *v1, *buf = malloc(CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char gp[PF_GUID_LEN + 1], gc[PF_GUID_LEN + 1], why_copy[512];
 	struct pf_stack_level lv[MAX_LEVELS];
 	struct pf_stack_merge_info info;
@@ -1442,7 +1402,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 		return;
 	}
 	for (idx = 0; idx < n_clu; idx += 6) {
-		fill(buf, CLU, 1, idx);
+		tu_fill(buf, CLU, 1, idx);
 		memcpy(ref + (uint64_t)idx * CLU, buf, CLU);
 		check_int(pf_stack_pwrite(s, buf, CLU, (uint64_t)idx * CLU), ==, 0);
 	}
@@ -1451,7 +1411,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 		uint64_t in = idx % 16 == 0 ? 1000 : 0;
 		size_t len = idx % 16 == 0 ? 3333 : CLU;
 
-		fill(buf, len, 2, idx);
+		tu_fill(buf, len, 2, idx);
 		memcpy(ref + (uint64_t)idx * CLU + in, buf, len);
 		check_int(pf_stack_pwrite(s, buf, len, (uint64_t)idx * CLU + in),
 			  ==, 0);
@@ -1460,7 +1420,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	check_int(pf_stack_snapshot(s, NULL, gc, &why), ==, 0);
 	v1 = malloc(size);
 	memcpy(v1, ref, size);
-	fill(buf, CLU, 3, 0);	/* the top over both */
+	tu_fill(buf, CLU, 3, 0);	/* the top over both */
 	memcpy(ref + 6 * CLU, buf, CLU);
 	check_int(pf_stack_pwrite(s, buf, CLU, 6 * CLU), ==, 0);
 	check_int(levels_of(s, lv), ==, 3);
@@ -1488,7 +1448,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	check(disk_equals(s, ref, size));
 	check(view_equals(s, gc, v1, size));
 	/* the stack goes on */
-	fill(buf, 5000, 4, 0);
+	tu_fill(buf, 5000, 4, 0);
 	memcpy(ref + 9 * CLU + 10, buf, 5000);
 	check_int(pf_stack_pwrite(s, buf, 5000, 9 * CLU + 10), ==, 0);
 	check(disk_equals(s, ref, size));
@@ -1548,7 +1508,7 @@ static void test_interrupted_empty_parent(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size), *buf = malloc(CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char gp[PF_GUID_LEN + 1], gc[PF_GUID_LEN + 1];
 	struct pf_stack_merge_info info;
 	struct pf_why why = { "" };
@@ -1576,7 +1536,7 @@ static void test_interrupted_empty_parent(void)
 	check_int(file_u32(dir, PF_BASE_NAME, 52) & PF_FLAG_EMPTY, ==,
 		  PF_FLAG_EMPTY);
 	for (idx = 0; idx < 10; idx++) {
-		fill(buf, CLU, 5, idx);
+		tu_fill(buf, CLU, 5, idx);
 		memcpy(ref + (uint64_t)idx * 3 * CLU, buf, CLU);
 		check_int(pf_stack_pwrite(s, buf, CLU, (uint64_t)idx * 3 * CLU),
 			  ==, 0);
@@ -1608,7 +1568,7 @@ static void test_down_merge_overwrite_only(void)
 {
 	const uint64_t size = 8 * MiB;
 	uint8_t *ref = calloc(1, size), *v2 = malloc(size);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char g1[PF_GUID_LEN + 1], g2[PF_GUID_LEN + 1];
 	struct pf_stack_merge_info info;
 	struct pf_why why = { "" };
@@ -1622,10 +1582,10 @@ static void test_down_merge_overwrite_only(void)
 		free(dir);
 		return;
 	}
-	fill(ref, 4 * CLU, 91, 0);
+	tu_fill(ref, 4 * CLU, 91, 0);
 	check_int(pf_stack_pwrite(s, ref, 4 * CLU, 0), ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, g1, &why), ==, 0);
-	fill(ref + CLU, 2 * CLU, 92, 0);
+	tu_fill(ref + CLU, 2 * CLU, 92, 0);
 	check_int(pf_stack_pwrite(s, ref + CLU, 2 * CLU, CLU), ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, g2, &why), ==, 0);
 	memcpy(v2, ref, size);
@@ -1711,7 +1671,7 @@ static void test_enospc_hold_and_release(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *data = malloc(CLU), *got = malloc(CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_why why = { "" };
 	struct pf_header h;
@@ -1736,7 +1696,7 @@ static void test_enospc_hold_and_release(void)
 		return;
 	}
 	atomic_store(&tw.nospace, true);
-	fill(data, CLU, 61, 0);
+	tu_fill(data, CLU, 61, 0);
 	hw = (struct held_write){ s, data, CLU, 5 * CLU };
 	call_start(&c, held_write_fn, &hw);
 	check_msg(wait_held(s, 1), "the write is held");
@@ -1788,7 +1748,7 @@ static void test_enospc_timeout_and_stop(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *data = malloc(CLU), *got = malloc(CLU), *zero = calloc(1, CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_why why = { "" };
 	struct pf_header h;
@@ -1818,7 +1778,7 @@ static void test_enospc_timeout_and_stop(void)
 		return;
 	}
 	atomic_store(&tw.nospace, true);
-	fill(data, CLU, 71, 0);
+	tu_fill(data, CLU, 71, 0);
 	hw = (struct held_write){ s, data, CLU, 2 * CLU };
 	t0 = now_s();
 	call_start(&c, held_write_fn, &hw);
@@ -1858,7 +1818,7 @@ static void test_enospc_snapshot_while_held(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size), *data = malloc(CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct events ev = { .lock = PTHREAD_MUTEX_INITIALIZER };
 	struct pf_stack_level lv[MAX_LEVELS];
 	struct pf_why why = { "" };
@@ -1885,7 +1845,7 @@ static void test_enospc_snapshot_while_held(void)
 		free(dir);
 		return;
 	}
-	fill(ref, 3 * CLU, 81, 0);
+	tu_fill(ref, 3 * CLU, 81, 0);
 	check_int(pf_stack_pwrite(s, ref, 3 * CLU, 0), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	s = open_stack(dir, true, &oa);
@@ -1894,7 +1854,7 @@ static void test_enospc_snapshot_while_held(void)
 		return;
 	}
 	atomic_store(&tw.nospace, true);
-	fill(data, CLU, 82, 0);
+	tu_fill(data, CLU, 82, 0);
 	memcpy(ref + 7 * CLU, data, CLU);
 	hw = (struct held_write){ s, data, CLU, 7 * CLU };
 	call_start(&c, held_write_fn, &hw);
@@ -1952,7 +1912,7 @@ static void test_enospc_snapshot_while_discard(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	struct pf_why why = { "" };
 	struct pf_stack_stat st;
 	struct pf_header h;
@@ -1975,7 +1935,7 @@ static void test_enospc_snapshot_while_discard(void)
 		free(dir);
 		return;
 	}
-	fill(ref, 3 * CLU, 83, 0);
+	tu_fill(ref, 3 * CLU, 83, 0);
 	check_int(pf_stack_pwrite(s, ref, 3 * CLU, 0), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	tu_snapshot(dir);	/* the data is in a lower delta now */
@@ -2022,7 +1982,7 @@ static void test_descriptor_not_durable(void)
 {
 	const uint64_t size = 4 * MiB;
 	uint8_t *buf = malloc(CLU);
-	char *dir = new_image(size, CLU);
+	char *dir = tu_new_image(tmp_root, size, CLU);
 	char g1[PF_GUID_LEN + 1] = "", f[256], path[512];
 	struct pf_stack_stat st;
 	struct pf_stack_merge_info mi;
@@ -2034,7 +1994,7 @@ static void test_descriptor_not_durable(void)
 		check(0);
 		goto out;
 	}
-	fill(buf, CLU, 7, 0);
+	tu_fill(buf, CLU, 7, 0);
 	check_int(pf_stack_pwrite(s, buf, CLU, 0), ==, 0);
 	/* the new delta's directory sync is the first, the descriptor's
 	 * the second */

@@ -37,51 +37,12 @@
 #define TiB (1024ull * GiB)
 
 static char tmp_root[] = "/tmp/pf-test-stack.XXXXXX";
-static int n_dirs;
-
-/* Deterministic content: byte @off of pattern @seed. */
-static uint8_t pat(unsigned seed, uint64_t off)
-{
-	uint64_t x = (off + 1) * 0x9E3779B97F4A7C15ull ^ (seed * 0xBF58476D1CE4E5B9ull);
-
-	x ^= x >> 29;
-	return (uint8_t)(x ^ (x >> 17));
-}
-
-static void fill(uint8_t *buf, size_t len, unsigned seed, uint64_t off)
-{
-	size_t i;
-
-	for (i = 0; i < len; i++)
-		buf[i] = pat(seed, off + i);
-}
-
-static char *new_image(uint64_t size, uint32_t cluster)
-{
-	char *dir;
-
-	if (asprintf(&dir, "%s/img%d", tmp_root, n_dirs++) < 0)
-		abort();
-	tu_make_image(dir, size, cluster);
-	return dir;
-}
 
 static struct pf_stack *open_stack(const char *dir, bool start)
 {
 	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000 };
-	struct pf_why why = { "" };
-	struct pf_stack *s = NULL;
-	int ret = pf_stack_open(&o, &s, &why);
 
-	if (ret) {
-		tap_diag("open %s: %d %s", dir, ret, why.msg);
-		return NULL;
-	}
-	if (start && pf_stack_start(s)) {
-		tap_diag("start %s failed", dir);
-		abort();
-	}
-	return s;
+	return tu_open_stack(&o, start, NULL);
 }
 
 static uint32_t file_u32(const char *dir, const char *name, uint64_t off)
@@ -146,7 +107,7 @@ static void test_read_write_alignments(void)
 		{ 5 * MiB + 8192, 4096 },	/* rewrite in place, aligned */
 	};
 	uint8_t *ref = calloc(1, size), *buf;
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	size_t i;
 
@@ -159,7 +120,7 @@ static void test_read_write_alignments(void)
 	check_int(file_u32(dir, PF_BASE_NAME, 44), ==, PF_INUSE_OPEN);
 	for (i = 0; i < PF_ARRAY_SIZE(w); i++) {
 		buf = malloc(w[i].len);
-		fill(buf, w[i].len, (unsigned)i + 1, w[i].off);
+		tu_fill(buf, w[i].len, (unsigned)i + 1, w[i].off);
 		memcpy(ref + w[i].off, buf, w[i].len);
 		check_int(pf_stack_pwrite(s, buf, w[i].len, w[i].off), ==, 0);
 		free(buf);
@@ -187,12 +148,12 @@ static void test_cow_from_snapshot(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size), base_before[64];
-	char *dir = new_image(size, 1 * MiB), path[512];
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB), path[512];
 	struct pf_stack_stat st;
 	struct pf_stack *s = open_stack(dir, true);
 	int fd;
 
-	fill(ref + 2 * MiB, 2 * MiB, 7, 2 * MiB);
+	tu_fill(ref + 2 * MiB, 2 * MiB, 7, 2 * MiB);
 	check_int(pf_stack_pwrite(s, ref + 2 * MiB, 2 * MiB, 2 * MiB), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	tu_snapshot(dir);
@@ -205,10 +166,10 @@ static void test_cow_from_snapshot(void)
 	if (!s)
 		return;
 	/* 4 KiB in the middle of cluster 2, 100 bytes in cluster 3 */
-	fill(ref + 2 * MiB + 4096, 4096, 8, 0);
+	tu_fill(ref + 2 * MiB + 4096, 4096, 8, 0);
 	check_int(pf_stack_pwrite(s, ref + 2 * MiB + 4096, 4096, 2 * MiB + 4096),
 		  ==, 0);
-	fill(ref + 3 * MiB + 77, 100, 9, 0);
+	tu_fill(ref + 3 * MiB + 77, 100, 9, 0);
 	check_int(pf_stack_pwrite(s, ref + 3 * MiB + 77, 100, 3 * MiB + 77), ==,
 		  0);
 	check(disk_equals(s, ref, size));
@@ -236,14 +197,14 @@ static void test_cow_from_snapshot(void)
 static void test_write_waits(void)
 {
 	const uint64_t size = 16 * MiB;
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, false);
 	uint8_t *buf = NULL;
 
 	check(s != NULL);
 	if (!s || posix_memalign((void **)&buf, 4096, 2 * 4096))
 		return;
-	fill(buf, 2 * 4096, 11, 0);
+	tu_fill(buf, 2 * 4096, 11, 0);
 	check(pf_stack_write_waits(s, buf, 4096, 0));	/* allocates */
 	check_int(pf_stack_pwrite(s, buf, 4096, 0), ==, 0);
 	check(!pf_stack_write_waits(s, buf, 4096, 0));
@@ -283,7 +244,7 @@ static void *writer_main(void *arg)
 	struct writer *w = arg;
 	uint8_t buf[4096];
 
-	fill(buf, sizeof(buf), w->seed, w->off);
+	tu_fill(buf, sizeof(buf), w->seed, w->off);
 	pthread_barrier_wait(w->go);
 	w->ret = pf_stack_pwrite(w->s, buf, sizeof(buf), w->off);
 	return NULL;
@@ -296,7 +257,7 @@ static void test_concurrent_first_writers(void)
 	enum { N = 16 };
 	const uint64_t size = 16 * MiB, c5 = 5 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct writer w[N];
 	pthread_t th[N];
 	pthread_barrier_t go;
@@ -304,7 +265,7 @@ static void test_concurrent_first_writers(void)
 	struct pf_stack *s = open_stack(dir, true);
 	int i;
 
-	fill(ref + c5, 1 * MiB, 3, c5);
+	tu_fill(ref + c5, 1 * MiB, 3, c5);
 	check_int(pf_stack_pwrite(s, ref + c5, 1 * MiB, c5), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	tu_snapshot(dir);
@@ -317,7 +278,7 @@ static void test_concurrent_first_writers(void)
 	for (i = 0; i < N; i++) {
 		w[i] = (struct writer){ s, &go, c5 + (uint64_t)i * 8192 + 4096,
 					(unsigned)(100 + i), -1 };
-		fill(ref + w[i].off, 4096, w[i].seed, w[i].off);
+		tu_fill(ref + w[i].off, 4096, w[i].seed, w[i].off);
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
 	}
 	for (i = 0; i < N; i++) {
@@ -344,12 +305,12 @@ static void test_discard_single_delta_and_w4(void)
 {
 	const uint64_t size = 32 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct pf_stack_stat st;
 	uint32_t clu3, clu4;
 
-	fill(ref, size, 11, 0);
+	tu_fill(ref, size, 11, 0);
 	check_int(pf_stack_pwrite(s, ref + 3 * MiB, 2 * MiB, 3 * MiB), ==, 0);
 	check_int(pf_stack_flush(s), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
@@ -358,12 +319,12 @@ static void test_discard_single_delta_and_w4(void)
 	check_int(clu3, !=, 0);
 	check_int(clu4, !=, 0);
 	memset(ref, 0, size);
-	fill(ref + 4 * MiB, 1 * MiB, 11, 4 * MiB);
+	tu_fill(ref + 4 * MiB, 1 * MiB, 11, 4 * MiB);
 
 	s = open_stack(dir, true);
 	/* W4: unmapped but not committed: must not be reused yet */
 	check_int(pf_stack_discard(s, 3 * MiB, 1 * MiB), ==, 0);
-	fill(ref + 9 * MiB, 1 * MiB, 12, 9 * MiB);
+	tu_fill(ref + 9 * MiB, 1 * MiB, 12, 9 * MiB);
 	check_int(pf_stack_pwrite(s, ref + 9 * MiB, 1 * MiB, 9 * MiB), ==, 0);
 	pf_stack_stat(s, &st);
 	check_int(st.top_clusters, ==, 2);
@@ -373,7 +334,7 @@ static void test_discard_single_delta_and_w4(void)
 	check_int(pf_stack_flush(s), ==, 0);
 	pf_stack_stat(s, &st);
 	check_int(st.free_clusters, ==, 1);
-	fill(ref + 12 * MiB, 4096, 13, 12 * MiB);
+	tu_fill(ref + 12 * MiB, 4096, 13, 12 * MiB);
 	check_int(pf_stack_pwrite(s, ref + 12 * MiB, 4096, 12 * MiB), ==, 0);
 	check(disk_equals(s, ref, size));
 	/* partial discard zeroes exactly its range */
@@ -395,17 +356,17 @@ static void test_discard_over_snapshot(void)
 {
 	const uint64_t size = 16 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct pf_stack_stat st;
 
-	fill(ref, 4 * MiB, 21, 0);
+	tu_fill(ref, 4 * MiB, 21, 0);
 	check_int(pf_stack_pwrite(s, ref, 4 * MiB, 0), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	tu_snapshot(dir);
 	s = open_stack(dir, true);
 	/* cluster 1: only in the lower delta; cluster 2: also in the top */
-	fill(ref + 2 * MiB, 4096, 22, 0);
+	tu_fill(ref + 2 * MiB, 4096, 22, 0);
 	check_int(pf_stack_pwrite(s, ref + 2 * MiB, 4096, 2 * MiB), ==, 0);
 	check_int(pf_stack_discard(s, 1 * MiB, 2 * MiB), ==, 0);
 	memset(ref + 1 * MiB, 0, 2 * MiB);
@@ -423,12 +384,12 @@ static void test_discard_over_snapshot(void)
  * not (W1 then W3). */
 static void test_flush_datasyncs(void)
 {
-	char *dir = new_image(16 * MiB, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, 16 * MiB, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct pf_stack_stat a, b;
 	uint8_t buf[4096];
 
-	fill(buf, sizeof(buf), 31, 0);
+	tu_fill(buf, sizeof(buf), 31, 0);
 	check_int(pf_stack_pwrite(s, buf, sizeof(buf), 0), ==, 0);
 	pf_stack_stat(s, &a);
 	check_int(a.dirty_pages, ==, 1);
@@ -476,7 +437,7 @@ static void *flusher_main(void *arg)
 	for (r = 0; r < FLUSH_ROUNDS; r++) {
 		uint32_t idx = r * FLUSHERS + f->id;
 
-		fill(buf, sizeof(buf), idx, 0);
+		tu_fill(buf, sizeof(buf), idx, 0);
 		if (pf_stack_pwrite(f->s, buf, sizeof(buf), (uint64_t)idx * MiB) ||
 		    pf_stack_flush(f->s) ||
 		    pread(fd, b, 4, (off_t)pf_idx_entry_off(idx)) != 4 ||
@@ -489,7 +450,7 @@ static void *flusher_main(void *arg)
 
 static void test_concurrent_flushes(void)
 {
-	char *dir = new_image(FLUSHERS * FLUSH_ROUNDS * MiB, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, FLUSHERS * FLUSH_ROUNDS * MiB, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct flusher f[FLUSHERS];
 	pthread_t t[FLUSHERS];
@@ -559,7 +520,7 @@ static void test_w4_write_racing_commit(void)
 {
 	const uint64_t size = 32 * MiB;
 	uint8_t *ref = calloc(1, size);
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct w4_race r = { .ret = -1 };
 	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000,
@@ -569,7 +530,7 @@ static void test_w4_write_racing_commit(void)
 	pthread_t t;
 	uint32_t clu3;
 
-	fill(ref + 3 * MiB, 1 * MiB, 21, 3 * MiB);
+	tu_fill(ref + 3 * MiB, 1 * MiB, 21, 3 * MiB);
 	check_int(pf_stack_pwrite(s, ref + 3 * MiB, 1 * MiB, 3 * MiB), ==, 0);
 	check_int(pf_stack_close(s), ==, 0);
 	clu3 = bat_of(dir, 3);
@@ -581,7 +542,7 @@ static void test_w4_write_racing_commit(void)
 	sem_init(&r.done, 0, 0);
 	r.s = s;
 	memset(ref + 3 * MiB, 0, 1 * MiB);
-	fill(ref + 9 * MiB, 1 * MiB, 22, 9 * MiB);
+	tu_fill(ref + 9 * MiB, 1 * MiB, 22, 9 * MiB);
 	r.data = ref + 9 * MiB;
 	check_int(pthread_create(&t, NULL, w4_writer, &r), ==, 0);
 	check_int(pf_stack_discard(s, 3 * MiB, 1 * MiB), ==, 0);
@@ -605,7 +566,7 @@ static void test_w4_write_racing_commit(void)
 
 static void test_busy_and_corrupt(void)
 {
-	char *dir = new_image(16 * MiB, 1 * MiB), path[512];
+	char *dir = tu_new_image(tmp_root, 16 * MiB, 1 * MiB), path[512];
 	struct pf_stack_opts o = { .dir = dir };
 	struct pf_why why = { "" };
 	struct pf_stack *s = open_stack(dir, true), *s2 = NULL;
@@ -636,7 +597,7 @@ static void test_busy_and_corrupt(void)
 static void test_recovery_after_process_death(void)
 {
 	const uint64_t size = 32 * MiB;
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	uint8_t *a = malloc(4 * MiB), *b = malloc(1 * MiB), *got;
 	struct pf_check_report r = { 0 };
 	struct pf_delta *d = NULL;
@@ -647,8 +608,8 @@ static void test_recovery_after_process_death(void)
 	size_t i;
 	bool legal = true;
 
-	fill(a, 4 * MiB, 41, 0);
-	fill(b, 1 * MiB, 42, 10 * MiB);
+	tu_fill(a, 4 * MiB, 41, 0);
+	tu_fill(b, 1 * MiB, 42, 10 * MiB);
 	fflush(stdout);
 	pid = fork();
 	if (pid == 0) {
@@ -710,7 +671,7 @@ static void test_odd_sizes(void)
 	size_t i;
 
 	for (i = 0; i < PF_ARRAY_SIZE(t); i++) {
-		char *dir = new_image(t[i].size, t[i].cluster);
+		char *dir = tu_new_image(tmp_root, t[i].size, t[i].cluster);
 		struct pf_stack *s = open_stack(dir, true);
 		uint8_t w[8192], r[8192];
 		uint64_t offs[3] = { 0, t[i].size / 2 - 100,
@@ -721,13 +682,13 @@ static void test_odd_sizes(void)
 		if (!s)
 			continue;
 		for (j = 0; j < 3; j++) {
-			fill(w, sizeof(w), (unsigned)(50 + j), offs[j]);
+			tu_fill(w, sizeof(w), (unsigned)(50 + j), offs[j]);
 			check_int(pf_stack_pwrite(s, w, sizeof(w), offs[j]), ==, 0);
 		}
 		check_int(pf_stack_close(s), ==, 0);
 		s = open_stack(dir, true);
 		for (j = 0; s && j < 3; j++) {
-			fill(w, sizeof(w), (unsigned)(50 + j), offs[j]);
+			tu_fill(w, sizeof(w), (unsigned)(50 + j), offs[j]);
 			check_int(pf_stack_pread(s, r, sizeof(r), offs[j]), ==, 0);
 			check_msg(!memcmp(w, r, sizeof(w)), "size %llu offset %llu",
 				  (unsigned long long)t[i].size,
@@ -848,7 +809,7 @@ static void *snap_main(void *arg)
 static void test_engine_never_waits_on_itself(void)
 {
 	const uint64_t size = 4 * MiB;
-	char *dir = new_image(size, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
 	struct pf_stack *s = open_stack(dir, true);
 	struct lazy_engine le = { .n = 0 };
 	const struct pf_aio_engine eng = { lazy_submit, lazy_drain, lazy_idle,
@@ -860,8 +821,8 @@ static void test_engine_never_waits_on_itself(void)
 	struct pf_stack_stat stat;
 	pthread_t t;
 
-	fill(a, 4096, 1, 0);
-	fill(b, 4096, 2, 0);
+	tu_fill(a, 4096, 1, 0);
+	tu_fill(b, 4096, 2, 0);
 	/* allocate the cluster first: only in-place writes are async */
 	check_int(pf_stack_pwrite(s, a, 4096, 8192), ==, 0);
 	signal(SIGALRM, hang_alarm);
@@ -937,7 +898,7 @@ static void test_state_checker(void)
 	static void (*const breaks[])(struct pf_stack *) = {
 		break_head, break_dirty, break_map
 	};
-	char *dir = new_image(8 * MiB, 1 * MiB);
+	char *dir = tu_new_image(tmp_root, 8 * MiB, 1 * MiB);
 	size_t i;
 
 	for (i = 0; i < PF_ARRAY_SIZE(breaks); i++) {

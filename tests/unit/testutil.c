@@ -15,6 +15,7 @@
 #include "descriptor.h"
 #include "format.h"
 #include "image.h"
+#include "tap.h"
 #include "util.h"
 
 void tu_make_image(const char *dir, uint64_t size, uint32_t cluster)
@@ -149,4 +150,91 @@ void tu_remove_dir(const char *dir)
 			(void)unlinkat(dirfd(d), e->d_name, 0);
 	closedir(d);
 	(void)rmdir(dir);
+}
+
+uint8_t tu_pat(unsigned seed, uint64_t off)
+{
+	uint64_t x = (off + 1) * 0x9E3779B97F4A7C15ull ^
+		     (seed * 0xBF58476D1CE4E5B9ull);
+
+	x ^= x >> 29;
+	return (uint8_t)(x ^ (x >> 17));
+}
+
+void tu_fill(uint8_t *buf, size_t len, unsigned seed, uint64_t off)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		buf[i] = tu_pat(seed, off + i);
+}
+
+char *tu_new_image(const char *root, uint64_t size, uint32_t cluster)
+{
+	static int n;	/* the tests that use it are single-threaded here */
+	char *dir;
+
+	if (asprintf(&dir, "%s/img%d", root, n++) < 0)
+		abort();
+	tu_make_image(dir, size, cluster);
+	return dir;
+}
+
+struct pf_stack *tu_open_stack(const struct pf_stack_opts *o, bool start,
+			       int *err)
+{
+	struct pf_why why = { "" };
+	struct pf_stack *s = NULL;
+	int ret = pf_stack_open(o, &s, &why);
+
+	if (err)
+		*err = ret;
+	if (ret) {
+		tap_diag("open %s: %d %s", o->dir, ret, why.msg);
+		return NULL;
+	}
+	if (start && pf_stack_start(s)) {
+		tap_diag("start %s failed", o->dir);
+		abort();
+	}
+	return s;
+}
+
+static void burst_done(void *arg, int err)
+{
+	struct tu_burst *b = arg;
+
+	pthread_mutex_lock(&b->lock);
+	if (err && !b->err)
+		b->err = err;
+	if (!--b->left)
+		pthread_cond_signal(&b->cv);
+	pthread_mutex_unlock(&b->lock);
+}
+
+void tu_burst_submit(struct tu_burst *b, struct pf_stack *s, unsigned n,
+		     uint8_t *const *bufs, const size_t *lens,
+		     const uint64_t *offs)
+{
+	unsigned i;
+
+	pthread_mutex_init(&b->lock, NULL);
+	pthread_cond_init(&b->cv, NULL);
+	b->left = n;
+	b->err = 0;
+	pf_stack_batch(s, true);
+	for (i = 0; i < n; i++)
+		pf_stack_write(s, bufs[i], lens[i], offs[i], burst_done, b);
+	pf_stack_batch(s, false);
+}
+
+int tu_burst_wait(struct tu_burst *b)
+{
+	pthread_mutex_lock(&b->lock);
+	while (b->left)
+		pthread_cond_wait(&b->cv, &b->lock);
+	pthread_mutex_unlock(&b->lock);
+	pthread_mutex_destroy(&b->lock);
+	pthread_cond_destroy(&b->cv);
+	return b->err;
 }
