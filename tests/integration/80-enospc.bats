@@ -62,7 +62,10 @@ host_up() {
 }
 
 # host_free: bytes the host file system has free (f_bavail)
+# (after a journal commit: ext4 returns the blocks of a truncate to the
+# free count only when its transaction commits)
 host_free() {
+	sync -f "$H"
 	stat -f -c '%a %S' "$H" | awk '{ printf "%d\n", $1 * $2 }'
 }
 
