@@ -6,6 +6,8 @@
 #   make check-asan      the same under AddressSanitizer + UBSan
 #   make check-tsan      the same under ThreadSanitizer
 
+.DEFAULT_GOAL := all
+
 VARIANT  ?= release
 PREFIX   ?= /usr/local
 DESTDIR  ?=

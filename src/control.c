@@ -252,10 +252,13 @@ struct pf_ctl {
 	dev_t sock_dev;			/* the socket file we bound */
 	ino_t sock_ino;
 	uid_t euid;
-	int wake[2];			/* written once, by pf_ctl_stop() */
-	atomic_bool stopping;
+	int wake[2];			/* connections: written by drain or stop */
+	int wake_accept[2];		/* the accept thread: by pf_ctl_stop() */
+	atomic_bool stopping;		/* handlers stop (drain or stop) */
+	atomic_bool draining;		/* new connections hear "closing" */
 	pthread_t accept_thread;
 	pthread_mutex_t conns_lock;
+	pthread_cond_t conn_finished;	/* with conns_lock */
 	struct ctl_conn *conns;		/* protected by conns_lock */
 };
 
@@ -647,6 +650,7 @@ static void *conn_main(void *arg)
 	close(cn->fd);
 	pthread_mutex_lock(&c->conns_lock);
 	cn->finished = true;
+	pthread_cond_broadcast(&c->conn_finished);
 	pthread_mutex_unlock(&c->conns_lock);
 	return NULL;
 }
@@ -687,14 +691,22 @@ static void reap(struct pf_ctl *c, bool all)
 	}
 }
 
-static unsigned count_open(struct pf_ctl *c)
+static unsigned count_open_locked(struct pf_ctl *c)
 {
 	struct ctl_conn *cn;
 	unsigned n = 0;
 
-	pthread_mutex_lock(&c->conns_lock);
 	for (cn = c->conns; cn; cn = cn->next)
 		n += !cn->finished;
+	return n;
+}
+
+static unsigned count_open(struct pf_ctl *c)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&c->conns_lock);
+	n = count_open_locked(c);
 	pthread_mutex_unlock(&c->conns_lock);
 	return n;
 }
@@ -703,6 +715,11 @@ unsigned pf_ctl_connections(struct pf_ctl *c)
 {
 	return count_open(c);
 }
+
+/* The answer of a draining server (ESHUTDOWN): the daemon is closing
+ * the image, its lock is about to be free (pf_ctl_drain()). */
+#define CLOSING_END	"end 108 the daemon is closing the image\n"
+_Static_assert(ESHUTDOWN == 108, "CLOSING_END carries ESHUTDOWN");
 
 static void admit(struct pf_ctl *c, int fd)
 {
@@ -713,6 +730,10 @@ static void admit(struct pf_ctl *c, int fd)
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
 	    (cred.uid != 0 && cred.uid != c->euid)) {
 		refuse(fd, "end 13 permission denied\n");
+		return;
+	}
+	if (atomic_load(&c->draining)) {
+		refuse(fd, CLOSING_END);
 		return;
 	}
 	/* Only this thread adds connections: the count cannot grow
@@ -743,6 +764,7 @@ static void admit(struct pf_ctl *c, int fd)
 	if (pthread_create(&cn->thread, NULL, conn_main, cn)) {
 		pthread_mutex_lock(&c->conns_lock);
 		c->conns = cn->next;	/* still first: only we add */
+		pthread_cond_broadcast(&c->conn_finished);
 		pthread_mutex_unlock(&c->conns_lock);
 		pthread_mutex_destroy(&cn->send_lock);
 		free(cn);
@@ -755,7 +777,7 @@ static void *accept_main(void *arg)
 	struct pf_ctl *c = arg;
 
 	for (;;) {
-		int fd, ret = wait_fd(c->lfd, POLLIN, c->wake[0], -1);
+		int fd, ret = wait_fd(c->lfd, POLLIN, c->wake_accept[0], -1);
 
 		if (ret == -ESHUTDOWN)
 			break;
@@ -765,7 +787,8 @@ static void *accept_main(void *arg)
 			 * stays queued; retry without spinning. */
 			if (errno == EMFILE || errno == ENFILE ||
 			    errno == ENOBUFS || errno == ENOMEM)
-				(void)wait_fd(-1, 0, c->wake[0], STOP_POLL_MS);
+				(void)wait_fd(-1, 0, c->wake_accept[0],
+					      STOP_POLL_MS);
 			continue;
 		}
 		reap(c, false);
@@ -911,14 +934,17 @@ int pf_ctl_start(int dirfd, const char *dir_for_messages,
 	c->euid = geteuid();
 	c->lfd = -1;
 	c->wake[0] = c->wake[1] = -1;
+	c->wake_accept[0] = c->wake_accept[1] = -1;
 	atomic_init(&c->stopping, false);
+	atomic_init(&c->draining, false);
 	c->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 3);
 	if (c->dirfd < 0) {
 		ret = pf_why_set(why, -errno, "cannot duplicate the directory descriptor: %s",
 				 strerror(errno));
 		goto err_free;
 	}
-	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) < 0) {
+	if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) < 0 ||
+	    pipe2(c->wake_accept, O_CLOEXEC | O_NONBLOCK) < 0) {
 		ret = pf_why_set(why, -errno, "cannot create a pipe: %s",
 				 strerror(errno));
 		goto err_free;
@@ -930,6 +956,11 @@ int pf_ctl_start(int dirfd, const char *dir_for_messages,
 	if (ret < 0)
 		goto err_free;
 	ret = -pthread_mutex_init(&c->conns_lock, NULL);
+	if (!ret) {
+		ret = -pthread_cond_init(&c->conn_finished, NULL);
+		if (ret < 0)
+			pthread_mutex_destroy(&c->conns_lock);
+	}
 	if (ret < 0) {
 		pf_why_fmt(why, "cannot initialise a mutex");
 		goto err_unlink;
@@ -948,6 +979,7 @@ int pf_ctl_start(int dirfd, const char *dir_for_messages,
 	return 0;
 
 err_mutex:
+	pthread_cond_destroy(&c->conn_finished);
 	pthread_mutex_destroy(&c->conns_lock);
 err_unlink:
 	unlink_own(c);
@@ -958,29 +990,60 @@ err_free:
 		close(c->wake[0]);
 	if (c->wake[1] >= 0)
 		close(c->wake[1]);
+	if (c->wake_accept[0] >= 0)
+		close(c->wake_accept[0]);
+	if (c->wake_accept[1] >= 0)
+		close(c->wake_accept[1]);
 	if (c->dirfd >= 0)
 		close(c->dirfd);
 	free(c);
 	return ret;
 }
 
-void pf_ctl_stop(struct pf_ctl *c)
+static void wake_up(int fd)
 {
 	ssize_t n;
 
+	do {
+		n = write(fd, "", 1);
+	} while (n < 0 && errno == EINTR);
+}
+
+void pf_ctl_drain(struct pf_ctl *c)
+{
+	if (!c || atomic_exchange(&c->draining, true))
+		return;
+	/* draining first: a connection admitted after this point is one
+	 * the accept thread saw before, and its thread finds stopping set
+	 * before it reads a request */
+	atomic_store(&c->stopping, true);
+	wake_up(c->wake[1]);
+	/* Wait for the handlers, not join: the accept thread owns the
+	 * joins, and may be starting a connection's thread right now. */
+	pthread_mutex_lock(&c->conns_lock);
+	while (count_open_locked(c))
+		pthread_cond_wait(&c->conn_finished, &c->conns_lock);
+	pthread_mutex_unlock(&c->conns_lock);
+}
+
+void pf_ctl_stop(struct pf_ctl *c)
+{
 	if (!c)
 		return;
+	atomic_store(&c->draining, true);
 	atomic_store(&c->stopping, true);
-	do {
-		n = write(c->wake[1], "", 1);
-	} while (n < 0 && errno == EINTR);
+	wake_up(c->wake[1]);
+	wake_up(c->wake_accept[1]);
 	pthread_join(c->accept_thread, NULL);
 	unlink_own(c);
 	close(c->lfd);
 	reap(c, true);
+	pthread_cond_destroy(&c->conn_finished);
 	pthread_mutex_destroy(&c->conns_lock);
 	close(c->wake[0]);
 	close(c->wake[1]);
+	close(c->wake_accept[0]);
+	close(c->wake_accept[1]);
 	close(c->dirfd);
 	free(c);
 }
@@ -1221,6 +1284,47 @@ int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
 	}
 	free(in);
 	return ret;
+}
+
+/* Closing daemons */
+
+#define CLOSED_POLL_MS	10	/* a closing daemon is asked this often */
+
+static int discard_line(void *ctx, const char *line)
+{
+	(void)ctx;
+	(void)line;
+	return 0;
+}
+
+int pf_ctl_wait_closed(int dirfd, int timeout_ms)
+{
+	static const char *const argv[] = { "status" };
+	long end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
+	bool seen = false;
+	int fd = -1, ret;
+
+	for (;;) {
+		struct pf_why why = { "" };
+		long left = timeout_ms >= 0 ? end - mono_ms() : -1;
+
+		if (timeout_ms >= 0 && left <= 0)
+			return -ETIMEDOUT;
+		ret = pf_ctl_connect(dirfd, (int)left, &fd);
+		if (ret == -ETIMEDOUT)
+			return ret;
+		if (ret)
+			return seen;	/* no socket (any more): no daemon */
+		ret = pf_ctl_call(fd, (int)left, 1, argv, discard_line, NULL,
+				  &why);
+		close(fd);
+		if (ret == -ETIMEDOUT)
+			return ret;
+		if (ret != -ESHUTDOWN)
+			return seen;	/* serving, or not ours to tell */
+		seen = true;
+		(void)wait_fd(-1, 0, -1, CLOSED_POLL_MS);
+	}
 }
 
 /* Events */

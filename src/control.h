@@ -115,6 +115,26 @@ PF_MUST_CHECK int pf_ctl_start(int dirfd, const char *dir_for_messages,
 			       struct pf_ctl **out, struct pf_why *why);
 
 /*
+ * The daemon is closing its image: stop the handlers as pf_ctl_stop()
+ * does and wait for them, but keep the socket: every connection from now
+ * on is answered "end 108" (ESHUTDOWN, "the daemon is closing the
+ * image") until pf_ctl_stop().  So a client can tell a daemon whose
+ * image is about to be free from one that serves it, and wait for the
+ * image lock instead of answering busy.  @c may be NULL; idempotent.
+ */
+void pf_ctl_drain(struct pf_ctl *c);
+
+/*
+ * Client: while the daemon of the image directory @dirfd answers that it
+ * is closing the image (ESHUTDOWN: unmounted, pf_ctl_drain()), wait for
+ * it to finish, at most @timeout_ms (-1: no limit).  For a caller that
+ * found the image lock taken.
+ * Returns: 1 (a closing daemon was seen and has finished: take the lock
+ * again), 0 (no daemon is closing the image: it is busy), -ETIMEDOUT.
+ */
+PF_MUST_CHECK int pf_ctl_wait_closed(int dirfd, int timeout_ms);
+
+/*
  * Stop accepting, remove the socket file (if it is still ours), wake
  * waiting and streaming handlers (pf_ctl_stopping() turns true, blocked
  * sends give up), wait for every connection thread to finish, free.

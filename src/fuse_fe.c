@@ -188,7 +188,8 @@ static int fill_attr(struct pf_fe *fe, fuse_ino_t ino, struct stat *st)
 	ret = view_level(fe, guid, &lv);
 	if (ret)
 		return ret;
-	st->st_mode = S_IFREG | 0444;
+	/* the disk's owner only, as the disk (-o default_permissions) */
+	st->st_mode = S_IFREG | 0400;
 	st->st_blocks = (blkcnt_t)(lv.mapped * (ss.cluster_bytes / 512));
 	return 0;
 }

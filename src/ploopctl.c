@@ -106,6 +106,28 @@ const char *in_use_name(uint32_t v)
 	}
 }
 
+static int ctl_timeout_ms(void)
+{
+	return ctl_timeout ? (int)(ctl_timeout * 1000) : -1;
+}
+
+/* Print that the daemon of @dir still closes the image after the time
+ * allowed; EXIT_TIMEOUT. */
+static int daemon_still_closing(const char *dir)
+{
+	err_line(dir, "the ploopfs daemon is still closing the image after %u s",
+		 ctl_timeout);
+	return EXIT_TIMEOUT;
+}
+
+/* Print that the daemon of @dir did not answer in time; EXIT_TIMEOUT. */
+static int daemon_timed_out(const char *dir)
+{
+	err_line(dir, "the ploopfs daemon did not answer within %u s (is it stopped or hung?)",
+		 ctl_timeout);
+	return EXIT_TIMEOUT;
+}
+
 /* Opening images */
 
 
@@ -173,8 +195,20 @@ int image_open(struct image *im, const char *arg, int lock,
 		err_line(im->dir, "%s", strerror(errno));
 		return EXIT_FAIL;
 	}
-	if (lock) {
+	if (!lock) {
+		/* no lock, but not the half-closed state of a daemon that
+		 * was unmounted: wait for it to finish */
+		if (pf_ctl_wait_closed(im->dirfd, ctl_timeout_ms()) == -ETIMEDOUT)
+			return daemon_still_closing(im->dir);
+	} else {
 		ret = pf_lock(im->dirfd, lock == 2);
+		if (ret == -EBUSY) {
+			/* unmounted, its daemon still closing: wait */
+			ret = pf_ctl_wait_closed(im->dirfd, ctl_timeout_ms());
+			if (ret == -ETIMEDOUT)
+				return daemon_still_closing(im->dir);
+			ret = ret == 1 ? pf_lock(im->dirfd, lock == 2) : -EBUSY;
+		}
 		if (ret == -EBUSY) {
 			err_line(im->dir,
 				 "image is busy (mounted by ploopfs or used by another command)");
@@ -359,20 +393,7 @@ int parse_json_args(int argc, char **argv, void (*usage_fn)(FILE *),
 	return parse_args(argc, argv, opts, 1, usage_fn, 1, 1);
 }
 
-/* --timeout as the control module takes it: ms, -1 for no limit */
-static int ctl_timeout_ms(void)
-{
-	return ctl_timeout ? (int)(ctl_timeout * 1000) : -1;
-}
-
-/* Print that the daemon of @dir did not answer in time; EXIT_TIMEOUT. */
-static int daemon_timed_out(const char *dir)
-{
-	err_line(dir, "the ploopfs daemon did not answer within %u s (is it stopped or hung?)",
-		 ctl_timeout);
-	return EXIT_TIMEOUT;
-}
-
+#define OPT_KEY_TIMEOUT	0x100	/* --timeout, long only, where not listed */
 
 /*
  * Parse the options of @argv by @opts (@n of them), then want between
@@ -384,9 +405,10 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 		      size_t n, void (*usage_fn)(FILE *), int min_ops,
 		      int max_ops)
 {
-	struct option lo[CMD_OPTS_MAX + 2] = { { NULL, 0, NULL, 0 } };
+	struct option lo[CMD_OPTS_MAX + 3] = { { NULL, 0, NULL, 0 } };
 	char so[3 * CMD_OPTS_MAX + 2] = "", *p = so;
-	size_t i;
+	bool own_timeout = false;
+	size_t i, k;
 	int c;
 
 	assert(n <= CMD_OPTS_MAX);
@@ -400,10 +422,23 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 		if (opts[i].kind != OPT_FLAG)
 			*p++ = ':';
 	}
-	lo[n] = (struct option){ "help", no_argument, NULL, 'h' };
+	for (i = 0; i < n; i++)
+		own_timeout |= opts[i].dst == &ctl_timeout;
+	k = n;
+	lo[k++] = (struct option){ "help", no_argument, NULL, 'h' };
+	/* every command waits at most --timeout for a daemon closing the
+	 * image (unmounted): those without it in their table take it too */
+	if (!own_timeout)
+		lo[k++] = (struct option){ "timeout", required_argument, NULL,
+					   OPT_KEY_TIMEOUT };
 	*p++ = 'h';
 	*p = 0;
 	while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
+		if (c == OPT_KEY_TIMEOUT) {
+			if (parse_timeout(optarg, &ctl_timeout))
+				return EXIT_USAGE;
+			continue;
+		}
 		for (i = 0; i < n && opts[i].key != c; i++)
 			;
 		if (c == 'h' || i == n) {
@@ -471,7 +506,14 @@ int daemon_of(const char *dir, int *fd)
 		err_line(dir, "%s", strerror(errno));
 		return EXIT_FAIL;
 	}
-	ret = pf_ctl_connect(dirfd, ctl_timeout_ms(), fd);
+	/* a daemon closing the image (unmounted) is waited for: the
+	 * command then works on the files */
+	ret = pf_ctl_wait_closed(dirfd, ctl_timeout_ms());
+	if (ret == -ETIMEDOUT) {
+		close(dirfd);
+		return daemon_still_closing(dir);
+	}
+	ret = ret == 1 ? -ENOENT : pf_ctl_connect(dirfd, ctl_timeout_ms(), fd);
 	close(dirfd);
 	if (ret == -ENOENT || ret == -ECONNREFUSED) {
 		*fd = -1;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "mounts.h"
 
 void pf_serve_event(void *ctx, const char *type, const char *text)
 {
@@ -26,6 +27,28 @@ static int parse_u64(const char *s, uint64_t *v)
 	return errno || *end ? -EINVAL : 0;
 }
 
+/*
+ * Once the mount is gone (unmounted, the FUSE loop about to end), the
+ * daemon is closing the image: answer as a draining control socket does
+ * (ESHUTDOWN, pf_ctl_drain()), so that a client waits for the image lock
+ * instead of acting on a disk that is going away.  A table we cannot
+ * read tells nothing: serve.
+ */
+static int check_mounted(const struct pf_serve *sv, struct pf_why *why)
+{
+	struct pf_mount_ent *v;
+	size_t n;
+	bool gone;
+
+	if (!sv->mount_point || pf_mounts_read(&v, &n))
+		return 0;
+	gone = !pf_mounts_find(v, n, sv->mount_point, false);
+	pf_mounts_free(v, n);
+	return gone ? pf_why_set(why, -ESHUTDOWN,
+				 "the daemon is closing the image (unmounted)") :
+		      0;
+}
+
 static int cmd_status(void *ctx, int argc, char **argv,
 		      struct pf_ctl_reply *r, struct pf_why *why)
 {
@@ -38,6 +61,9 @@ static int cmd_status(void *ctx, int argc, char **argv,
 	(void)argv;
 	if (argc != 1)
 		return pf_why_set(why, -EINVAL, "usage: status");
+	ret = check_mounted(sv, why);
+	if (ret)
+		return ret;
 	/* Everything here answers while I/O is frozen (CTL-1). */
 	if (pf_stack_levels_all(sv->stack, &lv, &n))
 		return -ENOMEM;
@@ -117,6 +143,9 @@ static int cmd_snapshot(void *ctx, int argc, char **argv,
 
 	if (argc > 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot [<guid>]");
+	ret = check_mounted(sv, why);
+	if (ret)
+		return ret;
 	ret = pf_stack_snapshot(sv->stack, argc == 2 ? argv[1] : NULL, guid, why);
 	if (ret)
 		return ret;
@@ -135,6 +164,9 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 
 	if (argc != 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid>");
+	ret = check_mounted(sv, why);
+	if (ret)
+		return ret;
 	ret = pf_stack_delete_snapshot(sv->stack, argv[1], &mi, why);
 	if (ret)
 		return ret;

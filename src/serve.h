@@ -14,6 +14,9 @@
  *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
  *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
  *                               "usec <n>", "stall_us <n>"
+ * Once the mount is gone, status, snapshot and snapshot-delete fail with
+ * ESHUTDOWN ("the daemon is closing the image"), as every request does
+ * while the daemon closes (pf_ctl_drain()).
  * snapshot and snapshot-delete may run for minutes (a merge copies data):
  * they are keepalive commands, "keepalive" lines go out while they run
  * (control.h, Keepalives).
@@ -29,6 +32,7 @@ struct pf_serve {
 	struct pf_stack *stack;
 	struct pf_events *events;
 	const char *disk_path;	/* the disk file in the mount, for status */
+	const char *mount_point;	/* absolute; NULL: not checked */
 	const struct pf_ring *ring;	/* FUSE over io_uring, or NULL */
 };
 

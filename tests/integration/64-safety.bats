@@ -1,0 +1,164 @@
+#!/usr/bin/env bats
+# Safe by default: unmount means closed, a background start that fails
+# says so, options are checked, allow_other keeps the disk the owner's.
+
+load helpers
+
+setup() {
+	pf_dirs
+	run_ok ploopctl init -s 64M "$D"
+	mkdir -p "$M"
+}
+
+teardown() {
+	pf_teardown
+}
+
+# bg_mount [OPTS...]: ploopfs in the background, as users start it
+bg_mount() {
+	timeout 60 "$PLOOPFS" "$@" "$D" "$M"
+}
+
+# stopped_unmount: mount, write, stop the daemon, unmount: the mount is
+# gone but the daemon has not closed the image yet; it resumes in a
+# second (any delay shows the same: whoever comes now must wait)
+stopped_unmount() {
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 8
+	pid=$(pf_pid "$M")
+	kill -STOP "$pid"
+	timeout 60 fusermount3 -u "$M"
+	(sleep 1; kill -CONT "$pid") 3>&- &
+}
+
+@test "after fusermount3 -u returns, check waits for the daemon to close" {
+	stopped_unmount
+	run_ok ploopctl check "$D"
+	[ "$(pf_top_inuse "$D")" = closed ]
+	[ "$(pf_wait_exit "$M" 60)" = 0 ]
+}
+
+@test "after fusermount3 -u returns, snapshot and info wait for the daemon to close" {
+	stopped_unmount
+	run_ok ploopctl snapshot "$D"
+	[ "$(pf_wait_exit "$M" 60)" = 0 ]
+	run_ok ploopctl check "$D"
+	stopped_unmount
+	run_ok ploopctl info --json "$D"
+	top=$(json_get "$output" 'j["deltas"][-1]["in_use"]')
+	[ "$top" = closed ]
+}
+
+@test "a remount right after the unmount waits for the closing daemon" {
+	stopped_unmount
+	run timeout 60 "$PLOOPFS" "$D" "$M"
+	echo "$output"
+	[ "$status" -eq 0 ]
+	[ -f "$M/disk" ]
+	timeout 60 fusermount3 -u "$M"
+}
+
+@test "a daemon closing for longer than --timeout is reported, exit 8" {
+	pf_mount "$D" "$M"
+	pid=$(pf_pid "$M")
+	kill -STOP "$pid"
+	timeout 60 fusermount3 -u "$M"
+	run ploopctl check --timeout 1 "$D"
+	kill -CONT "$pid"
+	echo "$output"
+	[ "$status" -eq 8 ]
+	[[ $output == *"did not answer"* || $output == *"still closing"* ]]
+	[ "$(pf_wait_exit "$M" 60)" = 0 ]
+}
+
+@test "unmount then check, remount and snapshot at once, three rounds" {
+	for i in 1 2 3; do
+		bg_mount
+		write_random "$M/disk" $((i * 4)) 4
+		timeout 60 fusermount3 -u "$M"
+		run_ok ploopctl check "$D"
+		[ "$(pf_top_inuse "$D")" = closed ]
+		bg_mount
+		timeout 60 fusermount3 -u "$M"
+		run_ok ploopctl snapshot "$D"
+	done
+	run_ok ploopctl check "$D"
+}
+
+@test "a failed start in the background exits non-zero with the reason on stderr" {
+	: >"$D/.ploopfs.sock"	# stale, and not a socket
+	run --separate-stderr timeout 60 "$PLOOPFS" "$D" "$M"
+	echo "status $status stderr: $stderr"
+	[ "$status" -ne 0 ]
+	[[ $stderr == *".ploopfs.sock exists and is not a socket"* ]]
+	! pf_is_mounted "$M"
+	[ "$(pf_top_inuse "$D")" = closed ]
+}
+
+@test "a background start that works exits 0 and says nothing" {
+	run --separate-stderr timeout 60 "$PLOOPFS" "$D" "$M"
+	[ "$status" -eq 0 ]
+	[ -z "$stderr" ]
+	[ -f "$M/disk" ]
+	timeout 60 fusermount3 -u "$M"
+}
+
+@test "bad option values are refused with one line and exit 2" {
+	for o in threads=0 threads=-1 threads=1x enospc_timeout=-1 \
+		enospc_timeout=9999999999 name=snapshots max_threads=4 \
+		commit=0; do
+		run --separate-stderr timeout 60 "$PLOOPFS" -o "$o" "$D" "$M"
+		echo "$o: status $status: $stderr"
+		[ "$status" -eq 2 ]
+		[ "$(wc -l <<<"$stderr")" -eq 1 ]
+		[[ $stderr == ploopfs:* ]]
+	done
+	! pf_is_mounted "$M"
+}
+
+@test "--help lists threads= and not libfuse's max_threads" {
+	run timeout 60 "$PLOOPFS" --help
+	[ "$status" -eq 0 ]
+	[[ $output == *"threads=<n>"* ]]
+	[[ $output != *max_threads* ]]
+}
+
+# others_can_reach DIR: let other users traverse down to DIR (bats makes
+# its directories 0700)
+others_can_reach() {
+	local d
+	d=$(realpath "$1")
+	while [ "$d" != / ]; do
+		chmod o+x "$d"
+		d=$(dirname "$d")
+	done
+}
+
+@test "allow_other lets other users see the mount, not read or write the disk" {
+	others_can_reach "$M"
+	pf_mount "$D" "$M" -o allow_other
+	write_random "$M/disk" 0 1
+	run_ok ploopctl snapshot "$D"
+	view=$(ls "$M/snapshots")
+	[ -n "$view" ]
+	# another user sees the mount ...
+	run setpriv --reuid=65534 --regid=65534 --clear-groups ls "$M"
+	[ "$status" -eq 0 ]
+	[[ $output == *disk* ]]
+	# ... but cannot read or write the disk, nor read a view
+	run setpriv --reuid=65534 --regid=65534 --clear-groups \
+		dd if="$M/disk" of=/dev/null bs=4k count=1
+	[ "$status" -ne 0 ]
+	[[ $output == *"Permission denied"* ]]
+	run setpriv --reuid=65534 --regid=65534 --clear-groups \
+		dd if=/dev/zero of="$M/disk" bs=4k count=1 conv=notrunc
+	[ "$status" -ne 0 ]
+	[[ $output == *"Permission denied"* ]]
+	run setpriv --reuid=65534 --regid=65534 --clear-groups \
+		dd if="$M/snapshots/$view" of=/dev/null bs=4k count=1
+	[ "$status" -ne 0 ]
+	[[ $output == *"Permission denied"* ]]
+	# the owner still can
+	dd if="$M/snapshots/$view" of=/dev/null bs=4k count=1 status=none
+	pf_umount "$M"
+}
