@@ -26,13 +26,20 @@
 struct pf_dd_image {
 	char guid[PF_GUID_LEN + 1];
 	char *file;		/* a plain name inside the image directory */
+	/* private to descriptor.c: 1 + the index of this image's <Image>
+	 * among those of the parsed document; 0 for one added since */
+	unsigned xml_pos;
 };
 
 struct pf_dd_shot {
 	char guid[PF_GUID_LEN + 1];
 	char parent[PF_GUID_LEN + 1];	/* PF_NONE_GUID for the base */
 	bool temporary;			/* <Temporary/> present */
+	unsigned xml_pos;		/* as in struct pf_dd_image, <Shot> */
 };
+
+/* The parsed document, private to descriptor.c. */
+struct pf_dd_xml;
 
 struct pf_dd {
 	bool parallels_root;	/* root element was <Parallels_disk_image> */
@@ -46,13 +53,20 @@ struct pf_dd {
 	struct pf_dd_image *images;	/* in document order */
 	size_t n_shots;
 	struct pf_dd_shot *shots;	/* in document order */
+	/* what pf_dd_parse() read, kept so that every element and
+	 * attribute it does not model is written back; NULL for pf_dd_new() */
+	struct pf_dd_xml *xml;
 };
 
 /* Parsing and writing */
 
 /*
  * Parse and validate a descriptor held in memory.  Accepts both root
- * element names; ignores unknown elements.  Rejects: malformed XML,
+ * element names.  Elements and attributes that are not modelled here
+ * (ploop's <Max_delta_size>, <Encryption><KeyId>, <Preallocated>,
+ * <Volume>, a <Description> in a <Shot>, anything newer) are not
+ * checked, and are kept, with the comments, to be written back by
+ * pf_dd_format().  Rejects: malformed XML,
  * missing or non-numeric required elements, sizes whose byte count
  * overflows 64 bits, a Blocksize that is not a valid cluster size, not
  * exactly one <Storage>, an <Image> without GUID or File, a File that is
@@ -73,9 +87,21 @@ PF_MUST_CHECK int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
 PF_MUST_CHECK int pf_dd_load(int dirfd, struct pf_dd **out,
 			     struct pf_why *why);
 
-/* Serialize in ploop's layout (root <Virtuozzo_disk_image>, or
- * <Parallels_disk_image> when parsed from one), 2-space indent.
- * *buf is malloc'ed.  Returns 0 or -ENOMEM. */
+/*
+ * Serialize in ploop's layout (one element a line, 2-space indent).  A
+ * descriptor built by pf_dd_new() is written from its fields alone (root
+ * <Virtuozzo_disk_image>, as ploop init writes it).  One read by
+ * pf_dd_parse() is written as it was read, with the fields set in their
+ * elements: <Disk_size>, <Cylinders>, <Heads>, <Sectors>, <End>,
+ * <Blocksize>, <TopGUID>, and per image and shot <GUID>, <File>,
+ * <ParentGUID> and the temporary mark; an image or shot that an edit
+ * added gets a new element next to its siblings, and one that an edit
+ * removed loses its element, with everything inside it.  Everything else
+ * (elements and attributes not modelled, comments, the XML declaration,
+ * the root element's name) stays where it was.
+ * *buf is malloc'ed.  Returns: 0; -ENOMEM; -EFBIG (the text would be
+ * larger than PF_DD_MAX_BYTES, which pf_dd_load() refuses).
+ */
 PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
 			       size_t *len);
 
@@ -137,7 +163,15 @@ void pf_dd_drop_tmp(int dirfd);
 
 void pf_dd_free(struct pf_dd *dd);
 
-/* Building and editing */
+/*
+ * Building and editing.  The edits change the fields of @dd; what
+ * pf_dd_parse() kept besides them is written back by pf_dd_format() in
+ * place: an image or shot keeps its element, and whatever that element
+ * holds, for as long as it stays in @dd, even when its GUID or file
+ * changes.  Elements inside an <Image> or <Shot> that an edit removes
+ * (pf_dd_delete_snapshot, pf_dd_switch) go with it: they described that
+ * delta, not the one that takes over its file.
+ */
 
 /* A descriptor for a single base delta @file with the TOPDELTA GUID. */
 PF_MUST_CHECK int pf_dd_new(uint64_t size_sectors, uint32_t blocksize,
