@@ -1586,6 +1586,9 @@ out_mem:
 
 int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 {
+	bool keep_mode = false;
+	mode_t mode = PF_DD_MODE;
+	struct stat st;
 	size_t len;
 	char *buf;
 	int fd, ret;
@@ -1594,6 +1597,12 @@ int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 	if (ret)
 		return ret;
 
+	/* the replaced descriptor's permissions, whoever set them */
+	if (fstatat(dirfd, PF_DD_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode)) {
+		mode = st.st_mode & 0777;
+		keep_mode = true;
+	}
 	/*
 	 * Rule W6: a new top delta is fully written and synced before
 	 * DiskDescriptor.xml names it, and the descriptor is replaced
@@ -1601,14 +1610,30 @@ int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 	 * before the rename (pf_dd_commit_tmp), so a crash leaves either
 	 * the old or the new descriptor, never a torn one.
 	 */
-	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_TRUNC | O_WRONLY |
-		    O_CLOEXEC | O_NOFOLLOW, 0600);
+	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_EXCL | O_WRONLY |
+		    O_CLOEXEC | O_NOFOLLOW, mode);
+	/*
+	 * A regular file in the way is a tmp left by a crash (ours or
+	 * ploop's): nothing reads it.  It is replaced, not truncated, so
+	 * that it can neither keep its own mode nor, as a hard link, make
+	 * us write into another file.  Anything else is not ours.
+	 */
+	if (fd < 0 && errno == EEXIST &&
+	    fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && unlinkat(dirfd, PF_DD_TMP_NAME, 0) == 0)
+		fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_EXCL | O_WRONLY |
+			    O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
 		/* not ours to remove: we did not create it */
 		ret = -errno;
 		goto out_free;
 	}
-	ret = pf_pwrite_full(fd, buf, len, 0);
+	/* a new one is 0644 less the umask, as ploop's; a kept mode is
+	 * kept whole */
+	if (keep_mode && fchmod(fd, mode) < 0)
+		ret = -errno;
+	if (!ret)
+		ret = pf_pwrite_full(fd, buf, len, 0);
 	if (!ret && fsync(fd) < 0)
 		ret = -errno;
 	/* close() can report a deferred write error (NFS): do not ignore */

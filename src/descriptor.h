@@ -22,6 +22,14 @@
 #define PF_BASE_NAME	"root.hds"
 #define PF_MAX_DELTAS	253		/* dm-ploop's limit of levels */
 #define PF_DD_MAX_BYTES	(1u << 20)	/* refuse larger descriptors */
+/*
+ * Mode of a new descriptor (less the umask), as ploop creates it; a
+ * rewrite keeps the mode of the file it replaces (pf_dd_store_tmp).  The
+ * descriptor holds no secret (an encryption <KeyId> names a key, it is
+ * not one), so 0600 would only differ from ploop; whoever wants it
+ * private chmods it once and every rewrite keeps that.
+ */
+#define PF_DD_MODE	0644
 
 struct pf_dd_image {
 	char guid[PF_GUID_LEN + 1];
@@ -107,8 +115,9 @@ PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
 
 /*
  * Replacing the descriptor: the one home of rule W6's last step.  The
- * new text goes to DiskDescriptor.xml.tmp (created or truncated, mode
- * 0600, never through a symbolic link), which is fsynced, renamed over
+ * new text goes to DiskDescriptor.xml.tmp (created afresh, never through a
+ * symbolic link, with the mode of the DiskDescriptor.xml it replaces, or
+ * PF_DD_MODE less the umask for the first), which is fsynced, renamed over
  * DiskDescriptor.xml (the commit point), and the directory is fsynced so
  * that the rename is durable.
  *

@@ -249,3 +249,18 @@ extras_kept() {
 	[ "$(xq "$D" "count(//Shot)")" = 3 ]
 	image_ok "$D"
 }
+
+@test "descriptor mode: init writes ploop's 0644, every rewrite keeps what it finds" {
+	umask 022
+	run_ok ploopctl init -s 64M "$D"
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 644 ]
+	[ "$(stat -c %a "$D/root.hds")" = 600 ]
+	chmod 640 "$D/DiskDescriptor.xml"
+	run_ok ploopctl snapshot "$D"
+	g=$output
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 640 ]
+	chmod 604 "$D/DiskDescriptor.xml"
+	run_ok ploopctl snapshot-delete "$D" "$g"
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 604 ]
+	[ ! -e "$D/DiskDescriptor.xml.tmp" ]
+}

@@ -730,6 +730,7 @@ static void test_store_load(void)
 	struct pf_why why;
 	struct stat st;
 	int dirfd, fd;
+	mode_t mask;
 	char *big;
 
 	if (!mkdtemp(tmpl)) {
@@ -748,19 +749,40 @@ static void test_store_load(void)
 		  0);
 	if (!dd)
 		goto out_dir;
+	/* a new descriptor: ploop's 0644, less the umask, whatever mode a
+	 * tmp file left by a crash has; and a tmp that is a hard link to
+	 * another file is replaced, not written through */
+	mask = umask(027);
+	fd = openat(dirfd, "other", O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	check(fd >= 0 && pf_pwrite_full(fd, "other", 5, 0) == 0);
+	if (fd >= 0)
+		close(fd);
+	check(linkat(dirfd, "other", dirfd, PF_DD_TMP_NAME, 0) == 0);
 	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
+	check(fstatat(dirfd, "other", &st, 0) == 0 && st.st_size == 5 &&
+	      st.st_nlink == 1 && (st.st_mode & 0777) == 0600);
+	check(unlinkat(dirfd, "other", 0) == 0);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
-	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0 &&
-	      (st.st_mode & 0777) == 0600);
+	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0);
+	check_int(st.st_mode & 0777, ==, PF_DD_MODE & ~027);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
 	check(back && dd_equal(dd, back));
 	pf_dd_free(back);
 	back = NULL;
 
-	/* a second store replaces the first */
+	/* a second store replaces the first, keeping its mode whole: the
+	 * umask does not narrow it */
+	check(fchmodat(dirfd, PF_DD_NAME, 0666, 0) == 0);
 	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
 	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, 0) < 0 && errno == ENOENT);
+	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0);
+	check_int(st.st_mode & 0777, ==, 0666);
+	check(fchmodat(dirfd, PF_DD_NAME, 0600, 0) == 0);
+	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
+	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0);
+	check_int(st.st_mode & 0777, ==, 0600);
+	umask(mask);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
 	check(back && dd_equal(dd, back));
 	pf_dd_free(back);
@@ -1497,12 +1519,14 @@ static void test_store_split(void)
 	if (!dd)
 		goto out_dir;
 	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
+	/* the tmp takes the mode of the descriptor it is to replace */
+	check(fchmodat(dirfd, PF_DD_NAME, 0640, 0) == 0);
 
 	/* prepared, not committed: the old descriptor is what loads */
 	check_int(pf_dd_add_snapshot(dd, GA, "root.hds.1"), ==, 0);
 	check_int(pf_dd_store_tmp(dirfd, dd), ==, 0);
 	check(fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	      S_ISREG(st.st_mode) && (st.st_mode & 0777) == 0600);
+	      S_ISREG(st.st_mode) && (st.st_mode & 0777) == 0640);
 	want = text_of(dd);
 	check_int(read_file_at(dirfd, PF_DD_TMP_NAME, &got, &len), ==, 0);
 	check(want && got && len == strlen(want) && !memcmp(got, want, len));
