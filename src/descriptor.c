@@ -933,42 +933,58 @@ static bool blank_text(const xmlNode *n)
 }
 
 /*
- * Drop the indentation of the document at @n and its siblings: the
- * whitespace-only text between the children of an element that holds
- * elements and no other text, so that pf_dd_format() indents the tree,
- * edited or not, in ploop's layout.  An element with text of its own
- * (a value, or mixed content we do not model) keeps every byte of it.
- * libxml2 limits the depth of a parsed document, and so this recursion.
+ * Drop the indentation of element @n: the whitespace-only text between
+ * its children if it holds markup and no other text.
  */
-static void strip_indent(xmlNode *n)
+static void strip_blanks(xmlNode *n)
 {
+	bool markup = false, text = false;
 	xmlNode *c, *next;
-	bool markup, text;
 
-	for (; n; n = n->next) {
-		if (n->type != XML_ELEMENT_NODE)
-			continue;
-		markup = text = false;
-		for (c = n->children; c; c = c->next) {
-			if (c->type == XML_ELEMENT_NODE ||
-			    c->type == XML_COMMENT_NODE ||
-			    c->type == XML_PI_NODE)
-				markup = true;
-			else if ((c->type == XML_TEXT_NODE && !blank_text(c)) ||
-				 c->type == XML_CDATA_SECTION_NODE ||
-				 c->type == XML_ENTITY_REF_NODE)
-				text = true;
+	for (c = n->children; c; c = c->next) {
+		if (c->type == XML_ELEMENT_NODE || c->type == XML_COMMENT_NODE ||
+		    c->type == XML_PI_NODE)
+			markup = true;
+		else if ((c->type == XML_TEXT_NODE && !blank_text(c)) ||
+			 c->type == XML_CDATA_SECTION_NODE ||
+			 c->type == XML_ENTITY_REF_NODE)
+			text = true;
+	}
+	if (!markup || text)
+		return;
+	for (c = n->children; c; c = next) {
+		next = c->next;
+		if (blank_text(c)) {
+			xmlUnlinkNode(c);
+			xmlFreeNode(c);
 		}
-		if (markup && !text) {
-			for (c = n->children; c; c = next) {
-				next = c->next;
-				if (blank_text(c)) {
-					xmlUnlinkNode(c);
-					xmlFreeNode(c);
-				}
+	}
+}
+
+/*
+ * Drop the indentation of every element of @doc (strip_blanks), so that
+ * pf_dd_format() indents the tree, edited or not, in ploop's layout.  An
+ * element with text of its own (a value, or mixed content we do not
+ * model) keeps every byte of it.  Walked in document order without
+ * recursion.
+ */
+static void strip_indent(xmlDoc *doc)
+{
+	xmlNode *n = doc->children;
+
+	while (n) {
+		if (n->type == XML_ELEMENT_NODE) {
+			strip_blanks(n);
+			if (n->children) {
+				n = n->children;
+				continue;
 			}
 		}
-		strip_indent(n->children);
+		/* no child to go into: the next node, or a parent's next */
+		while (n && !n->next)
+			n = n->parent == (xmlNode *)doc ? NULL : n->parent;
+		if (n)
+			n = n->next;
 	}
 }
 
@@ -1079,7 +1095,7 @@ int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
 		goto out_doc;
 	}
 	/* kept for pf_dd_format(), which writes back what we do not model */
-	strip_indent(doc->children);
+	strip_indent(doc);
 	dd->xml->doc = doc;
 	doc = NULL;
 	*out = dd;
@@ -1276,7 +1292,7 @@ static int collect(xmlNode *parent, const char *name, xmlNode ***nodes,
 	*n = 0;
 	if (!count)
 		return 0;
-	*nodes = malloc(count * sizeof(**nodes));
+	*nodes = calloc(count, sizeof(**nodes));
 	*kept = calloc(count, sizeof(**kept));
 	if (!*nodes || !*kept) {
 		free(*nodes);
@@ -1285,10 +1301,10 @@ static int collect(xmlNode *parent, const char *name, xmlNode ***nodes,
 		*kept = NULL;
 		return -ENOMEM;
 	}
-	for (c = parent->children; c; c = c->next)
+	for (c = parent->children; c && i < count; c = c->next)
 		if (name_is(c, name))
 			(*nodes)[i++] = c;
-	*n = count;
+	*n = i;
 	return 0;
 }
 
