@@ -129,6 +129,28 @@ static void guid_lower(char *dst, const char *src)
 	dst[PF_GUID_LEN] = '\0';
 }
 
+int pf_guid_canon(const char *in, char out[PF_GUID_LEN + 1])
+{
+	char g[PF_GUID_LEN + 1];
+	size_t n = in ? strlen(in) : 0;
+
+	out[0] = '\0';
+	if (n == PF_GUID_LEN) {
+		memcpy(g, in, n + 1);
+	} else if (n == PF_GUID_LEN - 2 && in[0] != '{') {
+		g[0] = '{';
+		memcpy(g + 1, in, n);
+		g[PF_GUID_LEN - 1] = '}';
+		g[PF_GUID_LEN] = '\0';
+	} else {
+		return -EINVAL;
+	}
+	if (!pf_guid_valid(g))
+		return -EINVAL;
+	guid_lower(out, g);
+	return 0;
+}
+
 void pf_guid_new(char *out)
 {
 	uuid_t u;
@@ -181,22 +203,30 @@ bool pf_dd_file_name_valid(const char *name)
 
 /* Lookup */
 
+/* Lookups take a GUID in any form pf_guid_canon() accepts; the stored
+ * ones are canonical (see the invariants). */
 static ssize_t image_index(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i;
 
+	if (pf_guid_canon(guid, g))
+		return -1;
 	for (i = 0; i < dd->n_images; i++)
-		if (!strcasecmp(dd->images[i].guid, guid))
+		if (!strcmp(dd->images[i].guid, g))
 			return (ssize_t)i;
 	return -1;
 }
 
 static ssize_t shot_index(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i;
 
+	if (pf_guid_canon(guid, g))
+		return -1;
 	for (i = 0; i < dd->n_shots; i++)
-		if (!strcasecmp(dd->shots[i].guid, guid))
+		if (!strcmp(dd->shots[i].guid, g))
 			return (ssize_t)i;
 	return -1;
 }
@@ -225,12 +255,13 @@ const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 
 size_t pf_dd_children(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i, n = 0;
 
-	if (!dd || !guid)
+	if (!dd || pf_guid_canon(guid, g))
 		return 0;
 	for (i = 0; i < dd->n_shots; i++)
-		if (!strcasecmp(dd->shots[i].parent, guid))
+		if (!strcmp(dd->shots[i].parent, g))
 			n++;
 	return n;
 }
@@ -1775,9 +1806,8 @@ int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
 	size_t i;
 	char *file;
 
-	if (!pf_guid_valid(snap_guid) || !pf_dd_file_name_valid(new_file))
+	if (pf_guid_canon(snap_guid, guid) || !pf_dd_file_name_valid(new_file))
 		return -EINVAL;
-	guid_lower(guid, snap_guid);
 	if (!strcmp(guid, PF_NONE_GUID) || !strcmp(guid, PF_TOP_GUID) ||
 	    image_index(dd, guid) >= 0 || shot_index(dd, guid) >= 0)
 		return -EINVAL;
@@ -1855,9 +1885,10 @@ static void remove_shot(struct pf_dd *dd, size_t i)
 
 int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
 {
+	char g[PF_GUID_LEN + 1];
 	ssize_t i;
 
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, g))
 		return -EINVAL;
 	i = shot_index(dd, guid);
 	if (i < 0)
@@ -1871,11 +1902,12 @@ int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
 
 int pf_dd_set_file(struct pf_dd *dd, const char *guid, const char *file)
 {
-	ssize_t i = pf_guid_valid(guid) ? image_index(dd, guid) : -1;
+	char g[PF_GUID_LEN + 1];
+	ssize_t i = image_index(dd, guid);
 	size_t j;
 	char *copy;
 
-	if (!pf_guid_valid(guid) || !pf_dd_file_name_valid(file))
+	if (pf_guid_canon(guid, g) || !pf_dd_file_name_valid(file))
 		return -EINVAL;
 	if (i < 0)
 		return -ENOENT;
@@ -1895,10 +1927,11 @@ int pf_dd_delete_snapshot(struct pf_dd *dd, const char *guid,
 {
 	ssize_t img, shot, child_img = -1;
 	size_t i, kids = 0, child_shot = 0;
+	char g[PF_GUID_LEN + 1];
 	char *file;
 
 	*gone_file = NULL;
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, g))
 		return -EINVAL;
 	shot = shot_index(dd, guid);
 	img = image_index(dd, guid);
@@ -1951,7 +1984,7 @@ int pf_dd_switch(struct pf_dd *dd, const char *guid, const char *new_file,
 	char *file;
 
 	*old_top_file = NULL;
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, parent))
 		return -EINVAL;
 	shot = shot_index(dd, guid);
 	if (shot < 0)

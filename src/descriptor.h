@@ -180,6 +180,8 @@ void pf_dd_free(struct pf_dd *dd);
  * changes.  Elements inside an <Image> or <Shot> that an edit removes
  * (pf_dd_delete_snapshot, pf_dd_switch) go with it: they described that
  * delta, not the one that takes over its file.
+ * Here and in the lookups below a GUID argument may be in any form
+ * pf_guid_canon() accepts; "malformed" means one it refuses.
  */
 
 /* A descriptor for a single base delta @file with the TOPDELTA GUID. */
@@ -279,8 +281,20 @@ const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 
 /* A fresh random GUID into @out (PF_GUID_LEN + 1 bytes). */
 void pf_guid_new(char *out);
-/* true if @s has the GUID form (hex digits of either case). */
+/* true if @s has the GUID form (hex digits of either case), with braces:
+ * the only form a descriptor may hold. */
 bool pf_guid_valid(const char *s);
+
+/*
+ * A GUID as users give it, into its one canonical form: @in with or
+ * without the braces (both or neither), hex digits of either case, as
+ * copied from a descriptor, from ploop's output or from a snapshot
+ * view's name (which has no braces); @out is lower case with braces, as
+ * ploop writes it.  Every GUID taken from a user or a client goes
+ * through here, and GUIDs are compared in this form.
+ * Returns: 0; -EINVAL (@in is NULL or not of that form; @out is "").
+ */
+PF_MUST_CHECK int pf_guid_canon(const char *in, char out[PF_GUID_LEN + 1]);
 
 /* true if @name is acceptable as a delta file name (see pf_dd_parse). */
 bool pf_dd_file_name_valid(const char *name);

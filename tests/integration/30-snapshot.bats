@@ -264,3 +264,50 @@ extras_kept() {
 	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 604 ]
 	[ ! -e "$D/DiskDescriptor.xml.tmp" ]
 }
+
+# GUIDs as users copy them: from snapshot-list, from ploop, from a
+# snapshot view's name (no braces), in either case; printed as ploop
+# writes them, lower case with braces
+@test "GUIDs with or without braces, in any case, are taken and printed canonical" {
+	GA='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	GB='{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}'
+	GC='{2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1}'
+	run_ok ploopctl init -s 64M "$D"
+	run_ok ploopctl snapshot -u 0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11 "$D"
+	[ "$output" = "$GA" ]
+	run_ok ploopctl snapshot -u '{1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0}' "$D"
+	[ "$output" = "$GB" ]
+	run_ok ploopctl snapshot -u 2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1 "$D"
+	[ "$output" = "$GC" ]
+	grep -q "<GUID>$GA</GUID>" "$D/DiskDescriptor.xml"
+	# the same GUID in another form is the same GUID
+	run -2 ploopctl snapshot -u 0e24C2B0-9a0b-4c5e-8d2f-6f1f3e2a9b11 "$D"
+	[[ "$output" == *"GUID $GA is already in use"* ]]
+	# malformed: refused before anything is opened, exit 2, one line
+	before=$(tree_sum "$D")
+	for bad in '{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11' \
+		'0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}' \
+		0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1 \
+		0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1x \
+		'{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b111}'; do
+		for cmd in snapshot-delete snapshot-merge snapshot-switch; do
+			run -2 ploopctl "$cmd" "$D" "$bad"
+			[ "$output" = "ploopctl: invalid GUID '$bad'" ]
+		done
+		run -2 ploopctl snapshot -u "$bad" "$D"
+		[ "$output" = "ploopctl: invalid GUID '$bad'" ]
+	done
+	[ "$(tree_sum "$D")" = "$before" ]
+	# delete GB named as its view would be: upper case, no braces
+	run_ok ploopctl snapshot-delete "$D" 1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0
+	[[ "$output" == "deleted snapshot $GB: "* ]]
+	# merge GC into its parent GA, upper case with braces: GA goes
+	run_ok ploopctl snapshot-merge "$D" '{2C3D4E5F-6071-4283-94A5-B6C7D8E9F0A1}'
+	[[ "$output" == "deleted snapshot $GA: "* ]]
+	run_ok ploopctl snapshot-list --json "$D"
+	[ "$(json_get "$output" '" ".join(s["guid"] for s in j["snapshots"])')" = "$GC $TOP" ]
+	# a snapshot that is not there is named canonical
+	run -1 ploopctl snapshot-merge "$D" 0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11
+	[ "$output" = "ploopctl: $D: $GA: no such delta" ]
+	image_ok "$D"
+}

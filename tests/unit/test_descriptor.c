@@ -617,6 +617,8 @@ static void test_guids_and_names(void)
 	check(!pf_guid_valid("{5fbaabe3-6958-40ff-92a7-860e329aab41}x"));
 	check(!pf_guid_valid("(5fbaabe3-6958-40ff-92a7-860e329aab41)"));
 	check(!pf_guid_valid("{5fbaabe3x6958-40ff-92a7-860e329aab41}"));
+	/* the descriptor's form only: a view's name is not one */
+	check(!pf_guid_valid("5fbaabe3-6958-40ff-92a7-860e329aab41"));
 
 	check(pf_dd_file_name_valid("root.hds"));
 	check(pf_dd_file_name_valid("root.hds.{7d5f7c2e-3b1a-4f0e}"));
@@ -634,6 +636,65 @@ static void test_guids_and_names(void)
 	longname[sizeof(longname) - 1] = '\0';
 	check(!pf_dd_file_name_valid(longname));
 	pf_dd_free(NULL);
+}
+
+/* GUIDs as users copy them: one canonical form, the bad ones refused */
+static void test_guid_canon(void)
+{
+	static const char *const good[] = {
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}",
+		"{0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11}",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11",
+		"0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11",
+		"{0e24C2b0-9A0b-4c5E-8d2F-6f1F3e2A9b11}",
+	};
+	static const char *const bad[] = {
+		"",
+		"{}",
+		"0e24c2b0",
+		/* wrong length */
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1}",
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b111}",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b111",
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11} ",
+		" 0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11",
+		/* bad hex, dashes moved or missing */
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1g}",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1G",
+		"0x24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11",
+		"0e24c2b09-a0b-4c5e-8d2f-6f1f3e2a9b11",
+		"0e24c2b0_9a0b_4c5e_8d2f_6f1f3e2a9b11",
+		"0e24c2b009a0b04c5e08d2f06f1f3e2a9b11",
+		/* braces on one side only, or the wrong ones */
+		"{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}",
+		"{e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11",
+		"0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1}",
+		"{{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}",
+		"(0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11)",
+		"[0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11]",
+	};
+	char out[PF_GUID_LEN + 1];
+	size_t i;
+
+	for (i = 0; i < PF_ARRAY_SIZE(good); i++) {
+		memset(out, 'x', sizeof(out));
+		check_msg(pf_guid_canon(good[i], out) == 0 && !strcmp(out, GA),
+			  "canon \"%s\" -> \"%.*s\"", good[i],
+			  (int)sizeof(out) - 1, out);
+	}
+	for (i = 0; i < PF_ARRAY_SIZE(bad); i++) {
+		memset(out, 'x', sizeof(out));
+		check_msg(pf_guid_canon(bad[i], out) == -EINVAL && !out[0],
+			  "canon refuses \"%s\"", bad[i]);
+	}
+	check_int(pf_guid_canon(NULL, out), ==, -EINVAL);
+	check_int(pf_guid_canon(PF_TOP_GUID, out), ==, 0);
+	check_str(out, PF_TOP_GUID);
+	check_int(pf_guid_canon("00000000-0000-0000-0000-000000000000", out),
+		  ==, 0);
+	check_str(out, PF_NONE_GUID);
 }
 
 static void test_snapshots(void)
@@ -968,6 +1029,9 @@ static void test_corpus(void)
 
 #define GD	"{3d4e5f60-7182-4394-a5b6-c7d8e9f0a1b2}"
 #define GA_UP	"{0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11}"
+/* as a snapshot view is named: no braces */
+#define GA_BARE	"0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11"
+#define GB_BARE	"1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0"
 
 /* base a (GA) <- b (GB) <- top t (GT) */
 static const char chain3[] =
@@ -1041,7 +1105,8 @@ static void test_set_temporary(void)
 	check_int(pf_dd_set_temporary(dd, "{1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0}",
 				      true), ==, 0);
 	check(pf_dd_find_shot(dd, GB)->temporary);
-	check_int(pf_dd_set_temporary(dd, GA, true), ==, 0);
+	check_int(pf_dd_set_temporary(dd, GA_BARE, true), ==, 0);
+	check(pf_dd_find_shot(dd, GA)->temporary);
 	/* the chain is still the chain: a temporary shot is part of it */
 	check_str(chain_files(dd), "a b t");
 
@@ -1052,6 +1117,7 @@ static void test_set_temporary(void)
 	check_int(pf_dd_set_temporary(dd, GN, true), ==, -ENOENT);
 	check_int(pf_dd_set_temporary(dd, "{nope}", true), ==, -EINVAL);
 	check_int(pf_dd_set_temporary(dd, NULL, false), ==, -EINVAL);
+	check_int(pf_dd_set_temporary(dd, "{" GB_BARE, false), ==, -EINVAL);
 	check_int(pf_dd_set_temporary(dd, GC, false), ==, -ENOENT);
 	check(unchanged(dd, before));
 	free(before);
@@ -1078,6 +1144,8 @@ static void test_children_parent(void)
 		return;
 	check_int(pf_dd_children(dd, GA), ==, 2);
 	check_int(pf_dd_children(dd, GA_UP), ==, 2);
+	check_int(pf_dd_children(dd, GA_BARE), ==, 2);
+	check_int(pf_dd_children(dd, GA_BARE "}"), ==, 0);
 	check_int(pf_dd_children(dd, GB), ==, 1);
 	check_int(pf_dd_children(dd, GC), ==, 0);
 	check_int(pf_dd_children(dd, GT), ==, 0);
@@ -1090,6 +1158,10 @@ static void test_children_parent(void)
 	check_str(pf_dd_parent(dd, GC), GA);
 	check_str(pf_dd_parent(dd, GT), GB);
 	check_str(pf_dd_parent(dd, GA_UP), GN);
+	check_str(pf_dd_parent(dd, GB_BARE), GA);
+	check(pf_dd_find_shot(dd, GA_BARE) == pf_dd_find_shot(dd, GA));
+	check(pf_dd_find_image(dd, GB_BARE) == pf_dd_find_image(dd, GB));
+	check(pf_dd_find_image(dd, "{" GB_BARE) == NULL);
 	check(pf_dd_parent(dd, GD) == NULL);
 	check(pf_dd_parent(dd, NULL) == NULL);
 	check(pf_dd_parent(NULL, GA) == NULL);
@@ -1133,7 +1205,7 @@ static void test_delete_snapshot(void)
 	check_int(parse_str(chain3, &dd, &why), ==, 0);
 	if (!dd)
 		return;
-	check_int(pf_dd_delete_snapshot(dd, GB, false, &gone), ==, 0);
+	check_int(pf_dd_delete_snapshot(dd, GB_BARE, false, &gone), ==, 0);
 	check_str(gone, "b");
 	free(gone);
 	check_str(pf_dd_find_image(dd, GT)->file, "t");
@@ -1413,8 +1485,10 @@ static void test_keeps_unknown(void)
 	check_msg(formats_as(dd, extras), "parsed descriptor formats as read");
 	check(round_trip(dd, NULL));
 
-	/* offline snapshot: t takes GC, a new top "n" follows it */
-	check_int(pf_dd_add_snapshot(dd, GC, "n"), ==, 0);
+	/* offline snapshot: t takes GC (given without braces, in upper
+	 * case: written as ploop writes it), a new top "n" follows it */
+	check_int(pf_dd_add_snapshot(dd, "2C3D4E5F-6071-4283-94A5-B6C7D8E9F0A1",
+				     "n"), ==, 0);
 	check_msg(formats_as(dd,
 		X_HEAD(" Version=\"1.0\"")
 		X_IMG(GA, "root.hds", X_NOTE) X_IMG(GB, "b", "")
@@ -1453,7 +1527,7 @@ static void test_keeps_unknown(void)
 		X_TAIL), "delete_snapshot keeps the unknown parts");
 
 	/* a renamed file, in place */
-	check_int(pf_dd_set_file(dd, GA, "base.hds"), ==, 0);
+	check_int(pf_dd_set_file(dd, GA_BARE, "base.hds"), ==, 0);
 	check_msg(formats_as(dd,
 		X_HEAD(" Version=\"1.0\"")
 		X_IMG(GA, "base.hds", X_NOTE) X_IMG(GC, "t", "")
@@ -1464,7 +1538,7 @@ static void test_keeps_unknown(void)
 		X_TAIL), "set_file keeps the unknown parts");
 
 	/* back to a: the old top goes, the new one comes last */
-	check_int(pf_dd_switch(dd, GA, "s", &gone), ==, 0);
+	check_int(pf_dd_switch(dd, GA_BARE, "s", &gone), ==, 0);
 	check_str(gone, "n");
 	free(gone);
 	check_msg(formats_as(dd,
@@ -2073,6 +2147,7 @@ int main(void)
 	test_hostile();
 	test_parse_limits();
 	test_guids_and_names();
+	test_guid_canon();
 	test_snapshots();
 	test_store_load();
 	test_store_split();
