@@ -84,9 +84,13 @@ static const char *show(const char *s, char *buf, size_t len)
 
 static int xml_error(struct pf_why *why, xmlParserCtxtPtr ctxt)
 {
+	static const char deep[] = "Excessive depth in document: ";
 	const xmlError *e = xmlCtxtGetLastError(ctxt);
 	char msg[160] = "unknown error";
+	int line = e ? e->line : 0;
+	unsigned long depth;
 	size_t n;
+	char *end;
 
 	if (e && e->message) {
 		snprintf(msg, sizeof(msg), "%s", e->message);
@@ -95,8 +99,26 @@ static int xml_error(struct pf_why *why, xmlParserCtxtPtr ctxt)
 		while (n && isspace((unsigned char)msg[n - 1]))
 			msg[--n] = '\0';
 	}
+	/*
+	 * A limit of the parser, whose message advises a parser option
+	 * ("use XML_PARSE_HUGE option") that means nothing to a user and
+	 * that we will not set (it lifts the limits against hostile
+	 * input): say it in our own words.
+	 */
+	if (strstr(msg, "XML_PARSE_HUGE")) {
+		if (!strncmp(msg, deep, sizeof(deep) - 1)) {
+			depth = strtoul(msg + sizeof(deep) - 1, &end, 10);
+			if (end != msg + sizeof(deep) - 1)
+				return pf_why_set(why, -EINVAL,
+						  "descriptor too deep at line %d: elements nested more than %lu levels",
+						  line, depth);
+		}
+		return pf_why_set(why, -EINVAL,
+				  "descriptor too large at line %d: beyond a limit of the XML parser",
+				  line);
+	}
 	return pf_why_set(why, -EINVAL, "not well-formed XML at line %d: %s",
-			  e ? e->line : 0, msg);
+			  line, msg);
 }
 
 /* GUIDs and file names */
