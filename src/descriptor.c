@@ -13,6 +13,14 @@
  * numbers are plain decimal with overflow checks; file names must be plain
  * names inside the image directory.
  *
+ * What is read is also kept: ploop writes elements we do not model
+ * (<Encryption><KeyId>, without which an encrypted image cannot be
+ * opened, <Preallocated>, <Max_delta_size>, ...), and a rewrite must not
+ * lose them.  A parsed struct pf_dd holds its document (struct
+ * pf_dd_xml); pf_dd_format() edits a copy of it to match the fields, and
+ * each image and shot knows its element by position (xml_pos), so that
+ * the edits, which only rename, remove and append, need not touch XML.
+ *
  * Invariants of a struct pf_dd returned by pf_dd_parse() or pf_dd_new():
  *   - 0 < disk_size_sectors, and disk_size_sectors * 512 fits in 64 bits;
  *   - blocksize * 512 passes pf_cluster_size_valid();
@@ -21,7 +29,9 @@
  *   - n_shots == n_images and each shot has the image of the same GUID;
  *   - all GUIDs are lower case; every ParentGUID is PF_NONE_GUID or names
  *     a shot; no shot is its own ancestor;
- *   - top_guid names a shot that is not temporary.
+ *   - top_guid names a shot that is not temporary;
+ *   - a non-zero xml_pos is unique among the images (the shots) and at
+ *     most the number of <Image> (<Shot>) elements of xml's document.
  */
 #include "descriptor.h"
 
@@ -74,9 +84,13 @@ static const char *show(const char *s, char *buf, size_t len)
 
 static int xml_error(struct pf_why *why, xmlParserCtxtPtr ctxt)
 {
+	static const char deep[] = "Excessive depth in document: ";
 	const xmlError *e = xmlCtxtGetLastError(ctxt);
 	char msg[160] = "unknown error";
+	int line = e ? e->line : 0;
+	unsigned long depth;
 	size_t n;
+	char *end;
 
 	if (e && e->message) {
 		snprintf(msg, sizeof(msg), "%s", e->message);
@@ -85,8 +99,26 @@ static int xml_error(struct pf_why *why, xmlParserCtxtPtr ctxt)
 		while (n && isspace((unsigned char)msg[n - 1]))
 			msg[--n] = '\0';
 	}
+	/*
+	 * A limit of the parser, whose message advises a parser option
+	 * ("use XML_PARSE_HUGE option") that means nothing to a user and
+	 * that we will not set (it lifts the limits against hostile
+	 * input): say it in our own words.
+	 */
+	if (strstr(msg, "XML_PARSE_HUGE")) {
+		if (!strncmp(msg, deep, sizeof(deep) - 1)) {
+			depth = strtoul(msg + sizeof(deep) - 1, &end, 10);
+			if (end != msg + sizeof(deep) - 1)
+				return pf_why_set(why, -EINVAL,
+						  "descriptor too deep at line %d: elements nested more than %lu levels",
+						  line, depth);
+		}
+		return pf_why_set(why, -EINVAL,
+				  "descriptor too large at line %d: beyond a limit of the XML parser",
+				  line);
+	}
 	return pf_why_set(why, -EINVAL, "not well-formed XML at line %d: %s",
-			  e ? e->line : 0, msg);
+			  line, msg);
 }
 
 /* GUIDs and file names */
@@ -117,6 +149,28 @@ static void guid_lower(char *dst, const char *src)
 	for (i = 0; i < PF_GUID_LEN; i++)
 		dst[i] = (char)tolower((unsigned char)src[i]);
 	dst[PF_GUID_LEN] = '\0';
+}
+
+int pf_guid_canon(const char *in, char out[PF_GUID_LEN + 1])
+{
+	char g[PF_GUID_LEN + 1];
+	size_t n = in ? strlen(in) : 0;
+
+	out[0] = '\0';
+	if (n == PF_GUID_LEN) {
+		memcpy(g, in, n + 1);
+	} else if (n == PF_GUID_LEN - 2 && in[0] != '{') {
+		g[0] = '{';
+		memcpy(g + 1, in, n);
+		g[PF_GUID_LEN - 1] = '}';
+		g[PF_GUID_LEN] = '\0';
+	} else {
+		return -EINVAL;
+	}
+	if (!pf_guid_valid(g))
+		return -EINVAL;
+	guid_lower(out, g);
+	return 0;
 }
 
 void pf_guid_new(char *out)
@@ -171,22 +225,30 @@ bool pf_dd_file_name_valid(const char *name)
 
 /* Lookup */
 
+/* Lookups take a GUID in any form pf_guid_canon() accepts; the stored
+ * ones are canonical (see the invariants). */
 static ssize_t image_index(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i;
 
+	if (pf_guid_canon(guid, g))
+		return -1;
 	for (i = 0; i < dd->n_images; i++)
-		if (!strcasecmp(dd->images[i].guid, guid))
+		if (!strcmp(dd->images[i].guid, g))
 			return (ssize_t)i;
 	return -1;
 }
 
 static ssize_t shot_index(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i;
 
+	if (pf_guid_canon(guid, g))
+		return -1;
 	for (i = 0; i < dd->n_shots; i++)
-		if (!strcasecmp(dd->shots[i].guid, guid))
+		if (!strcmp(dd->shots[i].guid, g))
 			return (ssize_t)i;
 	return -1;
 }
@@ -215,12 +277,13 @@ const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 
 size_t pf_dd_children(const struct pf_dd *dd, const char *guid)
 {
+	char g[PF_GUID_LEN + 1];
 	size_t i, n = 0;
 
-	if (!dd || !guid)
+	if (!dd || pf_guid_canon(guid, g))
 		return 0;
 	for (i = 0; i < dd->n_shots; i++)
-		if (!strcasecmp(dd->shots[i].parent, guid))
+		if (!strcmp(dd->shots[i].parent, g))
 			n++;
 	return n;
 }
@@ -676,8 +739,15 @@ static int parse_storage(const xmlNode *root, struct pf_dd *dd,
 		if (ret)
 			return ret;
 		dd->n_images++;
+		dd->images[dd->n_images - 1].xml_pos = (unsigned)dd->n_images;
 	}
 	return 0;
+}
+
+static bool is_temporary_mark(const xmlNode *n)
+{
+	return name_is(n, "Temporary") || name_is(n, "TemporaryZero") ||
+	       name_is(n, "TemporaryZeroSwap");
 }
 
 static bool is_temporary(const xmlNode *shot)
@@ -685,8 +755,7 @@ static bool is_temporary(const xmlNode *shot)
 	const xmlNode *c;
 
 	for (c = shot->children; c; c = c->next)
-		if (name_is(c, "Temporary") || name_is(c, "TemporaryZero") ||
-		    name_is(c, "TemporaryZeroSwap"))
+		if (is_temporary_mark(c))
 			return true;
 	return false;
 }
@@ -758,6 +827,7 @@ static int parse_snapshots(const xmlNode *root, struct pf_dd *dd,
 		if (ret)
 			return ret;
 		dd->n_shots++;
+		dd->shots[dd->n_shots - 1].xml_pos = (unsigned)dd->n_shots;
 	}
 
 	ret = child_opt(sn, "TopGUID", &top, why);
@@ -896,7 +966,80 @@ static int check_shots(const struct pf_dd *dd, struct pf_why *why)
 
 /* Parsing */
 
+/* What pf_dd_parse() read: the tree pf_dd_format() edits a copy of. */
+struct pf_dd_xml {
+	xmlDoc *doc;
+};
+
 static pthread_once_t xml_once = PTHREAD_ONCE_INIT;
+
+static bool blank_text(const xmlNode *n)
+{
+	const xmlChar *p;
+
+	if (n->type != XML_TEXT_NODE)
+		return false;
+	for (p = n->content; p && *p; p++)
+		if (!is_blank((char)*p))
+			return false;
+	return true;
+}
+
+/*
+ * Drop the indentation of element @n: the whitespace-only text between
+ * its children if it holds markup and no other text.
+ */
+static void strip_blanks(xmlNode *n)
+{
+	bool markup = false, text = false;
+	xmlNode *c, *next;
+
+	for (c = n->children; c; c = c->next) {
+		if (c->type == XML_ELEMENT_NODE || c->type == XML_COMMENT_NODE ||
+		    c->type == XML_PI_NODE)
+			markup = true;
+		else if ((c->type == XML_TEXT_NODE && !blank_text(c)) ||
+			 c->type == XML_CDATA_SECTION_NODE ||
+			 c->type == XML_ENTITY_REF_NODE)
+			text = true;
+	}
+	if (!markup || text)
+		return;
+	for (c = n->children; c; c = next) {
+		next = c->next;
+		if (blank_text(c)) {
+			xmlUnlinkNode(c);
+			xmlFreeNode(c);
+		}
+	}
+}
+
+/*
+ * Drop the indentation of every element of @doc (strip_blanks), so that
+ * pf_dd_format() indents the tree, edited or not, in ploop's layout.  An
+ * element with text of its own (a value, or mixed content we do not
+ * model) keeps every byte of it.  Walked in document order without
+ * recursion.
+ */
+static void strip_indent(xmlDoc *doc)
+{
+	xmlNode *n = doc->children;
+
+	while (n) {
+		if (n->type == XML_ELEMENT_NODE) {
+			strip_blanks(n);
+			if (n->children) {
+				n = n->children;
+				continue;
+			}
+		}
+		/* no child to go into: the next node, or a parent's next */
+		while (n && !n->next)
+			n = n->parent == (xmlNode *)doc ? NULL : n->parent;
+		if (n)
+			n = n->next;
+	}
+}
 
 /* libxml2 wants one initialisation before threads use it concurrently. */
 static void xml_init(void)
@@ -995,10 +1138,19 @@ int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
 		goto out_doc;
 	}
 	ret = parse_tree(root, dd, why);
+	if (!ret) {
+		dd->xml = malloc(sizeof(*dd->xml));
+		if (!dd->xml)
+			ret = -ENOMEM;
+	}
 	if (ret) {
 		pf_dd_free(dd);
 		goto out_doc;
 	}
+	/* kept for pf_dd_format(), which writes back what we do not model */
+	strip_indent(doc);
+	dd->xml->doc = doc;
+	doc = NULL;
 	*out = dd;
 
 out_doc:
@@ -1125,10 +1277,343 @@ static int build_tree(const struct pf_dd *dd, xmlNode *root)
 	return 0;
 }
 
+/* Editing a parsed document */
+
+/* The first child element <@name> of @parent, or NULL. */
+static xmlNode *first_child(xmlNode *parent, const char *name)
+{
+	xmlNode *c;
+
+	for (c = parent->children; c; c = c->next)
+		if (name_is(c, name))
+			return c;
+	return NULL;
+}
+
+/* Make @text (escaped on output) the only content of element @e. */
+static int set_text(xmlNode *e, const char *text)
+{
+	xmlNode *t = xmlNewDocText(e->doc, (const xmlChar *)text);
+
+	if (!t)
+		return -ENOMEM;
+	xmlFreeNodeList(e->children);
+	e->children = e->last = NULL;
+	if (!xmlAddChild(e, t)) {
+		xmlFreeNode(t);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Set the text of child <@name> of @parent, added last if missing. */
+static int set_child(xmlNode *parent, const char *name, const char *text)
+{
+	xmlNode *e = first_child(parent, name);
+
+	if (!e)
+		return add_text(parent, name, text) ? 0 : -ENOMEM;
+	return set_text(e, text);
+}
+
+static int set_child_u64(xmlNode *parent, const char *name, uint64_t v)
+{
+	char num[24];
+
+	snprintf(num, sizeof(num), "%" PRIu64, v);
+	return set_child(parent, name, num);
+}
+
+static void free_node(xmlNode *n)
+{
+	xmlUnlinkNode(n);
+	xmlFreeNode(n);
+}
+
+/*
+ * The children <@name> of @parent in document order (*n of them, *nodes
+ * malloc'ed, NULL when there are none), and a mark per node, all false.
+ */
+static int collect(xmlNode *parent, const char *name, xmlNode ***nodes,
+		   bool **kept, size_t *n)
+{
+	size_t count = count_children(parent, name), i = 0;
+	xmlNode *c;
+
+	*nodes = NULL;
+	*kept = NULL;
+	*n = 0;
+	if (!count)
+		return 0;
+	*nodes = calloc(count, sizeof(**nodes));
+	*kept = calloc(count, sizeof(**kept));
+	if (!*nodes || !*kept) {
+		free(*nodes);
+		free(*kept);
+		*nodes = NULL;
+		*kept = NULL;
+		return -ENOMEM;
+	}
+	for (c = parent->children; c && i < count; c = c->next)
+		if (name_is(c, name))
+			(*nodes)[i++] = c;
+	*n = i;
+	return 0;
+}
+
+/* The element of the parsed document at @xml_pos (see struct
+ * pf_dd_image), marked kept; NULL for an entry added since. */
+static xmlNode *kept_node(unsigned xml_pos, xmlNode **nodes, bool *kept,
+			  size_t n)
+{
+	if (!xml_pos || xml_pos > n || kept[xml_pos - 1])
+		return NULL;
+	kept[xml_pos - 1] = true;
+	return nodes[xml_pos - 1];
+}
+
+/*
+ * Put the new element @e under @parent: after @prev, the element of the
+ * entry before it, or else before the first of the old elements of its
+ * kind, or else last.  New images and shots so land beside their
+ * siblings, in the order of the arrays, as ploop lays them out.
+ */
+static int place(xmlNode *parent, xmlNode *e, xmlNode *prev, xmlNode **old,
+		 size_t n_old)
+{
+	xmlNode *r;
+
+	if (prev)
+		r = xmlAddNextSibling(prev, e);
+	else if (n_old)
+		r = xmlAddPrevSibling(old[0], e);
+	else
+		r = xmlAddChild(parent, e);
+	return r ? 0 : -ENOMEM;
+}
+
+static int edit_images(const struct pf_dd *dd, xmlNode *st)
+{
+	xmlNode **old, *e, *prev = NULL;
+	size_t n_old, i;
+	bool *kept;
+	int ret;
+
+	ret = collect(st, "Image", &old, &kept, &n_old);
+	if (ret)
+		return ret;
+	for (i = 0; i < dd->n_images && !ret; i++) {
+		const struct pf_dd_image *im = &dd->images[i];
+
+		e = kept_node(im->xml_pos, old, kept, n_old);
+		if (e) {
+			/* in place: whatever else the element holds stays */
+			ret = set_child(e, "GUID", im->guid);
+			if (!ret)
+				ret = set_child(e, "File", im->file);
+		} else {
+			e = xmlNewDocNode(st->doc, NULL, BAD_CAST "Image",
+					  NULL);
+			if (!e || !add_text(e, "GUID", im->guid) ||
+			    !add_text(e, "Type", "Compressed") ||
+			    !add_text(e, "File", im->file)) {
+				xmlFreeNode(e);
+				ret = -ENOMEM;
+				break;
+			}
+			ret = place(st, e, prev, old, n_old);
+			if (ret)
+				xmlFreeNode(e);
+		}
+		prev = e;
+	}
+	/* a deleted image goes with everything inside it */
+	for (i = 0; i < n_old && !ret; i++)
+		if (!kept[i])
+			free_node(old[i]);
+	free(old);
+	free(kept);
+	return ret;
+}
+
+/* Add or remove the temporary mark of element <Shot> @e. */
+static int edit_temporary(xmlNode *e, bool on)
+{
+	xmlNode *c, *next, *pg, *t;
+
+	if (on) {
+		if (is_temporary(e))
+			return 0;
+		/* where ploop writes it: after <ParentGUID> */
+		t = xmlNewDocNode(e->doc, NULL, BAD_CAST "Temporary", NULL);
+		pg = first_child(e, "ParentGUID");
+		if (!t || !(pg ? xmlAddNextSibling(pg, t) : xmlAddChild(e, t))) {
+			xmlFreeNode(t);
+			return -ENOMEM;
+		}
+		return 0;
+	}
+	for (c = e->children; c; c = next) {
+		next = c->next;
+		if (is_temporary_mark(c))
+			free_node(c);
+	}
+	return 0;
+}
+
+static int edit_shots(const struct pf_dd *dd, xmlNode *sn)
+{
+	xmlNode **old, *e, *prev = NULL;
+	size_t n_old, i;
+	bool *kept;
+	int ret;
+
+	ret = collect(sn, "Shot", &old, &kept, &n_old);
+	if (ret)
+		return ret;
+	for (i = 0; i < dd->n_shots && !ret; i++) {
+		const struct pf_dd_shot *sh = &dd->shots[i];
+
+		e = kept_node(sh->xml_pos, old, kept, n_old);
+		if (e) {
+			ret = set_child(e, "GUID", sh->guid);
+			if (!ret)
+				ret = set_child(e, "ParentGUID", sh->parent);
+		} else {
+			e = xmlNewDocNode(sn->doc, NULL, BAD_CAST "Shot", NULL);
+			if (!e || !add_text(e, "GUID", sh->guid) ||
+			    !add_text(e, "ParentGUID", sh->parent)) {
+				xmlFreeNode(e);
+				ret = -ENOMEM;
+				break;
+			}
+			ret = place(sn, e, prev, old, n_old);
+			if (ret)
+				xmlFreeNode(e);
+		}
+		if (!ret)
+			ret = edit_temporary(e, sh->temporary);
+		prev = e;
+	}
+	for (i = 0; i < n_old && !ret; i++)
+		if (!kept[i])
+			free_node(old[i]);
+	free(old);
+	free(kept);
+	return ret;
+}
+
+static int edit_snapshots(const struct pf_dd *dd, xmlNode *root,
+			  xmlNode *sd)
+{
+	xmlNode *sn = first_child(root, "Snapshots"), *top;
+
+	if (!sn) {
+		if (!dd->n_shots)
+			return 0;
+		/* parsed without one: ploop's place, after <StorageData> */
+		sn = xmlNewDocNode(root->doc, NULL, BAD_CAST "Snapshots",
+				   NULL);
+		if (!sn || !xmlAddNextSibling(sd, sn)) {
+			xmlFreeNode(sn);
+			return -ENOMEM;
+		}
+	}
+	top = first_child(sn, "TopGUID");
+	if (top) {
+		if (set_text(top, dd->top_guid))
+			return -ENOMEM;
+	} else {
+		/* the Parallels flavour may leave it out; ploop writes it */
+		top = xmlNewDocNode(root->doc, NULL, BAD_CAST "TopGUID", NULL);
+		if (!top || set_text(top, dd->top_guid) ||
+		    !(sn->children ? xmlAddPrevSibling(sn->children, top) :
+				     xmlAddChild(sn, top))) {
+			xmlFreeNode(top);
+			return -ENOMEM;
+		}
+	}
+	return edit_shots(dd, sn);
+}
+
+/*
+ * Bring a copy of the parsed document up to date with @dd: the modelled
+ * values are set in their elements, images and shots added, removed or
+ * changed in place; every other element, attribute, comment and text
+ * stays where it was.  pf_dd_parse() validated the document, so the
+ * required elements are there; one that is not is added.
+ */
+static int edit_tree(const struct pf_dd *dd, xmlDoc *doc)
+{
+	xmlNode *root = xmlDocGetRootElement(doc), *dp, *sd, *st;
+	const char *want = dd->parallels_root ? ROOT_PRL : ROOT_VZ;
+	int ret;
+
+	if (!root)
+		return -EINVAL;
+	if (!name_is(root, want))
+		xmlNodeSetName(root, BAD_CAST want);
+	dp = first_child(root, "Disk_Parameters");
+	sd = first_child(root, "StorageData");
+	st = sd ? first_child(sd, "Storage") : NULL;
+	if (!dp || !st)
+		return -EINVAL;
+	ret = set_child_u64(dp, "Disk_size", dd->disk_size_sectors);
+	if (!ret)
+		ret = set_child_u64(dp, "Cylinders", dd->cylinders);
+	if (!ret)
+		ret = set_child_u64(dp, "Heads", dd->heads);
+	if (!ret)
+		ret = set_child_u64(dp, "Sectors", dd->sectors);
+	if (!ret)
+		ret = set_child_u64(st, "End", dd->disk_size_sectors);
+	if (!ret)
+		ret = set_child_u64(st, "Blocksize", dd->blocksize);
+	if (!ret)
+		ret = edit_images(dd, st);
+	if (!ret)
+		ret = edit_snapshots(dd, root, sd);
+	return ret;
+}
+
+/* The document to write for @dd: built afresh, or the parsed one edited. */
+static int doc_of(const struct pf_dd *dd, xmlDoc **out)
+{
+	xmlNode *root;
+	xmlDoc *doc;
+	int ret;
+
+	*out = NULL;
+	if (dd->xml) {
+		doc = xmlCopyDoc(dd->xml->doc, 1);
+		if (!doc)
+			return -ENOMEM;
+		ret = edit_tree(dd, doc);
+	} else {
+		doc = xmlNewDoc(BAD_CAST "1.0");
+		if (!doc)
+			return -ENOMEM;
+		root = xmlNewNode(NULL, (const xmlChar *)(dd->parallels_root ?
+								  ROOT_PRL :
+								  ROOT_VZ));
+		if (!root) {
+			xmlFreeDoc(doc);
+			return -ENOMEM;
+		}
+		xmlDocSetRootElement(doc, root);
+		ret = build_tree(dd, root);
+	}
+	if (ret) {
+		xmlFreeDoc(doc);
+		return ret;
+	}
+	*out = doc;
+	return 0;
+}
+
 int pf_dd_format(const struct pf_dd *dd, char **buf, size_t *len)
 {
 	xmlChar *mem = NULL;
-	xmlNode *root;
 	xmlDocPtr doc;
 	int size = 0, ret;
 	char *copy;
@@ -1136,24 +1621,19 @@ int pf_dd_format(const struct pf_dd *dd, char **buf, size_t *len)
 	*buf = NULL;
 	*len = 0;
 	pthread_once(&xml_once, xml_init);
-	doc = xmlNewDoc(BAD_CAST "1.0");
-	if (!doc)
-		return -ENOMEM;
-	root = xmlNewNode(NULL, (const xmlChar *)(dd->parallels_root ?
-							  ROOT_PRL : ROOT_VZ));
-	if (!root) {
-		ret = -ENOMEM;
-		goto out_doc;
-	}
-	xmlDocSetRootElement(doc, root);
-	ret = build_tree(dd, root);
+	ret = doc_of(dd, &doc);
 	if (ret)
-		goto out_doc;
+		return ret;
 
 	/* format=1 gives ploop's layout: one element a line, 2-space indent */
 	xmlDocDumpFormatMemory(doc, &mem, &size, 1);
 	if (!mem || size <= 0) {
 		ret = -ENOMEM;
+		goto out_mem;
+	}
+	/* never write what pf_dd_load() would refuse to read back */
+	if ((size_t)size > PF_DD_MAX_BYTES) {
+		ret = -EFBIG;
 		goto out_mem;
 	}
 	/* hand out plain malloc memory: callers free() it */
@@ -1169,13 +1649,15 @@ int pf_dd_format(const struct pf_dd *dd, char **buf, size_t *len)
 
 out_mem:
 	xmlFree(mem);
-out_doc:
 	xmlFreeDoc(doc);
 	return ret;
 }
 
 int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 {
+	bool keep_mode = false;
+	mode_t mode = PF_DD_MODE;
+	struct stat st;
 	size_t len;
 	char *buf;
 	int fd, ret;
@@ -1184,6 +1666,12 @@ int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 	if (ret)
 		return ret;
 
+	/* the replaced descriptor's permissions, whoever set them */
+	if (fstatat(dirfd, PF_DD_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode)) {
+		mode = st.st_mode & 0777;
+		keep_mode = true;
+	}
 	/*
 	 * Rule W6: a new top delta is fully written and synced before
 	 * DiskDescriptor.xml names it, and the descriptor is replaced
@@ -1191,14 +1679,30 @@ int pf_dd_store_tmp(int dirfd, const struct pf_dd *dd)
 	 * before the rename (pf_dd_commit_tmp), so a crash leaves either
 	 * the old or the new descriptor, never a torn one.
 	 */
-	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_TRUNC | O_WRONLY |
-		    O_CLOEXEC | O_NOFOLLOW, 0600);
+	fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_EXCL | O_WRONLY |
+		    O_CLOEXEC | O_NOFOLLOW, mode);
+	/*
+	 * A regular file in the way is a tmp left by a crash (ours or
+	 * ploop's): nothing reads it.  It is replaced, not truncated, so
+	 * that it can neither keep its own mode nor, as a hard link, make
+	 * us write into another file.  Anything else is not ours.
+	 */
+	if (fd < 0 && errno == EEXIST &&
+	    fstatat(dirfd, PF_DD_TMP_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && unlinkat(dirfd, PF_DD_TMP_NAME, 0) == 0)
+		fd = openat(dirfd, PF_DD_TMP_NAME, O_CREAT | O_EXCL | O_WRONLY |
+			    O_CLOEXEC | O_NOFOLLOW, mode);
 	if (fd < 0) {
 		/* not ours to remove: we did not create it */
 		ret = -errno;
 		goto out_free;
 	}
-	ret = pf_pwrite_full(fd, buf, len, 0);
+	/* a new one is 0644 less the umask, as ploop's; a kept mode is
+	 * kept whole */
+	if (keep_mode && fchmod(fd, mode) < 0)
+		ret = -errno;
+	if (!ret)
+		ret = pf_pwrite_full(fd, buf, len, 0);
 	if (!ret && fsync(fd) < 0)
 		ret = -errno;
 	/* close() can report a deferred write error (NFS): do not ignore */
@@ -1255,6 +1759,10 @@ void pf_dd_free(struct pf_dd *dd)
 
 	if (!dd)
 		return;
+	if (dd->xml) {
+		xmlFreeDoc(dd->xml->doc);
+		free(dd->xml);
+	}
 	for (i = 0; i < dd->n_images; i++)
 		free(dd->images[i].file);
 	free(dd->images);
@@ -1320,9 +1828,8 @@ int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
 	size_t i;
 	char *file;
 
-	if (!pf_guid_valid(snap_guid) || !pf_dd_file_name_valid(new_file))
+	if (pf_guid_canon(snap_guid, guid) || !pf_dd_file_name_valid(new_file))
 		return -EINVAL;
-	guid_lower(guid, snap_guid);
 	if (!strcmp(guid, PF_NONE_GUID) || !strcmp(guid, PF_TOP_GUID) ||
 	    image_index(dd, guid) >= 0 || shot_index(dd, guid) >= 0)
 		return -EINVAL;
@@ -1366,10 +1873,12 @@ int pf_dd_add_snapshot(struct pf_dd *dd, const char *snap_guid,
 
 	memcpy(images[dd->n_images].guid, PF_TOP_GUID, sizeof(guid));
 	images[dd->n_images].file = file;
+	images[dd->n_images].xml_pos = 0;
 	dd->n_images++;
 	memcpy(shots[dd->n_shots].guid, PF_TOP_GUID, sizeof(guid));
 	memcpy(shots[dd->n_shots].parent, guid, sizeof(guid));
 	shots[dd->n_shots].temporary = false;
+	shots[dd->n_shots].xml_pos = 0;
 	dd->n_shots++;
 	memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
 	return 0;
@@ -1398,9 +1907,10 @@ static void remove_shot(struct pf_dd *dd, size_t i)
 
 int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
 {
+	char g[PF_GUID_LEN + 1];
 	ssize_t i;
 
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, g))
 		return -EINVAL;
 	i = shot_index(dd, guid);
 	if (i < 0)
@@ -1414,11 +1924,12 @@ int pf_dd_set_temporary(struct pf_dd *dd, const char *guid, bool on)
 
 int pf_dd_set_file(struct pf_dd *dd, const char *guid, const char *file)
 {
-	ssize_t i = pf_guid_valid(guid) ? image_index(dd, guid) : -1;
+	char g[PF_GUID_LEN + 1];
+	ssize_t i = image_index(dd, guid);
 	size_t j;
 	char *copy;
 
-	if (!pf_guid_valid(guid) || !pf_dd_file_name_valid(file))
+	if (pf_guid_canon(guid, g) || !pf_dd_file_name_valid(file))
 		return -EINVAL;
 	if (i < 0)
 		return -ENOENT;
@@ -1438,10 +1949,11 @@ int pf_dd_delete_snapshot(struct pf_dd *dd, const char *guid,
 {
 	ssize_t img, shot, child_img = -1;
 	size_t i, kids = 0, child_shot = 0;
+	char g[PF_GUID_LEN + 1];
 	char *file;
 
 	*gone_file = NULL;
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, g))
 		return -EINVAL;
 	shot = shot_index(dd, guid);
 	img = image_index(dd, guid);
@@ -1494,7 +2006,7 @@ int pf_dd_switch(struct pf_dd *dd, const char *guid, const char *new_file,
 	char *file;
 
 	*old_top_file = NULL;
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, parent))
 		return -EINVAL;
 	shot = shot_index(dd, guid);
 	if (shot < 0)
@@ -1539,12 +2051,14 @@ int pf_dd_switch(struct pf_dd *dd, const char *guid, const char *new_file,
 	memcpy(dd->images[dd->n_images].guid, PF_TOP_GUID,
 	       sizeof(dd->images[dd->n_images].guid));
 	dd->images[dd->n_images].file = file;
+	dd->images[dd->n_images].xml_pos = 0;	/* a new <Image> */
 	dd->n_images++;
 	memcpy(dd->shots[dd->n_shots].guid, PF_TOP_GUID,
 	       sizeof(dd->shots[dd->n_shots].guid));
 	memcpy(dd->shots[dd->n_shots].parent, parent,
 	       sizeof(dd->shots[dd->n_shots].parent));
 	dd->shots[dd->n_shots].temporary = false;
+	dd->shots[dd->n_shots].xml_pos = 0;
 	dd->n_shots++;
 	memcpy(dd->top_guid, PF_TOP_GUID, sizeof(dd->top_guid));
 	return 0;

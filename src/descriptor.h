@@ -22,17 +22,32 @@
 #define PF_BASE_NAME	"root.hds"
 #define PF_MAX_DELTAS	253		/* dm-ploop's limit of levels */
 #define PF_DD_MAX_BYTES	(1u << 20)	/* refuse larger descriptors */
+/*
+ * Mode of a new descriptor (less the umask), as ploop creates it; a
+ * rewrite keeps the mode of the file it replaces (pf_dd_store_tmp).  The
+ * descriptor holds no secret (an encryption <KeyId> names a key, it is
+ * not one), so 0600 would only differ from ploop; whoever wants it
+ * private chmods it once and every rewrite keeps that.
+ */
+#define PF_DD_MODE	0644
 
 struct pf_dd_image {
 	char guid[PF_GUID_LEN + 1];
 	char *file;		/* a plain name inside the image directory */
+	/* private to descriptor.c: 1 + the index of this image's <Image>
+	 * among those of the parsed document; 0 for one added since */
+	unsigned xml_pos;
 };
 
 struct pf_dd_shot {
 	char guid[PF_GUID_LEN + 1];
 	char parent[PF_GUID_LEN + 1];	/* PF_NONE_GUID for the base */
 	bool temporary;			/* <Temporary/> present */
+	unsigned xml_pos;		/* as in struct pf_dd_image, <Shot> */
 };
+
+/* The parsed document, private to descriptor.c. */
+struct pf_dd_xml;
 
 struct pf_dd {
 	bool parallels_root;	/* root element was <Parallels_disk_image> */
@@ -46,13 +61,20 @@ struct pf_dd {
 	struct pf_dd_image *images;	/* in document order */
 	size_t n_shots;
 	struct pf_dd_shot *shots;	/* in document order */
+	/* what pf_dd_parse() read, kept so that every element and
+	 * attribute it does not model is written back; NULL for pf_dd_new() */
+	struct pf_dd_xml *xml;
 };
 
 /* Parsing and writing */
 
 /*
  * Parse and validate a descriptor held in memory.  Accepts both root
- * element names; ignores unknown elements.  Rejects: malformed XML,
+ * element names.  Elements and attributes that are not modelled here
+ * (ploop's <Max_delta_size>, <Encryption><KeyId>, <Preallocated>,
+ * <Volume>, a <Description> in a <Shot>, anything newer) are not
+ * checked, and are kept, with the comments, to be written back by
+ * pf_dd_format().  Rejects: malformed XML,
  * missing or non-numeric required elements, sizes whose byte count
  * overflows 64 bits, a Blocksize that is not a valid cluster size, not
  * exactly one <Storage>, an <Image> without GUID or File, a File that is
@@ -73,16 +95,29 @@ PF_MUST_CHECK int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
 PF_MUST_CHECK int pf_dd_load(int dirfd, struct pf_dd **out,
 			     struct pf_why *why);
 
-/* Serialize in ploop's layout (root <Virtuozzo_disk_image>, or
- * <Parallels_disk_image> when parsed from one), 2-space indent.
- * *buf is malloc'ed.  Returns 0 or -ENOMEM. */
+/*
+ * Serialize in ploop's layout (one element a line, 2-space indent).  A
+ * descriptor built by pf_dd_new() is written from its fields alone (root
+ * <Virtuozzo_disk_image>, as ploop init writes it).  One read by
+ * pf_dd_parse() is written as it was read, with the fields set in their
+ * elements: <Disk_size>, <Cylinders>, <Heads>, <Sectors>, <End>,
+ * <Blocksize>, <TopGUID>, and per image and shot <GUID>, <File>,
+ * <ParentGUID> and the temporary mark; an image or shot that an edit
+ * added gets a new element next to its siblings, and one that an edit
+ * removed loses its element, with everything inside it.  Everything else
+ * (elements and attributes not modelled, comments, the XML declaration,
+ * the root element's name) stays where it was.
+ * *buf is malloc'ed.  Returns: 0; -ENOMEM; -EFBIG (the text would be
+ * larger than PF_DD_MAX_BYTES, which pf_dd_load() refuses).
+ */
 PF_MUST_CHECK int pf_dd_format(const struct pf_dd *dd, char **buf,
 			       size_t *len);
 
 /*
  * Replacing the descriptor: the one home of rule W6's last step.  The
- * new text goes to DiskDescriptor.xml.tmp (created or truncated, mode
- * 0600, never through a symbolic link), which is fsynced, renamed over
+ * new text goes to DiskDescriptor.xml.tmp (created afresh, never through a
+ * symbolic link, with the mode of the DiskDescriptor.xml it replaces, or
+ * PF_DD_MODE less the umask for the first), which is fsynced, renamed over
  * DiskDescriptor.xml (the commit point), and the directory is fsynced so
  * that the rename is durable.
  *
@@ -137,7 +172,17 @@ void pf_dd_drop_tmp(int dirfd);
 
 void pf_dd_free(struct pf_dd *dd);
 
-/* Building and editing */
+/*
+ * Building and editing.  The edits change the fields of @dd; what
+ * pf_dd_parse() kept besides them is written back by pf_dd_format() in
+ * place: an image or shot keeps its element, and whatever that element
+ * holds, for as long as it stays in @dd, even when its GUID or file
+ * changes.  Elements inside an <Image> or <Shot> that an edit removes
+ * (pf_dd_delete_snapshot, pf_dd_switch) go with it: they described that
+ * delta, not the one that takes over its file.
+ * Here and in the lookups below a GUID argument may be in any form
+ * pf_guid_canon() accepts; "malformed" means one it refuses.
+ */
 
 /* A descriptor for a single base delta @file with the TOPDELTA GUID. */
 PF_MUST_CHECK int pf_dd_new(uint64_t size_sectors, uint32_t blocksize,
@@ -236,8 +281,20 @@ const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 
 /* A fresh random GUID into @out (PF_GUID_LEN + 1 bytes). */
 void pf_guid_new(char *out);
-/* true if @s has the GUID form (hex digits of either case). */
+/* true if @s has the GUID form (hex digits of either case), with braces:
+ * the only form a descriptor may hold. */
 bool pf_guid_valid(const char *s);
+
+/*
+ * A GUID as users give it, into its one canonical form: @in with or
+ * without the braces (both or neither), hex digits of either case, as
+ * copied from a descriptor, from ploop's output or from a snapshot
+ * view's name (which has no braces); @out is lower case with braces, as
+ * ploop writes it.  Every GUID taken from a user or a client goes
+ * through here, and GUIDs are compared in this form.
+ * Returns: 0; -EINVAL (@in is NULL or not of that form; @out is "").
+ */
+PF_MUST_CHECK int pf_guid_canon(const char *in, char out[PF_GUID_LEN + 1]);
 
 /* true if @name is acceptable as a delta file name (see pf_dd_parse). */
 bool pf_dd_file_name_valid(const char *name);

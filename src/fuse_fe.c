@@ -4,7 +4,8 @@
  *
  * Inode 1 is the mount's root directory, inode 2 the disk, inode 3 the
  * directory "snapshots" holding one read-only file per snapshot, named by
- * its GUID without braces (inodes from 16 up, handed out as views are
+ * its GUID without braces (found by lookup under any form of it that
+ * pf_guid_canon() accepts; inodes from 16 up, handed out as views are
  * first seen and never reused).  A view reads the disk as it was when the
  * snapshot was taken; once the snapshot is deleted it is gone from the
  * directory and reads of open handles fail with ESTALE.  Files are
@@ -34,6 +35,8 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "descriptor.h"
 
 #define DISK_INO	2
 #define SNAPDIR_INO	3
@@ -236,9 +239,9 @@ static void fe_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		e.ino = DISK_INO;
 	} else if (parent == FUSE_ROOT_ID && !strcmp(name, PF_FE_SNAP_DIR)) {
 		e.ino = SNAPDIR_INO;
-	} else if (parent == SNAPDIR_INO &&
-		   strlen(name) == PF_GUID_LEN - 2) {
-		snprintf(guid, sizeof(guid), "{%s}", name);
+	} else if (parent == SNAPDIR_INO && !pf_guid_canon(name, guid)) {
+		/* the listed name, and the GUID as users copy it from
+		 * elsewhere: any case, with braces or without */
 		ret = view_level(fe, guid, NULL);
 		if (ret) {
 			fuse_reply_err(req, -ret);

@@ -120,7 +120,8 @@ static const char *active_base_file(const struct pf_dd *dd)
 	return file;
 }
 
-/* The GUID for a new snapshot: @want, checked, or a fresh one. */
+/* The GUID for a new snapshot: @want, checked and made canonical, or a
+ * fresh one. */
 static int snapshot_guid(const struct pf_dd *dd, const char *want, char *out,
 			 struct pf_why *why)
 {
@@ -128,13 +129,12 @@ static int snapshot_guid(const struct pf_dd *dd, const char *want, char *out,
 		pf_guid_new(out);
 		return 0;
 	}
-	if (!pf_guid_valid(want) || !strcasecmp(want, PF_TOP_GUID) ||
-	    !strcasecmp(want, PF_NONE_GUID))
+	if (pf_guid_canon(want, out) || !strcmp(out, PF_TOP_GUID) ||
+	    !strcmp(out, PF_NONE_GUID))
 		return pf_why_set(why, -EINVAL, "%s: not a valid snapshot GUID",
 				  want);
-	if (pf_dd_find_image(dd, want) || pf_dd_find_shot(dd, want))
-		return pf_why_set(why, -EEXIST, "GUID %s is already in use", want);
-	snprintf(out, PF_GUID_LEN + 1, "%s", want);
+	if (pf_dd_find_image(dd, out) || pf_dd_find_shot(dd, out))
+		return pf_why_set(why, -EEXIST, "GUID %s is already in use", out);
 	return 0;
 }
 
@@ -256,13 +256,12 @@ int pf_image_switch(int dirfd, struct pf_dd *dd, const struct pf_header *top,
 	int ret;
 
 	*new_file = NULL;
-	if (!pf_guid_valid(guid))
+	if (pf_guid_canon(guid, target))
 		return pf_why_set(why, -EINVAL, "invalid GUID");
-	s = pf_dd_find_shot(dd, guid);
+	s = pf_dd_find_shot(dd, target);
 	if (!s)
 		return pf_why_set(why, -ENOENT, "no snapshot %s in " PF_DD_NAME,
-				  guid);
-	memcpy(target, s->guid, sizeof(target));
+				  target);
 	if (!strcasecmp(target, dd->top_guid))
 		return pf_why_set(why, -EINVAL,
 				  "%s is the current top, not a snapshot to switch to",

@@ -43,8 +43,9 @@ struct pf_snap_prep {
 /*
  * Prepare a snapshot of the image in @dirfd whose descriptor is @dd and
  * whose top delta has header @top, offline and online alike:
- *   - the GUID: @want (checked: well formed, neither the top's nor the
- *     null GUID, used by no image or snapshot), or a fresh one;
+ *   - the GUID: @want (checked: in a form pf_guid_canon() accepts,
+ *     neither the top's nor the null GUID, used by no image or
+ *     snapshot; stored canonical), or a fresh one;
  *   - the new top: named by pf_image_top_name(), created empty with the
  *     geometry of @top and in-use value @in_use (a daemon writes it at
  *     once: PF_INUSE_OPEN, as ploop does), synced with its directory
@@ -83,7 +84,8 @@ PF_MUST_CHECK int pf_image_snapshot(int dirfd, struct pf_dd *dd,
 
 /*
  * Offline snapshot-switch, as ploop does it (ploop-format.md 4.4): make
- * snapshot @guid of @dd the parent of a new empty top and discard the
+ * snapshot @guid (any form pf_guid_canon() accepts) of @dd the parent of
+ * a new empty top and discard the
  * current top, whose header is @top.  The new delta
  * "<base file>.{uuid}" (the base of @guid's chain; the uuid fresh) gets
  * the geometry of @top, closed and empty; it is created and synced with

@@ -332,6 +332,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 {
 	struct merge m = { .s = s };
 	struct level gone = { 0 };
+	char canon[PF_GUID_LEN + 1];
 	struct pf_dd *dd = NULL;
 	struct timespec a, b;
 	char *gone_file = NULL;
@@ -343,6 +344,10 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	int ret;
 
 	memset(info, 0, sizeof(*info));
+	/* any form a user copies; compared and reported canonical */
+	if (pf_guid_canon(guid, canon))
+		return pf_why_set(why, -EINVAL, "invalid GUID '%.64s'", guid);
+	guid = canon;
 	ret = structural_begin(s, why);
 	if (ret)
 		return ret;

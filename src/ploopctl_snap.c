@@ -26,6 +26,21 @@
 
 #include "ploopctl_i.h"
 
+/*
+ * GUID operand or option @arg in its canonical form into @out: users
+ * copy GUIDs from snapshot-list, from ploop, or from a snapshot view's
+ * name, which has no braces, in either case.  A usage error if it is not
+ * one.
+ */
+static int guid_arg(const char *arg, char out[PF_GUID_LEN + 1])
+{
+	if (pf_guid_canon(arg, out)) {
+		err_line(NULL, "invalid GUID '%s'", arg);
+		return EXIT_USAGE;
+	}
+	return EXIT_OK;
+}
+
 /* snapshot */
 
 static int snapshot_guid_line(void *ctx, const char *line)
@@ -77,12 +92,8 @@ int cmd_snapshot(int argc, char **argv)
 			1, 1);
 	if (rc >= 0)
 		return rc;
-	if (want && !pf_guid_valid(want)) {
-		err_line(NULL, "invalid GUID '%s'", want);
+	if (want && guid_arg(want, guid) != EXIT_OK)
 		return EXIT_USAGE;
-	}
-	if (want)
-		snprintf(guid, sizeof(guid), "%s", want);
 	rc = daemon_of(argv[optind], &fd);
 	if (rc != EXIT_OK)
 		return rc;
@@ -193,10 +204,8 @@ int cmd_snapshot_switch(int argc, char **argv)
 	rc = parse_args(argc, argv, NULL, 0, usage_snapshot_switch, 2, 2);
 	if (rc >= 0)
 		return rc;
-	if (!pf_guid_valid(argv[optind + 1])) {
-		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+	if (guid_arg(argv[optind + 1], guid) != EXIT_OK)
 		return EXIT_USAGE;
-	}
 	/* Exclusive lock: the top is discarded and the descriptor replaced,
 	 * so a mounted image is busy. */
 	/* As snapshot: an unclean image is recovered first, not guessed at. */
@@ -204,15 +213,12 @@ int cmd_snapshot_switch(int argc, char **argv)
 	if (rc != EXIT_OK)
 		goto out;
 
-	s = pf_dd_find_shot(im.dd, argv[optind + 1]);
+	s = pf_dd_find_shot(im.dd, guid);
 	if (!s) {
-		err_line(im.dir, "no snapshot %s", argv[optind + 1]);
+		err_line(im.dir, "no snapshot %s", guid);
 		rc = EXIT_USAGE;
 		goto out;
 	}
-	/* the stored (lower-case) form; @s moves when the descriptor is
-	 * edited */
-	memcpy(guid, s->guid, sizeof(guid));
 	if (!strcmp(guid, im.dd->top_guid)) {
 		err_line(im.dir, "%s is the current top, not a snapshot to switch to",
 			 guid);
@@ -360,15 +366,14 @@ static void usage_snapshot_delete(FILE *out)
 int cmd_snapshot_delete(int argc, char **argv)
 {
 	const struct cmd_opt opts[] = { OPT_TIMEOUT };
+	char guid[PF_GUID_LEN + 1];
 	int rc = parse_args(argc, argv, opts, 1, usage_snapshot_delete, 2, 2);
 
 	if (rc >= 0)
 		return rc;
-	if (!pf_guid_valid(argv[optind + 1])) {
-		err_line(NULL, "invalid GUID '%s'", argv[optind + 1]);
+	if (guid_arg(argv[optind + 1], guid) != EXIT_OK)
 		return EXIT_USAGE;
-	}
-	return delete_snapshot(argv[optind], argv[optind + 1]);
+	return delete_snapshot(argv[optind], guid);
 }
 
 static void usage_snapshot_merge(FILE *out)
@@ -384,7 +389,7 @@ static void usage_snapshot_merge(FILE *out)
 int cmd_snapshot_merge(int argc, char **argv)
 {
 	const char *guid = PF_TOP_GUID, *parent = NULL;
-	char pguid[PF_GUID_LEN + 1] = "";
+	char pguid[PF_GUID_LEN + 1] = "", given[PF_GUID_LEN + 1];
 	const struct cmd_opt opts[] = { OPT_TIMEOUT };
 	struct image im;
 	size_t i;
@@ -394,11 +399,9 @@ int cmd_snapshot_merge(int argc, char **argv)
 	if (rc >= 0)
 		return rc;
 	if (optind + 2 == argc) {
-		guid = argv[optind + 1];
-		if (!pf_guid_valid(guid)) {
-			err_line(NULL, "invalid GUID '%s'", guid);
+		if (guid_arg(argv[optind + 1], given) != EXIT_OK)
 			return EXIT_USAGE;
-		}
+		guid = given;
 	}
 	/* the descriptor is read without a lock: the engine re-checks */
 	rc = image_open(&im, argv[optind], 0, false);

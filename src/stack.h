@@ -156,7 +156,8 @@ PF_MUST_CHECK int pf_stack_pread_view(struct pf_stack *s, const char *guid,
 
 /*
  * Online snapshot: the current top becomes read-only snapshot @guid
- * (NULL: a fresh one) and a new empty top delta takes its place.
+ * (NULL: a fresh one; any form pf_guid_canon() accepts) and a new empty
+ * top delta takes its place.
  * Prepare (new delta created and synced, W6; new descriptor written to
  * its tmp file), freeze (drain, commit the old top), switch (descriptor
  * renamed; nothing after that can fail), thaw.  Any failure before the
@@ -177,7 +178,8 @@ struct pf_stack_merge_info {
 };
 
 /*
- * Delete snapshot @guid by merging its only child into it (W5): a
+ * Delete snapshot @guid (any form pf_guid_canon() accepts; -EINVAL for
+ * another) by merging its only child into it (W5): a
  * read-only child is copied down into the snapshot's file, which then
  * takes the child's GUID (the snapshot is marked <Temporary/> first, so
  * an interrupted delete is completed by running it again); when the

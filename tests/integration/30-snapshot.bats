@@ -164,3 +164,150 @@ names_short() {
 	run_ok qemu-img convert -f parallels -O raw "$D/root.hds" "$BATS_TEST_TMPDIR/after.raw"
 	[ "$(sha256sum <"$BATS_TEST_TMPDIR/after.raw")" = "$want" ]
 }
+
+# What ploop writes and ploopfs does not model must survive every rewrite
+# of the descriptor (ploop-image(5), DESCRIPTOR, Writing): an encrypted
+# image without its <KeyId> cannot be opened by ploop.
+KEYID=c0ffee00-1234-4321-abcd-0123456789ab
+
+# dd_extras DIR: add to DIR's descriptor (made by init) ploop's optional
+# elements, an unknown element with attributes at the top level, and
+# unknown elements inside the base's <Image> and <Shot>
+dd_extras() {
+	python3 - "$1/DiskDescriptor.xml" "$KEYID" <<'PY'
+import sys
+p, key = sys.argv[1], sys.argv[2]
+s = open(p).read()
+def put(old, new):
+    global s
+    assert s.count(old) == 1, old
+    s = s.replace(old, new)
+put("    <Cylinders>", "    <Max_delta_size>41943040</Max_delta_size>\n    <Cylinders>")
+put("    <Padding>0</Padding>\n", "    <Padding>0</Padding>\n    <Encryption>\n"
+    "      <KeyId>" + key + "</KeyId>\n    </Encryption>\n")
+put("</Blocksize>\n", "</Blocksize>\n      <Preallocated>0</Preallocated>\n")
+put("<File>root.hds</File>\n", "<File>root.hds</File>\n        <Note kind=\"base\">keep me</Note>\n")
+put("</ParentGUID>\n", "</ParentGUID>\n      <Description>the base</Description>\n")
+put("</Virtuozzo_disk_image>", "  <Vendor_data id=\"7\" flags=\"a&amp;b\">\n"
+    "    <Blob>x</Blob>\n  </Vendor_data>\n</Virtuozzo_disk_image>")
+open(p, "w").write(s)
+PY
+}
+
+# xq DIR XPATH: the string value of XPATH in DIR's descriptor
+xq() {
+	xmllint --xpath "string($2)" "$1/DiskDescriptor.xml"
+}
+
+# extras_kept DIR BASE_GUID: dd_extras' elements are all there, in place
+extras_kept() {
+	local b="//Storage/Image[GUID='$2']" s="//Snapshots/Shot[GUID='$2']"
+	[ "$(xq "$1" /Virtuozzo_disk_image/Disk_Parameters/Encryption/KeyId)" = "$KEYID" ] &&
+	[ "$(xq "$1" /Virtuozzo_disk_image/Disk_Parameters/Max_delta_size)" = 41943040 ] &&
+	[ "$(xq "$1" /Virtuozzo_disk_image/StorageData/Storage/Preallocated)" = 0 ] &&
+	[ "$(xq "$1" /Virtuozzo_disk_image/Vendor_data/@id)" = 7 ] &&
+	[ "$(xq "$1" /Virtuozzo_disk_image/Vendor_data/@flags)" = "a&b" ] &&
+	[ "$(xq "$1" /Virtuozzo_disk_image/Vendor_data/Blob)" = x ] &&
+	[ "$(xq "$1" "$b/File")" = root.hds ] &&
+	[ "$(xq "$1" "$b/Note[@kind='base']")" = "keep me" ] &&
+	[ "$(xq "$1" "$s/Description")" = "the base" ] &&
+	# in their places: after Disk_size, after Padding, after Blocksize,
+	# after the base's File and ParentGUID, last under the root
+	[ "$(xq "$1" "name(//Disk_size/following-sibling::*[1])")" = Max_delta_size ] &&
+	[ "$(xq "$1" "name(//Padding/following-sibling::*[1])")" = Encryption ] &&
+	[ "$(xq "$1" "name(//Blocksize/following-sibling::*[1])")" = Preallocated ] &&
+	[ "$(xq "$1" "name($b/File/following-sibling::*[1])")" = Note ] &&
+	[ "$(xq "$1" "name($s/ParentGUID/following-sibling::*[1])")" = Description ] &&
+	[ "$(xq "$1" "name(/Virtuozzo_disk_image/*[last()])")" = Vendor_data ] ||
+		{ echo "after $3:" >&2; cat "$1/DiskDescriptor.xml" >&2; return 1; }
+}
+
+@test "every descriptor rewrite keeps ploop's Encryption, Preallocated, Max_delta_size and unknown elements" {
+	GA='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	GB='{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}'
+	GC='{2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1}'
+	GD='{3d4e5f60-7182-4394-a5b6-c7d8e9f0a1b2}'
+	run_ok ploopctl init -s 64M "$D"
+	dd_extras "$D"
+	run_ok ploopctl info "$D"
+	# the base keeps its file and its elements under the snapshot's GUID
+	run_ok ploopctl snapshot -u "$GA" "$D"
+	extras_kept "$D" "$GA" snapshot
+	run_ok ploopctl snapshot -u "$GB" "$D"
+	extras_kept "$D" "$GA" "second snapshot"
+	run_ok ploopctl snapshot-switch "$D" "$GA"
+	extras_kept "$D" "$GA" snapshot-switch
+	# GB stays, on a side branch
+	run_ok ploopctl snapshot -u "$GC" "$D"
+	run_ok ploopctl snapshot-merge "$D"
+	extras_kept "$D" "$GA" snapshot-merge
+	[ "$(xq "$D" "count(//Shot[GUID='$GC'])")" = 0 ]
+	run_ok ploopctl snapshot -u "$GD" "$D"
+	run_ok ploopctl snapshot-delete "$D" "$GD"
+	extras_kept "$D" "$GA" snapshot-delete
+	[ "$(xq "$D" "count(//Image)")" = 3 ]
+	[ "$(xq "$D" "count(//Shot)")" = 3 ]
+	image_ok "$D"
+}
+
+@test "descriptor mode: init writes ploop's 0644, every rewrite keeps what it finds" {
+	umask 022
+	run_ok ploopctl init -s 64M "$D"
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 644 ]
+	[ "$(stat -c %a "$D/root.hds")" = 600 ]
+	chmod 640 "$D/DiskDescriptor.xml"
+	run_ok ploopctl snapshot "$D"
+	g=$output
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 640 ]
+	chmod 604 "$D/DiskDescriptor.xml"
+	run_ok ploopctl snapshot-delete "$D" "$g"
+	[ "$(stat -c %a "$D/DiskDescriptor.xml")" = 604 ]
+	[ ! -e "$D/DiskDescriptor.xml.tmp" ]
+}
+
+# GUIDs as users copy them: from snapshot-list, from ploop, from a
+# snapshot view's name (no braces), in either case; printed as ploop
+# writes them, lower case with braces
+@test "GUIDs with or without braces, in any case, are taken and printed canonical" {
+	GA='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	GB='{1b2c3d4e-5f60-4172-8394-a5b6c7d8e9f0}'
+	GC='{2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1}'
+	run_ok ploopctl init -s 64M "$D"
+	run_ok ploopctl snapshot -u 0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11 "$D"
+	[ "$output" = "$GA" ]
+	run_ok ploopctl snapshot -u '{1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0}' "$D"
+	[ "$output" = "$GB" ]
+	run_ok ploopctl snapshot -u 2c3d4e5f-6071-4283-94a5-b6c7d8e9f0a1 "$D"
+	[ "$output" = "$GC" ]
+	grep -q "<GUID>$GA</GUID>" "$D/DiskDescriptor.xml"
+	# the same GUID in another form is the same GUID
+	run -2 ploopctl snapshot -u 0e24C2B0-9a0b-4c5e-8d2f-6f1f3e2a9b11 "$D"
+	[[ "$output" == *"GUID $GA is already in use"* ]]
+	# malformed: refused before anything is opened, exit 2, one line
+	before=$(tree_sum "$D")
+	for bad in '{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11' \
+		'0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}' \
+		0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1 \
+		0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b1x \
+		'{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b111}'; do
+		for cmd in snapshot-delete snapshot-merge snapshot-switch; do
+			run -2 ploopctl "$cmd" "$D" "$bad"
+			[ "$output" = "ploopctl: invalid GUID '$bad'" ]
+		done
+		run -2 ploopctl snapshot -u "$bad" "$D"
+		[ "$output" = "ploopctl: invalid GUID '$bad'" ]
+	done
+	[ "$(tree_sum "$D")" = "$before" ]
+	# delete GB named as its view would be: upper case, no braces
+	run_ok ploopctl snapshot-delete "$D" 1B2C3D4E-5F60-4172-8394-A5B6C7D8E9F0
+	[[ "$output" == "deleted snapshot $GB: "* ]]
+	# merge GC into its parent GA, upper case with braces: GA goes
+	run_ok ploopctl snapshot-merge "$D" '{2C3D4E5F-6071-4283-94A5-B6C7D8E9F0A1}'
+	[[ "$output" == "deleted snapshot $GA: "* ]]
+	run_ok ploopctl snapshot-list --json "$D"
+	[ "$(json_get "$output" '" ".join(s["guid"] for s in j["snapshots"])')" = "$GC $TOP" ]
+	# a snapshot that is not there is named canonical
+	run -1 ploopctl snapshot-merge "$D" 0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11
+	[ "$output" = "ploopctl: $D: $GA: no such delta" ]
+	image_ok "$D"
+}

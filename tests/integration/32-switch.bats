@@ -156,6 +156,26 @@ make_two_snapshots() {
 	expect_disk "$D" 0:1:0x5a 1:63:0
 }
 
+@test "snapshot-switch takes a GUID without braces, as a snapshot view is named, in any case" {
+	run_ok ploopctl init -s 64M "$D"
+	run_ok ploopctl snapshot "$D"
+	a=$output
+	run_ok ploopctl snapshot "$D"
+	b=$output
+	bare=$(tr -d '{}' <<<"$a")
+	run_ok ploopctl snapshot-switch "$D" "${bare^^}"
+	[ "$output" = "switched to snapshot $a; the previous top is discarded" ]
+	[ "$(parent_of "$D" "$TOP")" = "$a" ]
+	# over to the side branch left behind, lower case without braces
+	run_ok ploopctl snapshot-switch "$D" "$(tr -d '{}' <<<"$b")"
+	[ "$output" = "switched to snapshot $b; the previous top is discarded" ]
+	[ "$(parent_of "$D" "$TOP")" = "$b" ]
+	# braces on one side only are no GUID
+	run -2 ploopctl snapshot-switch "$D" "{$bare"
+	[ "$output" = "ploopctl: invalid GUID '{$bare'" ]
+	run_ok ploopctl check "$D"
+}
+
 @test "snapshot-switch on a mounted image is busy (exit 5) and changes nothing" {
 	run_ok ploopctl init -s 64M "$D"
 	run_ok ploopctl snapshot "$D"

@@ -470,6 +470,35 @@ sys.exit("a read of the deleted view succeeded")
 	image_ok "$D"
 }
 
+@test "snapshot views and the daemon take GUIDs as users copy them: no braces, any case" {
+	run_ok ploopctl init -s 64M "$D"
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 4
+	s1=$(disk_sum "$M/disk")
+	# online snapshot, the GUID upper case without braces: stored and
+	# printed as ploop writes it
+	run_ok ploopctl snapshot -u 0E24C2B0-9A0B-4C5E-8D2F-6F1F3E2A9B11 "$D"
+	g='{0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11}'
+	[ "$output" = "$g" ]
+	name=$(timeout 10 ls "$M/snapshots")
+	[ "$name" = 0e24c2b0-9a0b-4c5e-8d2f-6f1f3e2a9b11 ]
+	write_random "$M/disk" 0 4
+	# the view under the listed name, in upper case, with braces
+	for v in "$name" "${name^^}" "{$name}" "{${name^^}}"; do
+		[ "$(disk_sum "$M/snapshots/$v")" = "$s1" ]
+	done
+	# but not under a name that is no GUID
+	[ ! -e "$M/snapshots/{$name" ]
+	[ ! -e "$M/snapshots/${name}0" ]
+	# delete it by the view's name, through the daemon
+	run_ok ploopctl snapshot-delete "$D" "$name"
+	[[ "$output" == "deleted snapshot $g: "* ]]
+	[ -z "$(timeout 10 ls -A "$M/snapshots")" ]
+	[ ! -e "$M/snapshots/${name^^}" ]
+	pf_umount "$M"
+	image_ok "$D"
+}
+
 # timed_out_within MS_MIN MS_MAX: the last run (timed by t0, in ns) exited
 # 8 within [MS_MIN, MS_MAX) ms, with one line saying that the daemon of
 # $D did not answer within 1 s

@@ -29,6 +29,7 @@
  * Every wait is bounded: a test that does not finish in WAIT_S seconds
  * fails and the binary bails out instead of hanging.
  */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -643,8 +644,11 @@ static void test_snapshot_basic(bool start)
 	pf_stack_stat(s, &st);
 	check_int(st.top_clusters, ==, 5);
 
-	/* explicit GUID; then the same again, and bad ones: nothing changes */
-	check_int(pf_stack_snapshot(s, want, g2, &why), ==, 0);
+	/* explicit GUID, given as users copy it (upper case, no braces):
+	 * stored as ploop writes it; then the same again in the canonical
+	 * form, and bad ones: nothing changes */
+	check_int(pf_stack_snapshot(s, "0123ABCD-4567-89AB-CDEF-0123456789AB",
+				    g2, &why), ==, 0);
 	check_str(g2, want);
 	check_int(dd_chain_len(dir), ==, 3);
 	h_dir = dir_hash(dir, &nf);
@@ -655,6 +659,8 @@ static void test_snapshot_basic(bool start)
 	check_int(pf_stack_snapshot(s, g1, g2, &why), ==, -EEXIST);
 	check_int(pf_stack_snapshot(s, PF_TOP_GUID, g2, &why), ==, -EINVAL);
 	check_int(pf_stack_snapshot(s, "{not-a-guid}", g2, &why), ==, -EINVAL);
+	check_int(pf_stack_snapshot(s, "{0123abcd-4567-89ab-cdef-0123456789ab",
+				    g2, &why), ==, -EINVAL);
 	h_dir2 = dir_hash(dir, &nf2);
 	check_int(nf2, ==, nf);
 	check_msg(h_dir2 == h_dir,
@@ -694,7 +700,7 @@ static void test_views(void)
 	const uint64_t size = 8 * MiB;
 	uint8_t *a = calloc(1, size), *b, *live, *buf = malloc(3 * CLU);
 	char *dir = tu_new_image(tmp_root, size, CLU);
-	char g1[PF_GUID_LEN + 1], g2[PF_GUID_LEN + 1];
+	char g1[PF_GUID_LEN + 1], g2[PF_GUID_LEN + 1], up[PF_GUID_LEN + 1];
 	struct pf_stack_merge_info info;
 	struct pf_why why = { "" };
 	struct pf_stack *s = open_stack(dir, true, NULL);
@@ -748,8 +754,17 @@ static void test_views(void)
 		  -ESTALE);
 	check_int(pf_stack_pread_view(s, g1, buf, 4096, size), ==, -EINVAL);
 
-	/* deleted snapshots have no view; the others keep theirs */
-	check_int(pf_stack_delete_snapshot(s, g1, &info, &why), ==, 0);
+	/* a bad GUID is refused before anything is looked at */
+	why.msg[0] = 0;
+	check_int(pf_stack_delete_snapshot(s, "0e24c2b0", &info, &why), ==,
+		  -EINVAL);
+	check_msg(strstr(why.msg, "invalid GUID") != NULL, "why: %s", why.msg);
+	/* deleted snapshots have no view; the others keep theirs; g1 named
+	 * as a view's name in upper case (no braces) */
+	for (off = 0; off < PF_GUID_LEN - 2; off++)
+		up[off] = (char)toupper((unsigned char)g1[off + 1]);
+	up[PF_GUID_LEN - 2] = '\0';
+	check_int(pf_stack_delete_snapshot(s, up, &info, &why), ==, 0);
 	check(info.down);
 	check_int(pf_stack_pread_view(s, g1, buf, 4096, 0), ==, -ESTALE);
 	check(view_equals(s, g2, b, size));
