@@ -45,6 +45,9 @@ else
 $(error unknown VARIANT '$(VARIANT)': release, asan or tsan)
 endif
 
+# `make` alone builds the programs: the test rules below come before all
+.DEFAULT_GOAL := all
+
 ifeq ($(V),1)
 Q :=
 else
