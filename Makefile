@@ -5,6 +5,7 @@
 #   make check           unit + integration tests of the release build
 #   make check-asan      the same under AddressSanitizer + UBSan
 #   make check-tsan      the same under ThreadSanitizer
+#   make fuzz            libFuzzer over every parser (clang, build/fuzz)
 
 .DEFAULT_GOAL := all
 
@@ -47,6 +48,9 @@ else
 $(error unknown VARIANT '$(VARIANT)': release, asan or tsan)
 endif
 
+# `make` alone builds the programs: the test rules below come before all
+.DEFAULT_GOAL := all
+
 ifeq ($(V),1)
 Q :=
 else
@@ -73,10 +77,17 @@ WRAP_FSYNC_TESTS := $(B)/tests/test_descriptor $(B)/tests/test_snapshot
 $(WRAP_FSYNC_TESTS): $(B)/tests/wrap_fsync.o
 $(WRAP_FSYNC_TESTS): LDFLAGS += -Wl,--wrap=fsync
 
+# Fuzz targets (tests/fuzz/fuzz_<target>.c).  `make check` replays each
+# target's corpus, tests/corpus/fuzz/<target>, with the variant's own
+# compiler: test_fuzz_<target> is the target linked to replay.c.
+FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_TARGETS := $(FUZZ_SRCS:tests/fuzz/fuzz_%.c=%)
+FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/test_fuzz_%)
+
 .SECONDARY:
 
 .PHONY: demo all deps check check-unit check-integration check-uring \
-	check-asan check-tsan \
+	check-asan check-tsan fuzz \
 	lint man-lint install clean help bench crash-soak
 
 all: $(PROGS)
@@ -98,6 +109,10 @@ help:
 	@echo "                     from CRASH_SEED (default 1); CRASH_POINT=name cuts each"
 	@echo "                     exactly at that crash point (test_crash -l lists them),"
 	@echo "                     CRASH_POINT=all gives N exact cuts at every point"
+	@echo "  fuzz               build the fuzz targets with clang's libFuzzer into build/fuzz"
+	@echo "                     and run each for FUZZ_SECONDS (default 60); FUZZ=name runs"
+	@echo "                     only that target, FUZZ_MERGE=1 merges inputs that add"
+	@echo "                     coverage into tests/corpus/fuzz/<target>"
 	@echo "  bench              benchmarks (tests/bench)"
 	@echo "  clean              remove build/"
 
@@ -134,11 +149,29 @@ $(B)/tests/test_%: $(B)/tests/test_%.o $(TAP_OBJ) $(LIB)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-check: all $(UNIT_BINS)
+$(B)/tests/fuzz/%.o: tests/fuzz/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) -c -o $@ $<
+
+# replay.c once per target, for the default corpus directory it names
+$(FUZZ_TARGETS:%=$(B)/tests/fuzz/replay_%.o): $(B)/tests/fuzz/replay_%.o: \
+		tests/fuzz/replay.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(CC) $(CPPFLAGS) -Itests/unit $(CFLAGS) -DFUZZ_TARGET='"$*"' \
+		-c -o $@ $<
+
+$(FUZZ_REPLAY): $(B)/tests/test_fuzz_%: $(B)/tests/fuzz/fuzz_%.o \
+		$(B)/tests/fuzz/replay_%.o $(B)/tests/tap.o $(LIB)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+check: all $(UNIT_BINS) $(FUZZ_REPLAY)
 	scripts/check-layering.sh
 	scripts/run-tests.sh $(B)
 
-check-unit: $(UNIT_BINS)
+check-unit: $(UNIT_BINS) $(FUZZ_REPLAY)
 	scripts/run-tests.sh --unit-only $(B)
 
 check-integration: all
@@ -167,6 +200,39 @@ crash-soak: $(B)/tests/test_crash
 	@$(B)/tests/test_crash $(if $(CRASH_POINT),-p $(CRASH_POINT)) \
 		-n $(CRASH_SCENARIOS) -s $(CRASH_SEED) 2>/dev/null | \
 		grep -v '^ok '
+
+# libFuzzer builds, with clang only (make deps installs it); not a VARIANT:
+# every object of build/fuzz has the fuzzer's coverage instrumentation.
+FUZZ_CC      ?= clang
+FUZZ_B       := build/fuzz
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS  := -std=gnu11 $(WARN) -g -O1 -fno-omit-frame-pointer -MMD -MP \
+		$(FUZZ_SAN)
+# the modules that hold the parsers (and what they need)
+FUZZ_MODULES := util log format descriptor control
+FUZZ_LIB     := $(FUZZ_B)/libploopfs.a
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
+FUZZ_SECONDS ?= 60
+FUZZ_MERGE   ?= 0
+FUZZ         ?= $(FUZZ_TARGETS)
+
+$(FUZZ_B)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $@"
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link \
+		-c -o $@ $<
+
+$(FUZZ_LIB): $(FUZZ_MODULES:%=$(FUZZ_B)/src/%.o)
+	@echo "  AR      $@"
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(FUZZ_BINS): $(FUZZ_B)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB)
+	@echo "  CCLD    $@"
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) -fsanitize=fuzzer \
+		-MF $@.d -MT $@ -o $@ $< $(FUZZ_LIB) $(LDLIBS)
+
+fuzz: $(FUZZ:%=$(FUZZ_B)/fuzz_%)
+	scripts/fuzz.sh $(FUZZ_B) $(FUZZ_SECONDS) $(FUZZ_MERGE) $(FUZZ)
 
 # the FUSE ceilings of the benchmarks (fuse-null, fuse-pass; not a test)
 $(B)/tests/fuse_ceiling: tests/bench/fuse_ceiling.c $(LIB)

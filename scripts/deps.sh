@@ -11,6 +11,8 @@ qemu-utils qemu-system-common qemu-block-extra
 fio e2fsprogs util-linux xxd python3
 cppcheck clang-tidy shellcheck groff-base man-db
 "
+# make fuzz: clang and its libFuzzer runtime (make check needs neither)
+PKGS="$PKGS clang libclang-rt-dev"
 # benchmarks (tests/bench): fdatasync counts, the PNG chart
 PKGS="$PKGS strace python3-matplotlib"
 

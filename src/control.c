@@ -531,6 +531,68 @@ static void ticker_stop(struct ticker *t)
 	pthread_mutex_destroy(&t->lock);
 }
 
+int pf_ctl_parse_request(char *line, char ***fields, size_t *n,
+			 struct pf_why *why)
+{
+	size_t ntok = 1, i;
+	char **tok, *p;
+	int ret;
+
+	*fields = NULL;
+	*n = 0;
+	for (p = line; *p; p++) {
+		unsigned char u = (unsigned char)*p;
+
+		if (u < 0x20 || u == 0x7f)
+			return pf_why_set(why, -EINVAL, "malformed request: control character 0x%02x",
+					  u);
+		ntok += *p == ' ';
+	}
+	tok = calloc(ntok + 1, sizeof(*tok));
+	if (!tok)
+		return pf_why_set(why, -ENOMEM, "out of memory for the request");
+	for (i = 0, p = line; i < ntok; i++) {
+		tok[i] = strsep(&p, " ");
+		if (!*tok[i]) {
+			ret = pf_why_set(why, -EINVAL, "malformed request: empty field %zu",
+					 i + 1);
+			goto err;
+		}
+	}
+	if (strcmp(tok[0], CTL_MAGIC)) {
+		ret = pf_why_set(why, -EINVAL, "malformed request: it does not start with \"%s\"",
+				 CTL_MAGIC);
+		goto err;
+	}
+	if (ntok < 2 || !all_digits(tok[1])) {
+		ret = pf_why_set(why, -EINVAL, "malformed request: no protocol version");
+		goto err;
+	}
+	if (!is_number(tok[1], PF_CTL_VERSION)) {
+		ret = pf_why_set(why, -EPROTO, "unsupported control protocol version %.20s (daemon speaks %d)",
+				 tok[1], PF_CTL_VERSION);
+		goto err;
+	}
+	if (ntok < 3) {
+		ret = pf_why_set(why, -EINVAL, "malformed request: no command");
+		goto err;
+	}
+	for (i = 2; i < ntok; i++) {
+		if (pct_decode(tok[i]) < 0) {
+			ret = pf_why_set(why, -EINVAL, "malformed request: bad %% escape in argument %zu",
+					 i - 2);
+			goto err;
+		}
+	}
+	*fields = tok;
+	*n = ntok;
+	return 0;
+
+err:
+	free(tok);
+	return ret;
+}
+
 /* Answer the request @line (decoded here, in place). */
 static void serve_request(struct ctl_conn *cn, char *line,
 			  struct pf_ctl_reply *r)
@@ -539,57 +601,14 @@ static void serve_request(struct ctl_conn *cn, char *line,
 	const struct pf_ctl_cmd *cmd;
 	struct pf_why why = { "" };
 	struct ticker ticker;
-	size_t ntok = 1, i;
-	char **tok, *p;
+	size_t ntok;
+	char **tok;
 	int ret;
 
-	for (p = line; *p; p++) {
-		unsigned char u = (unsigned char)*p;
-
-		if (u < 0x20 || u == 0x7f) {
-			reply_end(r, EINVAL, "malformed request: control character 0x%02x",
-				  u);
-			return;
-		}
-		ntok += *p == ' ';
-	}
-	tok = calloc(ntok + 1, sizeof(*tok));
-	if (!tok) {
-		reply_end(r, ENOMEM, "out of memory for the request");
+	ret = pf_ctl_parse_request(line, &tok, &ntok, &why);
+	if (ret) {
+		reply_end(r, -ret, "%s", why.msg);
 		return;
-	}
-	for (i = 0, p = line; i < ntok; i++) {
-		tok[i] = strsep(&p, " ");
-		if (!*tok[i]) {
-			reply_end(r, EINVAL, "malformed request: empty field %zu",
-				  i + 1);
-			goto out;
-		}
-	}
-	if (strcmp(tok[0], CTL_MAGIC)) {
-		reply_end(r, EINVAL, "malformed request: it does not start with \"%s\"",
-			  CTL_MAGIC);
-		goto out;
-	}
-	if (ntok < 2 || !all_digits(tok[1])) {
-		reply_end(r, EINVAL, "malformed request: no protocol version");
-		goto out;
-	}
-	if (!is_number(tok[1], PF_CTL_VERSION)) {
-		reply_end(r, EPROTO, "unsupported control protocol version %.20s (daemon speaks %d)",
-			  tok[1], PF_CTL_VERSION);
-		goto out;
-	}
-	if (ntok < 3) {
-		reply_end(r, EINVAL, "malformed request: no command");
-		goto out;
-	}
-	for (i = 2; i < ntok; i++) {
-		if (pct_decode(tok[i]) < 0) {
-			reply_end(r, EINVAL, "malformed request: bad %% escape in argument %zu",
-				  i - 2);
-			goto out;
-		}
 	}
 	cmd = find_cmd(c, tok[2]);
 	if (!cmd) {

@@ -142,6 +142,19 @@ PF_MUST_CHECK int pf_ctl_wait_closed(int dirfd, int timeout_ms);
  */
 void pf_ctl_stop(struct pf_ctl *c);
 
+/*
+ * Split the request line @line (no '\n') into its fields, in place, and
+ * decode the %XX escapes of the command and its arguments.  *@fields
+ * (malloc'ed, NULL after the last; free it) holds the CTL magic, the
+ * version, the command, then the arguments; *@n counts them (>= 3).
+ * The server's one request parser, non-static as the entry point for
+ * tests and fuzzing (tests/fuzz/fuzz_ctl_request.c).
+ * Returns: 0; -EINVAL (malformed: @why says how); -EPROTO (a version
+ * other than PF_CTL_VERSION); -ENOMEM.  On error *@fields is NULL.
+ */
+PF_MUST_CHECK int pf_ctl_parse_request(char *line, char ***fields, size_t *n,
+				       struct pf_why *why);
+
 /* Connections open now (served or waiting for a request). */
 unsigned pf_ctl_connections(struct pf_ctl *c);
 
