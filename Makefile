@@ -88,7 +88,7 @@ FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/test_fuzz_%)
 
 .PHONY: demo all deps check check-unit check-integration check-uring \
 	check-asan check-tsan fuzz \
-	lint man-lint install clean help bench crash-soak
+	lint man-lint install uninstall clean help bench crash-soak
 
 all: $(PROGS)
 
@@ -105,6 +105,7 @@ help:
 	@echo "  check-tsan         'check' built with ThreadSanitizer"
 	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
 	@echo "  install            install programs and man pages (PREFIX, DESTDIR)"
+	@echo "  uninstall          remove what install put there (same PREFIX, DESTDIR)"
 	@echo "  crash-soak         CRASH_SCENARIOS=N random power-cut scenarios (default 10000)"
 	@echo "                     from CRASH_SEED (default 1); CRASH_POINT=name cuts each"
 	@echo "                     exactly at that crash point (test_crash -l lists them),"
@@ -250,6 +251,13 @@ install: all
 	install -m 0755 scripts/ploop-rotate $(DESTDIR)$(SBINDIR)/ploop-rotate
 	install -m 0644 man/*.5 $(DESTDIR)$(MANDIR)/man5/
 	install -m 0644 man/*.8 $(DESTDIR)$(MANDIR)/man8/
+
+# what install put there, and nothing else
+uninstall:
+	rm -f $(PROGS:$(B)/%=$(DESTDIR)$(SBINDIR)/%) \
+	      $(DESTDIR)$(SBINDIR)/ploop-rotate \
+	      $(patsubst man/%,$(DESTDIR)$(MANDIR)/man5/%,$(wildcard man/*.5)) \
+	      $(patsubst man/%,$(DESTDIR)$(MANDIR)/man8/%,$(wildcard man/*.8))
 
 clean:
 	rm -rf build

@@ -23,6 +23,8 @@
 #include "stack.h"
 #include "util.h"
 
+#include "mounts.h"
+
 #include "ploopctl_i.h"
 
 /* status */
@@ -30,6 +32,7 @@
 struct status {
 	bool mounted;
 	const char *disk;	/* the file in the mount */
+	char *stale;		/* a mount of the image without a daemon */
 	const char *transport;	/* "io_uring" or "dev" */
 	uint64_t ring_requests;	/* requests that came over io_uring */
 	uint64_t size, cluster;
@@ -60,6 +63,11 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		printf(",\"mounted\":%s,\"disk\":", st->mounted ? "true" : "false");
 		if (st->disk)
 			json_str(stdout, st->disk);
+		else
+			printf("null");
+		printf(",\"stale_mount\":");
+		if (st->stale)
+			json_str(stdout, st->stale);
 		else
 			printf("null");
 		printf(",\"size\":%" PRIu64 ",\"cluster\":%" PRIu64
@@ -93,7 +101,11 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		return;
 	}
 	printf("image:          %s\n", dir);
-	printf("mounted:        %s\n", st->mounted ? st->disk : "no");
+	if (st->stale)
+		printf("mounted:        stale mount on %s (its daemon is gone): run fusermount3 -u %s\n",
+		       st->stale, st->stale);
+	else
+		printf("mounted:        %s\n", st->mounted ? st->disk : "no");
 	printf("size:           %" PRIu64 " bytes\n", st->size);
 	printf("cluster:        %" PRIu64 " bytes\n", st->cluster);
 	printf("state:          %s\n",
@@ -253,6 +265,27 @@ static int status_offline(struct image *im, struct status *st)
 	return EXIT_OK;
 }
 
+/* The mount point of a ploopfs mount of @dir that no daemon serves (a
+ * killed daemon leaves it: reads fail with ENOTCONN), or NULL. */
+static char *stale_mount(const char *dir)
+{
+	struct pf_mount_ent *v;
+	const struct pf_mount_ent *e;
+	char *abs = realpath(dir, NULL), *out = NULL;
+	size_t n;
+
+	if (!abs)
+		return NULL;
+	if (!pf_mounts_read(&v, &n)) {
+		e = pf_mounts_find(v, n, abs, true);
+		if (e)
+			out = strdup(e->dir);
+		pf_mounts_free(v, n);
+	}
+	free(abs);
+	return out;
+}
+
 int cmd_status(int argc, char **argv)
 {
 	struct status st;
@@ -278,12 +311,15 @@ int cmd_status(int argc, char **argv)
 		if (rc == EXIT_OK)
 			rc = status_offline(&im, &st);
 		image_close(&im);
+		if (rc == EXIT_OK)
+			st.stale = stale_mount(argv[optind]);
 	}
 	if (rc == EXIT_OK)
 		print_status(argv[optind], &st, json);
 	free(st.lv);
 	free((char *)st.disk);
 	free((char *)st.transport);
+	free(st.stale);
 	return rc;
 }
 

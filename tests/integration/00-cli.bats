@@ -117,3 +117,16 @@ load helpers
 	run -2 ploopctl init -c 64K "$d"
 	[[ "${lines[0]}" == "usage: ploopctl init "* ]]
 }
+
+@test "make uninstall removes everything make install put there" {
+	local root b
+	root=$(realpath "$BATS_TEST_DIRNAME/../..")
+	b=$(basename "$(dirname "$(realpath "$PLOOPCTL")")")
+	# -o all: the programs under test, not a rebuild
+	run_ok make -s -C "$root" VARIANT="$b" -o all install DESTDIR="$BATS_TEST_TMPDIR/root"
+	[ -x "$BATS_TEST_TMPDIR/root/usr/local/sbin/ploopctl" ]
+	[ -f "$BATS_TEST_TMPDIR/root/usr/local/share/man/man8/ploopfs.8" ]
+	run_ok make -s -C "$root" VARIANT="$b" uninstall DESTDIR="$BATS_TEST_TMPDIR/root"
+	run find "$BATS_TEST_TMPDIR/root" -type f
+	[ -z "$output" ]
+}

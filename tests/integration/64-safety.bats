@@ -162,3 +162,16 @@ others_can_reach() {
 	dd if="$M/snapshots/$view" of=/dev/null bs=4k count=1 status=none
 	pf_umount "$M"
 }
+
+@test "status names a mount whose daemon was killed as stale" {
+	pf_mount "$D" "$M"
+	kill -9 "$(pf_pid "$M")"
+	pf_wait_exit "$M" 30 >/dev/null
+	run_ok ploopctl status "$D"
+	[[ $output == *"stale mount on $(realpath "$M") (its daemon is gone): run fusermount3 -u"* ]]
+	run_ok ploopctl status --json "$D"
+	[ "$(json_get "$output" 'j["stale_mount"]')" = "$(realpath "$M")" ]
+	timeout 30 fusermount3 -u "$M"
+	run_ok ploopctl status --json "$D"
+	[ "$(json_get "$output" 'j["stale_mount"]')" = None ]
+}

@@ -486,6 +486,35 @@ static void test_echo(void)
 	close(dirfd);
 }
 
+/* A draining server (the daemon closing its image) answers every new
+ * request "closing" and keeps its socket until pf_ctl_stop(). */
+static void test_drain(void)
+{
+	const char *argv[] = { "echo", "x" };
+	struct pf_why why = { "" };
+	struct pf_ctl *c;
+	struct stat st;
+	char dir[256];
+	int dirfd;
+
+	dirfd = new_dir(dir, sizeof(dir));
+	c = start(dirfd, dir);
+	/* serving: nothing to wait for */
+	check_int(pf_ctl_wait_closed(dirfd, WAIT_MS), ==, 0);
+	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
+	pf_ctl_drain(c);
+	pf_ctl_drain(c);	/* idempotent */
+	check_int(call(dirfd, 2, argv, NULL, &why), ==, -ESHUTDOWN);
+	check_str(why.msg, "the daemon is closing the image");
+	check_int(fstatat(dirfd, PF_CTL_SOCK_NAME, &st, 0), ==, 0);
+	/* closing all along: the wait gives up at its limit */
+	check_int(pf_ctl_wait_closed(dirfd, 50), ==, -ETIMEDOUT);
+	stop_promptly(c);
+	/* gone: no daemon is closing the image */
+	check_int(pf_ctl_wait_closed(dirfd, WAIT_MS), ==, 0);
+	close(dirfd);
+}
+
 static void test_errors(void)
 {
 	const char *fail[] = { "fail", "disk" };
@@ -1700,6 +1729,7 @@ int main(void)
 		abort();
 	test_echo();
 	test_errors();
+	test_drain();
 	test_bad_requests();
 	test_bad_replies();
 	test_socket_file();
