@@ -1047,6 +1047,13 @@ static void xml_init(void)
 	xmlInitParser();
 }
 
+/* libxml2's generic error handler: messages are ours to report (@why) */
+static void xml_silent(void *ctx, const char *msg, ...)
+{
+	(void)ctx;
+	(void)msg;
+}
+
 /*
  * SAX hook for "<!DOCTYPE": stop right there, before the internal subset
  * is read, so no entity is ever declared.  ploop never writes a DOCTYPE.
@@ -1109,6 +1116,10 @@ int pf_dd_parse(const char *buf, size_t len, struct pf_dd **out,
 				  len, PF_DD_MAX_BYTES);
 
 	pthread_once(&xml_once, xml_init);
+	/* XML_PARSE_NOERROR does not cover encoding and I/O errors, which
+	 * libxml2 raises without the context and prints to stderr (the
+	 * handler is per thread, and libxml2 is used in this file only) */
+	xmlSetGenericErrorFunc(NULL, xml_silent);
 	ctxt = xmlNewParserCtxt();
 	if (!ctxt)
 		return -ENOMEM;

@@ -4,16 +4,25 @@
  * public interface of descriptor.h only.
  *
  * The input is a descriptor.  Properties: pf_dd_parse() returns 0,
- * -EINVAL with a reason, or -ENOMEM; a descriptor it accepts holds the
+ * -EINVAL with a reason, or -ENOMEM, and prints nothing (library code
+ * never prints: the reason goes to the caller); a descriptor it accepts
+ * holds the
  * invariants descriptor.c states, survives pf_dd_format() and parses
  * again to an equal struct pf_dd; its chain (pf_dd_chain) runs from a
  * base to the top.
+ *
+ * stderr is taken into a memfd around the parse to see that it stays
+ * silent; FUZZ_STDERR=1 in the environment leaves it alone, for reading
+ * a sanitizer report of a crash inside the parser.
  */
 #include "fuzz.h"
 
 #include <errno.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "descriptor.h"
 
@@ -38,6 +47,53 @@ static bool dd_equal(const struct pf_dd *a, const struct pf_dd *b)
 		    a->shots[i].temporary != b->shots[i].temporary)
 			return false;
 	return true;
+}
+
+static int capture_fd = -1;	/* -2: not capturing */
+static int saved_fd = -1;
+
+/* Send stderr into the capture file until capture_end(). */
+static void capture_begin(void)
+{
+	if (capture_fd == -1) {
+		const char *e = getenv("FUZZ_STDERR");
+
+		capture_fd = e && *e == '1' ? -2 :
+			memfd_create("fuzz-stderr", MFD_CLOEXEC);
+		if (capture_fd < 0)
+			capture_fd = -2;
+	}
+	if (capture_fd < 0)
+		return;
+	fflush(stderr);
+	saved_fd = dup(STDERR_FILENO);
+	if (saved_fd < 0 || dup2(capture_fd, STDERR_FILENO) < 0)
+		abort();
+}
+
+/* Put stderr back, copy out what was written to it; returns its size. */
+static off_t capture_end(void)
+{
+	char buf[4096];
+	struct stat st;
+	ssize_t n;
+
+	if (capture_fd < 0)
+		return 0;
+	fflush(stderr);
+	if (dup2(saved_fd, STDERR_FILENO) < 0 || fstat(capture_fd, &st) < 0)
+		abort();
+	close(saved_fd);
+	if (st.st_size) {
+		lseek(capture_fd, 0, SEEK_SET);
+		while ((n = read(capture_fd, buf, sizeof(buf))) > 0)
+			if (write(STDERR_FILENO, buf, (size_t)n) < 0)
+				break;
+		if (ftruncate(capture_fd, 0) < 0)
+			abort();
+	}
+	lseek(capture_fd, 0, SEEK_SET);
+	return st.st_size;
 }
 
 static void check_invariants(const struct pf_dd *dd)
@@ -74,7 +130,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int ret;
 
 	memset(&why, 0, sizeof(why));
+	capture_begin();
 	ret = pf_dd_parse((const char *)data, size, &dd, &why);
+	fuzz_assert(capture_end() == 0);	/* printed nothing */
 	fuzz_assert(ret == 0 || ret == -EINVAL || ret == -ENOMEM);
 	if (ret) {
 		fuzz_assert(!dd);
