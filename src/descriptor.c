@@ -1403,48 +1403,94 @@ static int place(xmlNode *parent, xmlNode *e, xmlNode *prev, xmlNode **old,
 	return r ? 0 : -ENOMEM;
 }
 
-static int edit_images(const struct pf_dd *dd, xmlNode *st)
+/*
+ * The elements @tag under @parent become the model's @n entries, in
+ * order: entry i edits the element it was parsed from (@pos(i), see
+ * kept_node()) in place, whatever else it holds staying, or a new
+ * element after its predecessor; @fill sets the modelled children
+ * (@fresh: of a new element, not in the tree yet).  An element whose
+ * entry is gone goes with everything inside it.
+ */
+struct list_kind {
+	const char *tag;
+	size_t (*count)(const struct pf_dd *dd);
+	unsigned (*pos)(const struct pf_dd *dd, size_t i);
+	int (*fill)(const struct pf_dd *dd, size_t i, xmlNode *e, bool fresh);
+	/* after the element is in place; NULL: nothing */
+	int (*placed)(const struct pf_dd *dd, size_t i, xmlNode *e);
+};
+
+static int edit_list(const struct pf_dd *dd, xmlNode *parent,
+		     const struct list_kind *k)
 {
 	xmlNode **old, *e, *prev = NULL;
-	size_t n_old, i;
+	size_t n_old, i, n = k->count(dd);
 	bool *kept;
 	int ret;
 
-	ret = collect(st, "Image", &old, &kept, &n_old);
+	ret = collect(parent, k->tag, &old, &kept, &n_old);
 	if (ret)
 		return ret;
-	for (i = 0; i < dd->n_images && !ret; i++) {
-		const struct pf_dd_image *im = &dd->images[i];
-
-		e = kept_node(im->xml_pos, old, kept, n_old);
+	for (i = 0; i < n && !ret; i++) {
+		e = kept_node(k->pos(dd, i), old, kept, n_old);
 		if (e) {
-			/* in place: whatever else the element holds stays */
-			ret = set_child(e, "GUID", im->guid);
-			if (!ret)
-				ret = set_child(e, "File", im->file);
+			ret = k->fill(dd, i, e, false);
 		} else {
-			e = xmlNewDocNode(st->doc, NULL, BAD_CAST "Image",
+			e = xmlNewDocNode(parent->doc, NULL, BAD_CAST k->tag,
 					  NULL);
-			if (!e || !add_text(e, "GUID", im->guid) ||
-			    !add_text(e, "Type", "Compressed") ||
-			    !add_text(e, "File", im->file)) {
+			ret = e ? k->fill(dd, i, e, true) : -ENOMEM;
+			if (!ret)
+				ret = place(parent, e, prev, old, n_old);
+			if (ret) {
 				xmlFreeNode(e);
-				ret = -ENOMEM;
 				break;
 			}
-			ret = place(st, e, prev, old, n_old);
-			if (ret)
-				xmlFreeNode(e);
 		}
+		if (!ret && k->placed)
+			ret = k->placed(dd, i, e);
 		prev = e;
 	}
-	/* a deleted image goes with everything inside it */
 	for (i = 0; i < n_old && !ret; i++)
 		if (!kept[i])
 			free_node(old[i]);
 	free(old);
 	free(kept);
 	return ret;
+}
+
+static size_t image_count(const struct pf_dd *dd)
+{
+	return dd->n_images;
+}
+
+static unsigned image_pos(const struct pf_dd *dd, size_t i)
+{
+	return dd->images[i].xml_pos;
+}
+
+static int image_fill(const struct pf_dd *dd, size_t i, xmlNode *e,
+		      bool fresh)
+{
+	const struct pf_dd_image *im = &dd->images[i];
+	int ret;
+
+	if (fresh)
+		return add_text(e, "GUID", im->guid) &&
+				       add_text(e, "Type", "Compressed") &&
+				       add_text(e, "File", im->file) ?
+			       0 :
+			       -ENOMEM;
+	ret = set_child(e, "GUID", im->guid);
+	return ret ? ret : set_child(e, "File", im->file);
+}
+
+static const struct list_kind image_list = {
+	"Image", image_count, image_pos, image_fill, NULL,
+};
+
+static int edit_images(const struct pf_dd *dd, xmlNode *st)
+{
+	return edit_list(dd, st, &image_list);
 }
 
 /* Add or remove the temporary mark of element <Shot> @e. */
@@ -1472,46 +1518,43 @@ static int edit_temporary(xmlNode *e, bool on)
 	return 0;
 }
 
-static int edit_shots(const struct pf_dd *dd, xmlNode *sn)
+static size_t shot_count(const struct pf_dd *dd)
 {
-	xmlNode **old, *e, *prev = NULL;
-	size_t n_old, i;
-	bool *kept;
+	return dd->n_shots;
+}
+
+static unsigned shot_pos(const struct pf_dd *dd, size_t i)
+{
+	return dd->shots[i].xml_pos;
+}
+
+static int shot_fill(const struct pf_dd *dd, size_t i, xmlNode *e,
+		     bool fresh)
+{
+	const struct pf_dd_shot *sh = &dd->shots[i];
 	int ret;
 
-	ret = collect(sn, "Shot", &old, &kept, &n_old);
-	if (ret)
-		return ret;
-	for (i = 0; i < dd->n_shots && !ret; i++) {
-		const struct pf_dd_shot *sh = &dd->shots[i];
+	if (fresh)
+		return add_text(e, "GUID", sh->guid) &&
+				       add_text(e, "ParentGUID", sh->parent) ?
+			       0 :
+			       -ENOMEM;
+	ret = set_child(e, "GUID", sh->guid);
+	return ret ? ret : set_child(e, "ParentGUID", sh->parent);
+}
 
-		e = kept_node(sh->xml_pos, old, kept, n_old);
-		if (e) {
-			ret = set_child(e, "GUID", sh->guid);
-			if (!ret)
-				ret = set_child(e, "ParentGUID", sh->parent);
-		} else {
-			e = xmlNewDocNode(sn->doc, NULL, BAD_CAST "Shot", NULL);
-			if (!e || !add_text(e, "GUID", sh->guid) ||
-			    !add_text(e, "ParentGUID", sh->parent)) {
-				xmlFreeNode(e);
-				ret = -ENOMEM;
-				break;
-			}
-			ret = place(sn, e, prev, old, n_old);
-			if (ret)
-				xmlFreeNode(e);
-		}
-		if (!ret)
-			ret = edit_temporary(e, sh->temporary);
-		prev = e;
-	}
-	for (i = 0; i < n_old && !ret; i++)
-		if (!kept[i])
-			free_node(old[i]);
-	free(old);
-	free(kept);
-	return ret;
+static int shot_placed(const struct pf_dd *dd, size_t i, xmlNode *e)
+{
+	return edit_temporary(e, dd->shots[i].temporary);
+}
+
+static const struct list_kind shot_list = {
+	"Shot", shot_count, shot_pos, shot_fill, shot_placed,
+};
+
+static int edit_shots(const struct pf_dd *dd, xmlNode *sn)
+{
+	return edit_list(dd, sn, &shot_list);
 }
 
 static int edit_snapshots(const struct pf_dd *dd, xmlNode *root,
@@ -1762,6 +1805,29 @@ int pf_dd_replace(int dirfd, const struct pf_dd *dd, bool *committed)
 	if (ret)
 		return ret;
 	return pf_dd_commit_tmp(dirfd, committed);
+}
+
+bool pf_dd_equal(const struct pf_dd *a, const struct pf_dd *b)
+{
+	size_t i;
+
+	if (a->parallels_root != b->parallels_root ||
+	    a->disk_size_sectors != b->disk_size_sectors ||
+	    a->cylinders != b->cylinders || a->heads != b->heads ||
+	    a->sectors != b->sectors || a->blocksize != b->blocksize ||
+	    strcmp(a->top_guid, b->top_guid) != 0 ||
+	    a->n_images != b->n_images || a->n_shots != b->n_shots)
+		return false;
+	for (i = 0; i < a->n_images; i++)
+		if (strcmp(a->images[i].guid, b->images[i].guid) != 0 ||
+		    strcmp(a->images[i].file, b->images[i].file) != 0)
+			return false;
+	for (i = 0; i < a->n_shots; i++)
+		if (strcmp(a->shots[i].guid, b->shots[i].guid) != 0 ||
+		    strcmp(a->shots[i].parent, b->shots[i].parent) != 0 ||
+		    a->shots[i].temporary != b->shots[i].temporary)
+			return false;
+	return true;
 }
 
 void pf_dd_free(struct pf_dd *dd)

@@ -172,6 +172,10 @@ void pf_dd_drop_tmp(int dirfd);
 
 void pf_dd_free(struct pf_dd *dd);
 
+/* True if @a and @b model the same image: geometry, top, images and
+ * shots in order (what the document keeps besides is not compared). */
+bool pf_dd_equal(const struct pf_dd *a, const struct pf_dd *b);
+
 /*
  * Building and editing.  The edits change the fields of @dd; what
  * pf_dd_parse() kept besides them is written back by pf_dd_format() in

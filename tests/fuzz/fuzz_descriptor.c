@@ -26,29 +26,6 @@
 
 #include "descriptor.h"
 
-static bool dd_equal(const struct pf_dd *a, const struct pf_dd *b)
-{
-	size_t i;
-
-	if (a->parallels_root != b->parallels_root ||
-	    a->disk_size_sectors != b->disk_size_sectors ||
-	    a->cylinders != b->cylinders || a->heads != b->heads ||
-	    a->sectors != b->sectors || a->blocksize != b->blocksize ||
-	    strcmp(a->top_guid, b->top_guid) != 0 ||
-	    a->n_images != b->n_images || a->n_shots != b->n_shots)
-		return false;
-	for (i = 0; i < a->n_images; i++)
-		if (strcmp(a->images[i].guid, b->images[i].guid) != 0 ||
-		    strcmp(a->images[i].file, b->images[i].file) != 0)
-			return false;
-	for (i = 0; i < a->n_shots; i++)
-		if (strcmp(a->shots[i].guid, b->shots[i].guid) != 0 ||
-		    strcmp(a->shots[i].parent, b->shots[i].parent) != 0 ||
-		    a->shots[i].temporary != b->shots[i].temporary)
-			return false;
-	return true;
-}
-
 static int capture_fd = -1;	/* -2: not capturing */
 static int saved_fd = -1;
 
@@ -151,7 +128,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			fprintf(stderr, "formatted descriptor refused: %s\n%s",
 				why.msg, text);
 		fuzz_assert(ret == 0);
-		fuzz_assert(dd_equal(dd, again));
+		fuzz_assert(pf_dd_equal(dd, again));
 	}
 	free(text);
 	pf_dd_free(again);

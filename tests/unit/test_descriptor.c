@@ -331,29 +331,6 @@ static const struct hostile hostile[] = {
 	{ "text after root", DOC(ONE) "junk", "not well-formed" },
 };
 
-static bool dd_equal(const struct pf_dd *a, const struct pf_dd *b)
-{
-	size_t i;
-
-	if (a->parallels_root != b->parallels_root ||
-	    a->disk_size_sectors != b->disk_size_sectors ||
-	    a->cylinders != b->cylinders || a->heads != b->heads ||
-	    a->sectors != b->sectors || a->blocksize != b->blocksize ||
-	    strcmp(a->top_guid, b->top_guid) != 0 ||
-	    a->n_images != b->n_images || a->n_shots != b->n_shots)
-		return false;
-	for (i = 0; i < a->n_images; i++)
-		if (strcmp(a->images[i].guid, b->images[i].guid) != 0 ||
-		    strcmp(a->images[i].file, b->images[i].file) != 0)
-			return false;
-	for (i = 0; i < a->n_shots; i++)
-		if (strcmp(a->shots[i].guid, b->shots[i].guid) != 0 ||
-		    strcmp(a->shots[i].parent, b->shots[i].parent) != 0 ||
-		    a->shots[i].temporary != b->shots[i].temporary)
-			return false;
-	return true;
-}
-
 static int parse_str(const char *s, struct pf_dd **dd, struct pf_why *why)
 {
 	memset(why, 0, sizeof(*why));
@@ -372,7 +349,7 @@ static bool round_trip(const struct pf_dd *dd, char **text)
 	if (pf_dd_format(dd, &buf, &len))
 		return false;
 	memset(&why, 0, sizeof(why));
-	ok = !pf_dd_parse(buf, len, &again, &why) && dd_equal(dd, again) &&
+	ok = !pf_dd_parse(buf, len, &again, &why) && pf_dd_equal(dd, again) &&
 	     strlen(buf) == len;
 	if (!ok)
 		tap_diag("round trip failed: %s", why.msg);
@@ -827,7 +804,7 @@ static void test_store_load(void)
 	check(fstatat(dirfd, PF_DD_NAME, &st, 0) == 0);
 	check_int(st.st_mode & 0777, ==, PF_DD_MODE & ~027);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
-	check(back && dd_equal(dd, back));
+	check(back && pf_dd_equal(dd, back));
 	pf_dd_free(back);
 	back = NULL;
 
@@ -845,7 +822,7 @@ static void test_store_load(void)
 	check_int(st.st_mode & 0777, ==, 0600);
 	umask(mask);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
-	check(back && dd_equal(dd, back));
+	check(back && pf_dd_equal(dd, back));
 	pf_dd_free(back);
 	back = NULL;
 
@@ -1665,7 +1642,7 @@ static void test_store_split(void)
 	check(faccessat(dirfd, PF_DD_TMP_NAME, F_OK, AT_SYMLINK_NOFOLLOW) < 0 &&
 	      errno == ENOENT);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
-	check(back && dd_equal(dd, back));
+	check(back && pf_dd_equal(dd, back));
 	pf_dd_free(back);
 	back = NULL;
 
@@ -1715,7 +1692,7 @@ static void test_store_split(void)
 	check(unlinkat(dirfd, PF_DD_NAME, AT_REMOVEDIR) == 0);
 	check_int(pf_dd_replace(dirfd, dd, &committed), ==, 0);
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
-	check(back && dd_equal(dd, back));
+	check(back && pf_dd_equal(dd, back));
 	pf_dd_free(back);
 	check(unlinkat(dirfd, PF_DD_NAME, 0) == 0);
 
@@ -1941,7 +1918,7 @@ static void test_replace_not_durable(void)
 	check(committed);
 	check(!exists_at(dirfd, PF_DD_TMP_NAME));
 	check_int(pf_dd_load(dirfd, &back, &why), ==, 0);
-	check(back && dd_equal(dd, back));	/* the new one is in place */
+	check(back && pf_dd_equal(dd, back));	/* the new one is in place */
 	pf_dd_free(back);
 	back = NULL;
 
