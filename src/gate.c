@@ -98,6 +98,15 @@ void gate_inflight_done(struct pf_stack *s)
 	gate_drop(s, &s->writes_inflight);
 }
 
+/* Microseconds on CLOCK_MONOTONIC. */
+static uint64_t mono_us(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+}
+
 /*
  * Freeze: no request runs and no write is in flight when this returns,
  * and no commit runs until gate_thaw() (commit_lock is held).  Requests that
@@ -106,9 +115,8 @@ void gate_inflight_done(struct pf_stack *s)
  */
 uint64_t gate_freeze(struct pf_stack *s)
 {
-	struct timespec t;
+	uint64_t since = mono_us();
 
-	clock_gettime(CLOCK_MONOTONIC, &t);
 	pthread_mutex_lock(&s->gate_lock);
 	atomic_store(&s->frozen, true);
 	while (atomic_load(&s->gate_active) ||
@@ -117,13 +125,12 @@ uint64_t gate_freeze(struct pf_stack *s)
 	pthread_mutex_unlock(&s->gate_lock);
 	pthread_mutex_lock(&s->commit_lock);
 	stack_check_state(s, "freeze");
-	return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+	return since;
 }
 
 uint64_t gate_thaw(struct pf_stack *s, uint64_t since_us)
 {
-	struct timespec t;
-	uint64_t now, stall, max;
+	uint64_t stall, max;
 
 	stack_check_state(s, "thaw");	/* a switch happens frozen */
 	pthread_mutex_unlock(&s->commit_lock);
@@ -131,9 +138,7 @@ uint64_t gate_thaw(struct pf_stack *s, uint64_t since_us)
 	atomic_store(&s->frozen, false);
 	pthread_cond_broadcast(&s->gate_open);
 	pthread_mutex_unlock(&s->gate_lock);
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	now = (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
-	stall = now - since_us;
+	stall = mono_us() - since_us;
 	atomic_fetch_add(&s->freezes, 1);
 	atomic_store(&s->stall_last_us, stall);
 	max = atomic_load(&s->stall_max_us);
@@ -200,22 +205,24 @@ void rlock_release(struct pf_stack *s, struct rlock *r)
  * (-o enospc_timeout) or the daemon stops.
  */
 int space_hold(struct pf_stack *s, struct op *op, uint64_t off,
-	       size_t len, time_t *since)
+	       size_t len, uint64_t *since_us)
 {
-	struct timespec now, until;
+	struct timespec until;
 	unsigned n = atomic_fetch_add(&s->held, 1) + 1;
+	uint64_t now = mono_us(), wake;
 	int ret = 0;
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (!*since) {
-		*since = now.tv_sec;
+	if (!*since_us) {
+		*since_us = now;
 		if (n == 1)
 			pf_log(PF_LOG_WARNING,
 			       "%s: host filesystem is full; holding writes until space is freed",
 			       s->dir);
 	}
+	/* Measured in microseconds: whole seconds would fail a write held
+	 * at x.999 s at x+2.0 s, a second early. */
 	if (s->enospc_timeout_s &&
-	    now.tv_sec - *since >= (time_t)s->enospc_timeout_s) {
+	    now - *since_us >= (uint64_t)s->enospc_timeout_s * 1000000) {
 		ret = -EIO;
 		goto out;
 	}
@@ -226,8 +233,13 @@ int space_hold(struct pf_stack *s, struct op *op, uint64_t off,
 	epoch_exit(s, op->epoch);
 	if (op->gated)
 		gate_exit(s);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += 1;	/* retry at least every second */
+	/* retry at least every second, and when the hold times out */
+	wake = now + 1000000;
+	if (s->enospc_timeout_s &&
+	    *since_us + (uint64_t)s->enospc_timeout_s * 1000000 < wake)
+		wake = *since_us + (uint64_t)s->enospc_timeout_s * 1000000;
+	until.tv_sec = (time_t)(wake / 1000000);
+	until.tv_nsec = (long)(wake % 1000000) * 1000;
 	pthread_mutex_lock(&s->space_lock);
 	(void)pf_aio_wait(&s->space_cv, &s->space_lock, &until);
 	pthread_mutex_unlock(&s->space_lock);
@@ -240,8 +252,8 @@ out:
 	atomic_fetch_sub(&s->held, 1);
 	if (ret)
 		stack_emit(s, "enospc-failed",
-			   "held write of %zu bytes at %" PRIu64 " failed after %lld s",
-			   len, off, (long long)(now.tv_sec - *since));
+			   "held write of %zu bytes at %" PRIu64 " failed after %.1f s",
+			   len, off, (double)(mono_us() - *since_us) / 1e6);
 	return ret;
 }
 

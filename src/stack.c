@@ -432,7 +432,7 @@ static void stack_write(struct pf_stack *s, const void *buf, size_t len,
 {
 	const struct pf_header *h = s->hdr;
 	size_t n, i, pos = 0;
-	time_t held_since = 0;
+	uint64_t held_since = 0;	/* us, while held */
 	struct op *op;
 	int ret;
 

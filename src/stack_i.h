@@ -376,7 +376,7 @@ void rlock_acquire(struct pf_stack *s, struct rlock *r, uint32_t idx,
 		   uint64_t start, uint64_t end);
 void rlock_release(struct pf_stack *s, struct rlock *r);
 int space_hold(struct pf_stack *s, struct op *op, uint64_t off,
-	       size_t len, time_t *since);
+	       size_t len, uint64_t *since_us);
 void space_freed(struct pf_stack *s);
 
 /* map.c: the top's BAT, the views, allocation in the top file */
