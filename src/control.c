@@ -641,10 +641,17 @@ out:
 	free(tok);
 }
 
+/* The answer of a draining server (ESHUTDOWN): the daemon is closing
+ * the image, its lock is about to be free (pf_ctl_drain()). */
+#define CLOSING_END	"end 108 the daemon is closing the image\n"
+_Static_assert(ESHUTDOWN == 108, "CLOSING_END carries ESHUTDOWN");
+
 static void *conn_main(void *arg)
 {
 	struct ctl_conn *cn = arg;
 	struct pf_ctl *c = cn->ctl;
+	bool stopped = true;	/* the loop ended because we stop */
+	ssize_t n;
 
 	while (!atomic_load(&c->stopping)) {
 		struct pf_ctl_reply r = { .conn = cn };
@@ -658,13 +665,27 @@ static void *conn_main(void *arg)
 			/* The framing is lost: answer and hang up. */
 			reply_end(&r, EINVAL, "malformed request: line longer than %d bytes",
 				  PF_CTL_LINE_MAX);
+			stopped = false;
 			break;
 		}
-		if (ret <= 0)
+		if (ret <= 0) {
+			stopped = ret == -ESHUTDOWN;
 			break;
+		}
 		serve_request(cn, line, &r);
-		if (atomic_load(&r.gone))
+		if (atomic_load(&r.gone)) {
+			stopped = false;
 			break;
+		}
+	}
+	/* A request that came while the server began draining, not read
+	 * yet, is answered like the connections that come later: the
+	 * client waits for the image instead of seeing a dropped
+	 * connection. */
+	if (stopped && atomic_load(&c->draining)) {
+		n = send(cn->fd, CLOSING_END, strlen(CLOSING_END),
+			 MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)n;
 	}
 	close(cn->fd);
 	pthread_mutex_lock(&c->conns_lock);
@@ -734,11 +755,6 @@ unsigned pf_ctl_connections(struct pf_ctl *c)
 {
 	return count_open(c);
 }
-
-/* The answer of a draining server (ESHUTDOWN): the daemon is closing
- * the image, its lock is about to be free (pf_ctl_drain()). */
-#define CLOSING_END	"end 108 the daemon is closing the image\n"
-_Static_assert(ESHUTDOWN == 108, "CLOSING_END carries ESHUTDOWN");
 
 static void admit(struct pf_ctl *c, int fd)
 {
@@ -1328,17 +1344,17 @@ int pf_ctl_wait_closed(int dirfd, int timeout_ms)
 		long left = timeout_ms >= 0 ? end - mono_ms() : -1;
 
 		if (timeout_ms >= 0 && left <= 0)
-			return -ETIMEDOUT;
+			return seen ? -ETIMEDOUT : -ETIME;
 		ret = pf_ctl_connect(dirfd, (int)left, &fd);
 		if (ret == -ETIMEDOUT)
-			return ret;
+			return seen ? -ETIMEDOUT : -ETIME;
 		if (ret)
 			return seen;	/* no socket (any more): no daemon */
 		ret = pf_ctl_call(fd, (int)left, 1, argv, discard_line, NULL,
 				  &why);
 		close(fd);
 		if (ret == -ETIMEDOUT)
-			return ret;
+			return seen ? -ETIMEDOUT : -ETIME;
 		if (ret != -ESHUTDOWN)
 			return seen;	/* serving, or not ours to tell */
 		seen = true;

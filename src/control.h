@@ -130,7 +130,9 @@ void pf_ctl_drain(struct pf_ctl *c);
  * it to finish, at most @timeout_ms (-1: no limit).  For a caller that
  * found the image lock taken.
  * Returns: 1 (a closing daemon was seen and has finished: take the lock
- * again), 0 (no daemon is closing the image: it is busy), -ETIMEDOUT.
+ * again), 0 (no daemon is closing the image: it is busy), -ETIMEDOUT
+ * (still closing at the limit), -ETIME (a daemon that did not answer
+ * within the limit: stopped or hung, closing or not).
  */
 PF_MUST_CHECK int pf_ctl_wait_closed(int dirfd, int timeout_ms);
 

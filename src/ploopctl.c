@@ -39,6 +39,7 @@
 #include "descriptor.h"
 #include "format.h"
 #include "image.h"
+#include "mounts.h"
 #include "stack.h"
 #include "util.h"
 
@@ -128,6 +129,49 @@ static int daemon_timed_out(const char *dir)
 	return EXIT_TIMEOUT;
 }
 
+/* The daemon of @dir answered that it is closing the image: wait for
+ * it.  EXIT_DAEMON_CLOSED (the caller works on the files now), or an
+ * exit status printed. */
+static int daemon_closed(const char *dir)
+{
+	int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), ret;
+
+	if (dirfd < 0) {
+		err_line(dir, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	ret = pf_ctl_wait_closed(dirfd, ctl_timeout_ms());
+	close(dirfd);
+	if (ret == -ETIMEDOUT)
+		return daemon_still_closing(dir);
+	if (ret == -ETIME)
+		return daemon_timed_out(dir);
+	return EXIT_DAEMON_CLOSED;
+}
+
+
+/*
+ * A ploopfs mount of image directory @dir is in our mount table: its
+ * daemon serves it (or was killed), it is not closing.  Only a daemon
+ * whose mount is gone can be closing the image, so only then is it
+ * asked (pf_ctl_wait_closed()), and a stopped daemon that still serves
+ * does not hold up the commands that read the files.
+ */
+static bool mounted_here(const char *dir)
+{
+	struct pf_mount_ent *v;
+	char *abs = realpath(dir, NULL);
+	bool found = false;
+	size_t n;
+
+	if (abs && !pf_mounts_read(&v, &n)) {
+		found = pf_mounts_find(v, n, abs, true) != NULL;
+		pf_mounts_free(v, n);
+	}
+	free(abs);
+	return found;
+}
+
 /* Opening images */
 
 
@@ -198,15 +242,25 @@ int image_open(struct image *im, const char *arg, int lock,
 	if (!lock) {
 		/* no lock, but not the half-closed state of a daemon that
 		 * was unmounted: wait for it to finish */
-		if (pf_ctl_wait_closed(im->dirfd, ctl_timeout_ms()) == -ETIMEDOUT)
+		ret = mounted_here(im->dir) ?
+			      0 :
+			      pf_ctl_wait_closed(im->dirfd, ctl_timeout_ms());
+		if (ret == -ETIMEDOUT)
 			return daemon_still_closing(im->dir);
+		if (ret == -ETIME)
+			return daemon_timed_out(im->dir);
 	} else {
 		ret = pf_lock(im->dirfd, lock == 2);
 		if (ret == -EBUSY) {
 			/* unmounted, its daemon still closing: wait */
-			ret = pf_ctl_wait_closed(im->dirfd, ctl_timeout_ms());
+			ret = mounted_here(im->dir) ?
+				      0 :
+				      pf_ctl_wait_closed(im->dirfd,
+							 ctl_timeout_ms());
 			if (ret == -ETIMEDOUT)
 				return daemon_still_closing(im->dir);
+			if (ret == -ETIME)
+				return daemon_timed_out(im->dir);
 			ret = ret == 1 ? pf_lock(im->dirfd, lock == 2) : -EBUSY;
 		}
 		if (ret == -EBUSY) {
@@ -508,10 +562,11 @@ int daemon_of(const char *dir, int *fd)
 	}
 	/* a daemon closing the image (unmounted) is waited for: the
 	 * command then works on the files */
-	ret = pf_ctl_wait_closed(dirfd, ctl_timeout_ms());
-	if (ret == -ETIMEDOUT) {
+	ret = mounted_here(dir) ? 0 : pf_ctl_wait_closed(dirfd, ctl_timeout_ms());
+	if (ret == -ETIMEDOUT || ret == -ETIME) {
 		close(dirfd);
-		return daemon_still_closing(dir);
+		return ret == -ETIME ? daemon_timed_out(dir) :
+				       daemon_still_closing(dir);
 	}
 	ret = ret == 1 ? -ENOENT : pf_ctl_connect(dirfd, ctl_timeout_ms(), fd);
 	close(dirfd);
@@ -600,6 +655,9 @@ int daemon_call(int fd, const char *dir, int argc,
 	close(fd);
 	if (!ret)
 		return EXIT_OK;
+	/* began closing the image since daemon_of(): nothing was done */
+	if (ret == -ESHUTDOWN)
+		return daemon_closed(dir);
 	if (ret == -ETIMEDOUT)
 		return daemon_timed_out(dir);
 	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
@@ -633,8 +691,12 @@ static void usage(FILE *out)
 	for (i = 0; i < PF_ARRAY_SIZE(commands); i++)
 		fprintf(out, "  %-15s %s\n", commands[i].name,
 			commands[i].summary);
-	fprintf(out, "\n'ploopctl <command> --help' shows a command's options; "
-		     "see ploopctl(8).\n");
+	fprintf(out, "\nEvery command takes --timeout <s>: how long to wait for a daemon that\n"
+		     "is closing the image (unmounted) or must answer (default %d; 0: no\n"
+		     "limit).\n"
+		     "'ploopctl <command> --help' shows a command's options; "
+		     "see ploopctl(8).\n",
+		CTL_TIMEOUT_DEFAULT);
 }
 
 int main(int argc, char **argv)

@@ -93,6 +93,9 @@ int kv_add(void *ctx, const char *line);
 void kv_free(struct kv *kv);
 const char *kv_get(const struct kv *kv, const char *key);
 uint64_t kv_u64(const struct kv *kv, const char *key);
+/* daemon_call(): the daemon began closing the image before it ran the
+ * command (nothing done) and has closed it now: work on the files. */
+#define EXIT_DAEMON_CLOSED	(-2)
 int daemon_call(int fd, const char *dir, int argc,
 		       const char *const *argv,
 		       int (*on_data)(void *ctx, const char *line), void *ctx);

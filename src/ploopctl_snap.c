@@ -97,8 +97,11 @@ int cmd_snapshot(int argc, char **argv)
 	rc = daemon_of(argv[optind], &fd);
 	if (rc != EXIT_OK)
 		return rc;
-	if (fd >= 0)
-		return snapshot_online(fd, argv[optind], guid);
+	if (fd >= 0) {
+		rc = snapshot_online(fd, argv[optind], guid);
+		if (rc != EXIT_DAEMON_CLOSED)
+			return rc;
+	}
 	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;
@@ -333,7 +336,8 @@ static int delete_snapshot(const char *dir, const char *guid)
 			print_merge(guid, &mi);
 		}
 		kv_free(&kv);
-		return rc;
+		if (rc != EXIT_DAEMON_CLOSED)
+			return rc;
 	}
 	/* Not mounted: the same engine, run here (it takes the lock). */
 	ret = pf_stack_open(&so, &s, &why);

@@ -305,7 +305,14 @@ int cmd_status(int argc, char **argv)
 	rc = daemon_of(argv[optind], &fd);
 	if (rc == EXIT_OK && fd >= 0) {
 		rc = status_online(fd, argv[optind], &st);
-	} else if (rc == EXIT_OK) {
+		if (rc == EXIT_DAEMON_CLOSED) {
+			free(st.lv);
+			memset(&st, 0, sizeof(st));
+			fd = -1;
+			rc = EXIT_OK;
+		}
+	}
+	if (rc == EXIT_OK && fd < 0) {
 		/* no lock: status answers while another command runs */
 		rc = image_open(&im, argv[optind], 0, false);
 		if (rc == EXIT_OK)
@@ -399,6 +406,11 @@ int cmd_events(int argc, char **argv)
 		err_line(argv[optind], "not mounted: events come from the ploopfs daemon");
 		return EXIT_FAIL;
 	}
-	return daemon_call(fd, argv[optind], cargv[1] ? 2 : 1, cargv,
-			   print_event, &eo);
+	rc = daemon_call(fd, argv[optind], cargv[1] ? 2 : 1, cargv,
+			 print_event, &eo);
+	if (rc == EXIT_DAEMON_CLOSED) {
+		err_line(argv[optind], "not mounted: the daemon has closed the image");
+		rc = EXIT_FAIL;
+	}
+	return rc;
 }

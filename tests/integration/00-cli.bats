@@ -130,3 +130,15 @@ load helpers
 	run find "$BATS_TEST_TMPDIR/root" -type f
 	[ -z "$output" ]
 }
+
+@test "every command takes --timeout, and refuses a bad value (exit 2)" {
+	run_ok ploopctl init -s 16M "$BATS_TEST_TMPDIR/img"
+	for c in info check snapshot-list status; do
+		run_ok ploopctl "$c" --timeout 5 "$BATS_TEST_TMPDIR/img"
+		run -2 ploopctl "$c" --timeout -1 "$BATS_TEST_TMPDIR/img"
+		[[ $output == *"invalid timeout '-1'"* ]]
+		run -2 ploopctl "$c" --timeout x "$BATS_TEST_TMPDIR/img"
+	done
+	run_ok ploopctl --help
+	[[ $output == *"Every command takes --timeout"* ]]
+}

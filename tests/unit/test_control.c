@@ -494,15 +494,25 @@ static void test_drain(void)
 	struct pf_why why = { "" };
 	struct pf_ctl *c;
 	struct stat st;
-	char dir[256];
-	int dirfd;
+	char dir[256], buf[256];
+	int dirfd, fd;
 
 	dirfd = new_dir(dir, sizeof(dir));
 	c = start(dirfd, dir);
 	/* serving: nothing to wait for */
 	check_int(pf_ctl_wait_closed(dirfd, WAIT_MS), ==, 0);
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
+	/* a connection open before the drain hears "closing" too, not a
+	 * hang-up, whether its request was read or not */
+	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	raw_send(fd, "ploopfs-ctl 1 echo y\n");	/* served: admitted */
+	check_vis(raw_line(fd, buf, sizeof(buf)), "data y\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), "end 0 \n");
 	pf_ctl_drain(c);
+	raw_send(fd, "ploopfs-ctl 1 echo x\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)),
+		  "end 108 the daemon is closing the image\n");
+	close(fd);
 	pf_ctl_drain(c);	/* idempotent */
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, -ESHUTDOWN);
 	check_str(why.msg, "the daemon is closing the image");
