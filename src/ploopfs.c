@@ -28,6 +28,7 @@
 
 #include "cli.h"
 #include "control.h"
+#include "events.h"
 #include "fuse_fe.h"
 #include "log.h"
 #include "mounts.h"

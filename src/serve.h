@@ -25,6 +25,7 @@
 #define PF_SERVE_H
 
 #include "control.h"
+#include "events.h"
 #include "fuse_uring.h"
 #include "stack.h"
 

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #define PF_MUST_CHECK	__attribute__((warn_unused_result))
 #define PF_PRINTF(a, b)	__attribute__((format(printf, a, b)))
@@ -93,5 +94,41 @@ PF_MUST_CHECK int pf_parse_size(const char *s, uint64_t *out);
 
 /* Format @bytes as "1.5 GiB" into @buf. */
 const char *pf_fmt_size(uint64_t bytes, char *buf, size_t len);
+
+/*
+ * The length to keep of @s[0..@n) when a text is cut there, before the
+ * byte @next: an incomplete UTF-8 sequence at the end is dropped, but
+ * never below @floor.
+ */
+static inline size_t pf_utf8_cut(const char *s, size_t n, size_t floor,
+				 char next)
+{
+	if (((unsigned char)next & 0xc0) != 0x80)
+		return n;	/* cut at a character boundary */
+	while (n > floor && ((unsigned char)s[n - 1] & 0xc0) == 0x80)
+		n--;
+	if (n > floor && ((unsigned char)s[n - 1] & 0xc0) == 0xc0)
+		n--;
+	return n;
+}
+
+/* Advance @ts by @ms (>= 0) milliseconds, normalised. */
+static inline void pf_ts_add_ms(struct timespec *ts, long ms)
+{
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000;
+	if (ts->tv_nsec >= 1000000000) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000;
+	}
+}
+
+/* Is @a earlier than @b? */
+static inline bool pf_ts_before(const struct timespec *a,
+				const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec ||
+	       (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
 
 #endif /* PF_UTIL_H */

@@ -14,7 +14,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "control.h"
+#include "events.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

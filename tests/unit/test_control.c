@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "events.h"
 #include "tap.h"
 #include "util.h"
 
