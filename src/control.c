@@ -106,7 +106,8 @@ static int wait_fd(int fd, short events, int wake_fd, int timeout_ms)
  * Read the next '\n'-terminated line of @fd into @b; *@line is it without
  * the '\n', valid until the next call.  With @wake_fd >= 0 the socket is
  * non-blocking and the wait ends when @wake_fd turns readable.  With
- * @idle_ms >= 0, no byte for @idle_ms ends the wait.
+ * @idle_ms >= 0, the line must be complete within @idle_ms of the call
+ * (bytes that trickle in do not extend it).
  * Returns: 1 (a line); 0 (end of file; @b->len says whether a partial
  * line came before it); -EMSGSIZE (line longer than PF_CTL_LINE_MAX);
  * -ESHUTDOWN (woken); -ETIMEDOUT (@idle_ms passed); other -errno.
@@ -114,6 +115,7 @@ static int wait_fd(int fd, short events, int wake_fd, int timeout_ms)
 static int line_read(struct line_buf *b, int fd, int wake_fd, int idle_ms,
 		     char **line)
 {
+	long end = idle_ms >= 0 ? mono_ms() + idle_ms : 0;
 	size_t scanned;
 
 	if (b->used) {
@@ -137,7 +139,11 @@ static int line_read(struct line_buf *b, int fd, int wake_fd, int idle_ms,
 		if (b->len == sizeof(b->buf))
 			return -EMSGSIZE;
 		if (wake_fd >= 0 || idle_ms >= 0) {
-			ret = wait_fd(fd, POLLIN, wake_fd, idle_ms);
+			long left = idle_ms >= 0 ? end - mono_ms() : -1;
+
+			if (idle_ms >= 0 && left <= 0)
+				return -ETIMEDOUT;
+			ret = wait_fd(fd, POLLIN, wake_fd, (int)left);
 			if (ret < 0)
 				return ret;
 		}
@@ -221,6 +227,10 @@ struct pf_ctl {
 	dev_t sock_dev;			/* the socket file we bound */
 	ino_t sock_ino;
 	uid_t euid;
+	dev_t dir_dev;			/* the image directory, for "hello" */
+	ino_t dir_ino;
+	atomic_int idle_ms;		/* a request must come within this */
+	atomic_uint streams;		/* stream handlers running */
 	int wake[2];			/* connections: written by drain or stop */
 	int wake_accept[2];		/* the accept thread: by pf_ctl_stop() */
 	atomic_bool stopping;		/* handlers stop (drain or stop) */
@@ -579,6 +589,14 @@ static void serve_request(struct ctl_conn *cn, char *line,
 		reply_end(r, -ret, "%s", why.msg);
 		return;
 	}
+	/* built in: which image directory this daemon serves, so that a
+	 * client can tell it reached the daemon of its own image */
+	if (!strcmp(tok[2], PF_CTL_HELLO) && ntok == 3) {
+		if (!pf_ctl_data(r, "image %ju %ju", (uintmax_t)c->dir_dev,
+				 (uintmax_t)c->dir_ino))
+			reply_end(r, 0, "%s", "");
+		goto out;
+	}
 	cmd = find_cmd(c, tok[2]);
 	if (!cmd) {
 		reply_end(r, EOPNOTSUPP, "unknown command %.64s", tok[2]);
@@ -588,6 +606,15 @@ static void serve_request(struct ctl_conn *cn, char *line,
 	 * resumed) has closed the connection: its command is not run. */
 	if (peer_closed(cn)) {
 		atomic_store(&r->gone, true);
+		goto out;
+	}
+	/* Followers of a stream stay for as long as they like: they may
+	 * take only part of the connections, the rest is for commands. */
+	if (cmd->stream &&
+	    atomic_fetch_add(&c->streams, 1) >= PF_CTL_STREAM_MAX) {
+		atomic_fetch_sub(&c->streams, 1);
+		reply_end(r, EBUSY, "too many followers of a stream (%d)",
+			  PF_CTL_STREAM_MAX);
 		goto out;
 	}
 	if (cmd->keepalive) {
@@ -601,6 +628,8 @@ static void serve_request(struct ctl_conn *cn, char *line,
 	ret = cmd->fn(c->ctx, (int)(ntok - 2), tok + 2, r, &why);
 	if (cmd->keepalive)
 		ticker_stop(&ticker);
+	if (cmd->stream)
+		atomic_fetch_sub(&c->streams, 1);
 	if (ret > 0)
 		ret = 0;	/* handlers return 0 or -errno */
 	if (ret < -ERRNO_MAX)
@@ -628,7 +657,17 @@ static void *conn_main(void *arg)
 		int ret;
 
 		atomic_init(&r.gone, false);
-		ret = line_read(&cn->in, cn->fd, c->wake[0], -1, &line);
+		ret = line_read(&cn->in, cn->fd, c->wake[0],
+				atomic_load(&c->idle_ms), &line);
+
+		if (ret == -ETIMEDOUT) {
+			/* idle, or a request that never ends: the slot is
+			 * for clients that talk */
+			reply_end(&r, ETIMEDOUT, "no complete request within %d ms",
+				  atomic_load(&c->idle_ms));
+			stopped = false;
+			break;
+		}
 
 		if (ret == -EMSGSIZE) {
 			/* The framing is lost: answer and hang up. */
@@ -718,6 +757,11 @@ static unsigned count_open(struct pf_ctl *c)
 	n = count_open_locked(c);
 	pthread_mutex_unlock(&c->conns_lock);
 	return n;
+}
+
+void pf_ctl_set_idle(struct pf_ctl *c, int idle_ms)
+{
+	atomic_store(&c->idle_ms, idle_ms);
 }
 
 unsigned pf_ctl_connections(struct pf_ctl *c)
@@ -936,6 +980,10 @@ int pf_ctl_start(int dirfd, const char *dir_for_messages,
 	c->cmds = cmds;
 	c->ctx = ctx;
 	c->euid = geteuid();
+	c->dir_dev = st.st_dev;
+	c->dir_ino = st.st_ino;
+	atomic_init(&c->idle_ms, PF_CTL_IDLE_MS);
+	atomic_init(&c->streams, 0);
 	c->lfd = -1;
 	c->wake[0] = c->wake[1] = -1;
 	c->wake_accept[0] = c->wake_accept[1] = -1;
@@ -1056,7 +1104,81 @@ void pf_ctl_stop(struct pf_ctl *c)
 
 #define CONNECT_RETRY_MS	10	/* retry of a full accept queue */
 
-int pf_ctl_connect(int dirfd, int timeout_ms, int *fd)
+/*
+ * Is the socket file of @dirfd one a daemon of this image could have
+ * bound?  A symbolic link or anything else in its place is refused: it
+ * may lead to the daemon of another image.
+ */
+static int sock_file_check(int dirfd, struct pf_why *why)
+{
+	struct stat st;
+
+	if (fstatat(dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;	/* ENOENT: no daemon */
+	if (S_ISLNK(st.st_mode))
+		return pf_why_set(why, -ELOOP,
+				  PF_CTL_SOCK_NAME " is a symbolic link, not the socket of this image's daemon (remove it)");
+	if (!S_ISSOCK(st.st_mode))
+		return pf_why_set(why, -ENOTSOCK,
+				  PF_CTL_SOCK_NAME " is not a socket (remove it)");
+	return 0;
+}
+
+/* The server's end of @s runs as root, as us or as the owner of the
+ * image directory @dir: nobody else can serve our requests. */
+static int peer_check(int s, const struct stat *dir, struct pf_why *why)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return pf_why_set(why, -errno, "cannot tell who serves " PF_CTL_SOCK_NAME ": %s",
+				  strerror(errno));
+	if (cred.uid != 0 && cred.uid != geteuid() && cred.uid != dir->st_uid)
+		return pf_why_set(why, -EACCES,
+				  PF_CTL_SOCK_NAME " is served by uid %u, neither root nor the image directory's owner",
+				  (unsigned)cred.uid);
+	return 0;
+}
+
+struct hello {
+	uintmax_t dev, ino;
+	bool seen;
+};
+
+static int hello_line(void *ctx, const char *line)
+{
+	struct hello *h = ctx;
+	char tail;
+
+	if (sscanf(line, "image %ju %ju%c", &h->dev, &h->ino, &tail) == 2)
+		h->seen = true;
+	return 0;
+}
+
+/* Ask the daemon on @s which image directory it serves; it must be
+ * @dir's. */
+static int hello(int s, int timeout_ms, const struct stat *dir,
+		 struct pf_why *why)
+{
+	static const char *const argv[] = { PF_CTL_HELLO };
+	struct hello h = { 0, 0, false };
+	int ret;
+
+	ret = pf_ctl_call(s, timeout_ms, 1, argv, hello_line, &h, why);
+	if (ret)
+		return ret;
+	if (!h.seen)
+		return pf_why_set(why, -EPROTO,
+				  "the daemon on " PF_CTL_SOCK_NAME " did not say which image it serves");
+	if (h.dev != (uintmax_t)dir->st_dev || h.ino != (uintmax_t)dir->st_ino)
+		return pf_why_set(why, -EXDEV,
+				  "the daemon on " PF_CTL_SOCK_NAME " serves another image directory (device %ju, inode %ju)",
+				  h.dev, h.ino);
+	return 0;
+}
+
+int pf_ctl_connect(int dirfd, int timeout_ms, int *fd, struct pf_why *why)
 {
 	long end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
 	struct sockaddr_un sa;
@@ -1064,11 +1186,15 @@ int pf_ctl_connect(int dirfd, int timeout_ms, int *fd)
 	struct stat st;
 	int s, ret;
 
+	*fd = -1;
 	/* A bad @dirfd must not read as "no daemon" through /proc. */
 	if (fstat(dirfd, &st) < 0)
 		return -errno;
 	if (!S_ISDIR(st.st_mode))
 		return -ENOTDIR;
+	ret = sock_file_check(dirfd, why);
+	if (ret)
+		return ret;
 	len = sock_addr(dirfd, &sa);
 	/*
 	 * With a limit, non-blocking: a Unix socket whose accept queue is
@@ -1103,6 +1229,11 @@ int pf_ctl_connect(int dirfd, int timeout_ms, int *fd)
 		ret = -errno;
 		goto err;
 	}
+	ret = peer_check(s, &st, why);
+	if (!ret)
+		ret = hello(s, timeout_ms, &st, why);
+	if (ret)
+		goto err;
 	*fd = s;
 	return 0;
 
@@ -1294,16 +1425,8 @@ int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
 
 #define CLOSED_POLL_MS	10	/* a closing daemon is asked this often */
 
-static int discard_line(void *ctx, const char *line)
-{
-	(void)ctx;
-	(void)line;
-	return 0;
-}
-
 int pf_ctl_wait_closed(int dirfd, int timeout_ms)
 {
-	static const char *const argv[] = { "status" };
 	long end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
 	bool seen = false;
 	int fd = -1, ret;
@@ -1314,18 +1437,15 @@ int pf_ctl_wait_closed(int dirfd, int timeout_ms)
 
 		if (timeout_ms >= 0 && left <= 0)
 			return seen ? -ETIMEDOUT : -ETIME;
-		ret = pf_ctl_connect(dirfd, (int)left, &fd);
+		/* the connection's "hello" is answered "closing" (ESHUTDOWN)
+		 * by a daemon that is closing its image */
+		ret = pf_ctl_connect(dirfd, (int)left, &fd, &why);
 		if (ret == -ETIMEDOUT)
 			return seen ? -ETIMEDOUT : -ETIME;
-		if (ret)
-			return seen;	/* no socket (any more): no daemon */
-		ret = pf_ctl_call(fd, (int)left, 1, argv, discard_line, NULL,
-				  &why);
-		close(fd);
-		if (ret == -ETIMEDOUT)
-			return seen ? -ETIMEDOUT : -ETIME;
+		if (!ret)
+			close(fd);
 		if (ret != -ESHUTDOWN)
-			return seen;	/* serving, or not ours to tell */
+			return seen;	/* serving, gone, or not ours to tell */
 		seen = true;
 		(void)wait_fd(-1, 0, -1, CLOSED_POLL_MS);
 	}

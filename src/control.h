@@ -36,6 +36,18 @@
  * a thread of their own).  Clients older than keepalives take the line
  * as one more data line of the reply, which they ignore.
  *
+ * Built in: "hello" is answered "data image <dev> <ino>" (the st_dev and
+ * st_ino of the image directory the daemon serves) and "end 0 ", so that a
+ * client knows it reached its own image's daemon (pf_ctl_connect).
+ *
+ * Limits.  A connection must bring a whole request line within
+ * PF_CTL_IDLE_MS of the previous reply (or of connecting): an idle or
+ * half-sent connection is answered "end 110 no complete request within N
+ * ms" and closed.  Handlers of stream commands (events) run at most
+ * PF_CTL_STREAM_MAX at once; one more is answered "end 16 too many
+ * followers of a stream (N)", so followers never take the connections
+ * commands need.
+ *
  * Replies to bad requests: a version other than 1 gets
  * "end 71 unsupported control protocol version N (daemon speaks 1)", an
  * unknown command "end 95 unknown command <cmd>", a malformed request
@@ -67,6 +79,9 @@
 #define PF_CTL_CONN_MAX		64	/* connections served at once */
 #define PF_CTL_KEEPALIVE	"keepalive"	/* a keepalive line's text */
 #define PF_CTL_KEEPALIVE_MS	250	/* keepalive interval */
+#define PF_CTL_IDLE_MS		10000	/* a request must come within this */
+#define PF_CTL_STREAM_MAX	(PF_CTL_CONN_MAX / 2)	/* stream followers */
+#define PF_CTL_HELLO		"hello"	/* built-in: the image served */
 
 /* Server side */
 
@@ -92,6 +107,9 @@ struct pf_ctl_cmd {
 	/* may run long: keepalive lines go out while it runs (a command
 	 * whose data lines are a stream must not set it) */
 	bool keepalive;
+	/* its data lines are a stream a client follows for as long as it
+	 * likes: at most PF_CTL_STREAM_MAX run at once */
+	bool stream;
 };
 
 /*
@@ -153,6 +171,10 @@ void pf_ctl_stop(struct pf_ctl *c);
 PF_MUST_CHECK int pf_ctl_parse_request(char *line, char ***fields, size_t *n,
 				       struct pf_why *why);
 
+/* Change the idle limit of the connections (PF_CTL_IDLE_MS by default;
+ * -1: none) for their next request.  For tests. */
+void pf_ctl_set_idle(struct pf_ctl *c, int idle_ms);
+
 /* Connections open now (served or waiting for a request). */
 unsigned pf_ctl_connections(struct pf_ctl *c);
 
@@ -181,13 +203,22 @@ bool pf_ctl_cancelled(void *reply);
 /*
  * Connect to the daemon serving the image directory @dirfd, waiting at
  * most @timeout_ms (-1: no limit) while its queue of connections not yet
- * accepted is full.  A daemon that is stopped still lets a connection be
- * made (the kernel queues it): pf_ctl_call()'s limit catches that.
+ * accepted is full, and make sure it is that image's daemon: the socket
+ * file is a socket (not a symbolic link to another image's), the server
+ * runs as root, as us or as the directory's owner, and it answers
+ * "hello" with this directory's device and inode, within @timeout_ms
+ * (an idle limit, as pf_ctl_call()'s).  A daemon that is stopped lets the
+ * connection be made but does not answer: -ETIMEDOUT.
  * Returns: 0 and *@fd (close it when done); -ENOENT or -ECONNREFUSED (no
- * daemon serves the image: work on the files); -EACCES (socket of another
- * user); -ETIMEDOUT (@timeout_ms passed); -EBADF, -ENOTDIR; other -errno.
+ * daemon serves the image: work on the files); -ESHUTDOWN (the daemon is
+ * closing the image); -ELOOP (the socket file is a symbolic link);
+ * -ENOTSOCK (it is not a socket); -EACCES (served by another user);
+ * -EXDEV (the daemon serves another image directory); -ETIMEDOUT
+ * (@timeout_ms passed); -EBADF, -ENOTDIR; other -errno.  @why says what
+ * where the reason is not the errno's own.
  */
-PF_MUST_CHECK int pf_ctl_connect(int dirfd, int timeout_ms, int *fd);
+PF_MUST_CHECK int pf_ctl_connect(int dirfd, int timeout_ms, int *fd,
+				 struct pf_why *why);
 
 /*
  * Send the request @argv[0..@argc-1] (command, then arguments) on @fd

@@ -552,6 +552,7 @@ int open_clean_chain(struct image *im, const char *arg,
  */
 int daemon_of(const char *dir, int *fd)
 {
+	struct pf_why why = { "" };
 	int dirfd, ret;
 
 	*fd = -1;
@@ -568,7 +569,8 @@ int daemon_of(const char *dir, int *fd)
 		return ret == -ETIME ? daemon_timed_out(dir) :
 				       daemon_still_closing(dir);
 	}
-	ret = ret == 1 ? -ENOENT : pf_ctl_connect(dirfd, ctl_timeout_ms(), fd);
+	ret = ret == 1 ? -ENOENT :
+	      pf_ctl_connect(dirfd, ctl_timeout_ms(), fd, &why);
 	close(dirfd);
 	if (ret == -ENOENT || ret == -ECONNREFUSED) {
 		*fd = -1;
@@ -576,9 +578,15 @@ int daemon_of(const char *dir, int *fd)
 	}
 	if (ret == -ETIMEDOUT)
 		return daemon_timed_out(dir);
+	/* began closing the image since it was asked above: wait, then
+	 * work on the files */
+	if (ret == -ESHUTDOWN) {
+		ret = daemon_closed(dir);
+		return ret == EXIT_DAEMON_CLOSED ? EXIT_OK : ret;
+	}
 	if (ret) {
 		err_line(dir, "cannot reach the ploopfs daemon: %s",
-			 strerror(-ret));
+			 why.msg[0] ? why.msg : strerror(-ret));
 		return EXIT_FAIL;
 	}
 	return EXIT_OK;

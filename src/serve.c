@@ -179,11 +179,11 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 }
 
 static const struct pf_ctl_cmd cmds[] = {
-	{ "status", cmd_status, false },
-	{ "events", cmd_events, false },
-	{ "snapshot", cmd_snapshot, true },
-	{ "snapshot-delete", cmd_snapshot_delete, true },
-	{ NULL, NULL, false },
+	{ .name = "status", .fn = cmd_status },
+	{ .name = "events", .fn = cmd_events, .stream = true },
+	{ .name = "snapshot", .fn = cmd_snapshot, .keepalive = true },
+	{ .name = "snapshot-delete", .fn = cmd_snapshot_delete, .keepalive = true },
+	{ .name = NULL },
 };
 
 const struct pf_ctl_cmd *pf_serve_cmds(void)

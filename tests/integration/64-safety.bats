@@ -175,3 +175,37 @@ others_can_reach() {
 	run_ok ploopctl status --json "$D"
 	[ "$(json_get "$output" 'j["stale_mount"]')" = None ]
 }
+
+# Item: ploopctl talks to the right daemon.  Image A, not mounted, with a
+# .ploopfs.sock leading to the daemon of image B (a symbolic link, then a
+# hard link): every command refuses it, and neither image changes.
+@test "a .ploopfs.sock leading to another image's daemon is refused" {
+	local B=$T/imgb MB=$T/mntb before_a before_b
+	run_ok ploopctl init -s 64M "$B"
+	mkdir -p "$MB"
+	pf_mount "$B" "$MB"
+	before_a=$(tree_sum "$D")
+	before_b=$(ploopctl snapshot-list "$B")
+
+	ln -s "$B/.ploopfs.sock" "$D/.ploopfs.sock"
+	for cmd in snapshot status; do
+		run --separate-stderr ploopctl "$cmd" "$D"
+		echo "$cmd: $status: $stderr"
+		[ "$status" -eq 1 ]
+		[ "$(wc -l <<<"$stderr")" -eq 1 ]
+		[[ $stderr == *"$D: cannot reach the ploopfs daemon: .ploopfs.sock is a symbolic link, not the socket of this image's daemon (remove it)" ]]
+	done
+	rm "$D/.ploopfs.sock"
+
+	ln "$B/.ploopfs.sock" "$D/.ploopfs.sock"
+	run --separate-stderr ploopctl snapshot "$D"
+	[ "$status" -eq 1 ]
+	[[ $stderr == *"$D: cannot reach the ploopfs daemon: the daemon on .ploopfs.sock serves another image directory (device "* ]]
+	rm "$D/.ploopfs.sock"
+
+	[ "$(ploopctl snapshot-list "$B")" = "$before_b" ]
+	[ "$(tree_sum "$D")" = "$before_a" ]
+	# its own socket still works
+	run_ok ploopctl snapshot "$B"
+	pf_umount "$MB"
+}

@@ -259,6 +259,25 @@ static int h_block(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
 	return 0;
 }
 
+/* A stream that follows until its client hangs up; counts followers. */
+static atomic_int followers;
+
+static int h_follow(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
+		    struct pf_why *why)
+{
+	uint64_t end = mono_ms() + WAIT_MS;
+
+	(void)ctx;
+	(void)argc;
+	(void)argv;
+	(void)why;
+	atomic_fetch_add(&followers, 1);
+	while (!pf_ctl_cancelled(r) && mono_ms() < end)
+		sleep_ms(1);
+	atomic_fetch_sub(&followers, 1);
+	return 0;
+}
+
 /* Sleeps argv[1] ms, then answers "done"; registered as "sleep" and, as
  * a keepalive command, as "slow". */
 static int h_sleep(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
@@ -296,20 +315,21 @@ static int h_etimedout(void *ctx, int argc, char **argv,
 }
 
 static const struct pf_ctl_cmd cmds[] = {
-	{ "echo", h_echo, false },
-	{ "fail", h_fail, false },
-	{ "fail-quiet", h_fail_quiet, false },
-	{ "gate", h_gate, false },
-	{ "count", h_count, false },
-	{ "flood", h_flood, false },
-	{ "events", h_events, false },
-	{ "block", h_block, false },
-	{ "sleep", h_sleep, false },
-	{ "slow", h_sleep, true },
-	{ "mark", h_mark, false },
-	{ "marks", h_mark, false },
-	{ "etimedout", h_etimedout, false },
-	{ NULL, NULL, false },
+	{ .name = "echo", .fn = h_echo },
+	{ .name = "fail", .fn = h_fail },
+	{ .name = "fail-quiet", .fn = h_fail_quiet },
+	{ .name = "gate", .fn = h_gate },
+	{ .name = "count", .fn = h_count },
+	{ .name = "flood", .fn = h_flood },
+	{ .name = "events", .fn = h_events },
+	{ .name = "block", .fn = h_block },
+	{ .name = "follow", .fn = h_follow, .stream = true },
+	{ .name = "sleep", .fn = h_sleep },
+	{ .name = "slow", .fn = h_sleep, .keepalive = true },
+	{ .name = "mark", .fn = h_mark },
+	{ .name = "marks", .fn = h_mark },
+	{ .name = "etimedout", .fn = h_etimedout },
+	{ .name = NULL },
 };
 
 /* Client helpers */
@@ -337,7 +357,7 @@ static int collect(void *ctx, const char *line)
 static int call(int dirfd, int argc, const char *const *argv,
 		struct lines *l, struct pf_why *why)
 {
-	int fd, ret = pf_ctl_connect(dirfd, -1, &fd);
+	int fd, ret = pf_ctl_connect(dirfd, -1, &fd, why);
 
 	if (ret < 0)
 		return ret;
@@ -445,7 +465,7 @@ static void test_echo(void)
 	check_str(l.line[6], "%41");
 
 	/* several requests on one connection; the daemon decodes any case */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 echo a%20b %0a%25 %4a%4A\n");
 	check_vis(raw_line(fd, buf, sizeof(buf)), "data a b\n");
 	check_vis(raw_line(fd, buf, sizeof(buf)), "data ?%\n");
@@ -505,7 +525,7 @@ static void test_drain(void)
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
 	/* a connection open before the drain hears "closing" too, not a
 	 * hang-up, whether its request was read or not */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 echo y\n");	/* served: admitted */
 	check_vis(raw_line(fd, buf, sizeof(buf)), "data y\n");
 	check_vis(raw_line(fd, buf, sizeof(buf)), "end 0 \n");
@@ -592,7 +612,7 @@ static void test_bad_requests(void)
 	dirfd = new_dir(dir, sizeof(dir));
 	c = start(dirfd, dir);
 	/* all on one connection: a bad request does not end it */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	for (i = 0; i < PF_ARRAY_SIZE(t); i++) {
 		raw_send(fd, t[i].req);
 		check_vis(raw_line(fd, buf, sizeof(buf)), t[i].reply);
@@ -604,7 +624,7 @@ static void test_bad_requests(void)
 		static char big[PF_CTL_LINE_MAX + 100];
 
 		memset(big, 'a', sizeof(big) - 1);
-		check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+		check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 		raw_send(fd, big);
 		check_vis(raw_line(fd, buf, sizeof(buf)),
 			  "end 22 malformed request: line longer than 4096 bytes\n");
@@ -706,7 +726,7 @@ static void test_socket_file(void)
 	int dirfd, fd, fd2;
 
 	dirfd = new_dir(dir, sizeof(dir));
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ENOENT);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -ENOENT);
 	old = umask(022);
 	c = start(dirfd, dir);
 	check_int(umask(old), ==, 022);	/* restored */
@@ -725,14 +745,14 @@ static void test_socket_file(void)
 	pf_ctl_stop(c);
 	check_int(fstatat(dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW), ==, -1);
 	check_int(errno, ==, ENOENT);
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ENOENT);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -ENOENT);
 
 	/* not a directory, not a descriptor */
 	fd = openat(dirfd, "file", O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
-	check_int(pf_ctl_connect(fd, -1, &fd2), ==, -ENOTDIR);
+	check_int(pf_ctl_connect(fd, -1, &fd2, NULL), ==, -ENOTDIR);
 	check_int(pf_ctl_start(fd, "file", cmds, NULL, &c2, &why), ==, -ENOTDIR);
 	close(fd);
-	check_int(pf_ctl_connect(-1, -1, &fd2), ==, -EBADF);
+	check_int(pf_ctl_connect(-1, -1, &fd2, NULL), ==, -EBADF);
 
 	/* a file of the socket's name that is not a socket is left alone */
 	fd = openat(dirfd, PF_CTL_SOCK_NAME, O_CREAT | O_WRONLY | O_CLOEXEC,
@@ -762,7 +782,7 @@ static void test_stale_socket(void)
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	check_int(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
 	close(fd);
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, -ECONNREFUSED);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -ECONNREFUSED);
 
 	c = start(dirfd, dir);
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
@@ -817,7 +837,7 @@ static void *client_main(void *arg)
 	struct pf_why why;
 	int fd;
 
-	cl->ret_gate = pf_ctl_connect(cl->dirfd, -1, &fd);
+	cl->ret_gate = pf_ctl_connect(cl->dirfd, -1, &fd, NULL);
 	if (cl->ret_gate)
 		return NULL;
 	cl->ret_gate = pf_ctl_call(fd, -1, 1, gate, NULL, NULL, &why);
@@ -870,7 +890,7 @@ static void test_conn_limit(void)
 	dirfd = new_dir(dir, sizeof(dir));
 	c = start(dirfd, dir);
 	for (i = 0; i < PF_CTL_CONN_MAX; i++)
-		check_int(pf_ctl_connect(dirfd, -1, &fds[i]), ==, 0);
+		check_int(pf_ctl_connect(dirfd, -1, &fds[i], NULL), ==, 0);
 	check(wait_conns(c, PF_CTL_CONN_MAX));
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, -EBUSY);
 	check_str(why.msg, "too many control connections");
@@ -880,7 +900,7 @@ static void test_conn_limit(void)
 	/* the open ones still work */
 	check_int(pf_ctl_call(fds[1], -1, 2, argv, NULL, NULL, &why), ==, 0);
 	check(wait_conns(c, PF_CTL_CONN_MAX - 1));
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	check_int(pf_ctl_call(fd, -1, 2, argv, NULL, NULL, &why), ==, 0);
 	close(fd);
 	/* stop with every connection open and idle */
@@ -908,7 +928,7 @@ static void test_stream_ended_by_client(void)
 
 	/* after 1000 lines, ending the call with 0 */
 	l.stop_after = 1000;
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	check_int(pf_ctl_call(fd, -1, 1, count, collect, &l, &why), ==, 0);
 	check_int(l.n, ==, 1000);
 	check_str(l.line[15], "15");
@@ -921,7 +941,7 @@ static void test_stream_ended_by_client(void)
 	memset(&l, 0, sizeof(l));
 	l.stop_after = 1;
 	l.stop_ret = -ECANCELED;
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	check_int(pf_ctl_call(fd, -1, 1, count, collect, &l, &why), ==,
 		  -ECANCELED);
 	/* the connection is shut down: later calls fail, not hang */
@@ -964,7 +984,7 @@ static void *streamer_main(void *arg)
 	const char *argv[] = { s->cmd };
 	int fd;
 
-	s->ret = pf_ctl_connect(s->dirfd, -1, &fd);
+	s->ret = pf_ctl_connect(s->dirfd, -1, &fd, NULL);
 	if (s->ret)
 		return NULL;
 	s->ret = pf_ctl_call(fd, -1, 1, argv, stream_data, s, &s->why);
@@ -1075,7 +1095,7 @@ static void test_event_stream(void)
 	check(wait_conns(c, 0));
 
 	/* a client that hangs up on an idle stream ends its handler */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 events 8\n");
 	pf_events_emit(srv_events, "e", "streamed");
 	raw_line(fd, buf, sizeof(buf));
@@ -1103,7 +1123,7 @@ static void test_disconnect_mid_request(void)
 	c = start(dirfd, dir);
 
 	/* half a request line */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 ec");
 	close(fd);
 	check(wait_conns(c, 0));
@@ -1111,7 +1131,7 @@ static void test_disconnect_mid_request(void)
 	/* gone while its handler runs: the handler sees it, the answer
 	 * fails quietly */
 	atomic_store(&block_entered, 0);
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 block\n");
 	end = mono_ms() + WAIT_MS;
 	while (!atomic_load(&block_entered) && mono_ms() < end)
@@ -1124,7 +1144,7 @@ static void test_disconnect_mid_request(void)
 	check_int(atomic_load(&block_data_ret), ==, -EPIPE);
 
 	/* with requests queued behind it */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 echo a\nploopfs-ctl 1 echo b\nploopfs-ctl 1 ec");
 	close(fd);
 	check(wait_conns(c, 0));
@@ -1138,7 +1158,7 @@ static void test_disconnect_mid_request(void)
 static int call_ms(int dirfd, int ms, int argc, const char *const *argv,
 		   struct lines *l, struct pf_why *why)
 {
-	int fd, ret = pf_ctl_connect(dirfd, ms, &fd);
+	int fd, ret = pf_ctl_connect(dirfd, ms, &fd, why);
 
 	if (ret < 0)
 		return ret;
@@ -1183,7 +1203,7 @@ static void test_client_timeouts(void)
 	check_str(why.msg, "the daemon did not answer within 400 ms");
 
 	/* the wire: keepalive lines while the handler runs, then its own */
-	check_int(pf_ctl_connect(dirfd, -1, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, 0);
 	raw_send(fd, "ploopfs-ctl 1 slow 800\n");
 	while (!strcmp(raw_line(fd, buf, sizeof(buf)), "data keepalive\n"))
 		keepalives++;
@@ -1241,8 +1261,19 @@ static void test_stopped_server(void)
 	check_int(kill(pid, SIGSTOP), ==, 0);
 	check_int(waitpid(pid, &st, WUNTRACED), ==, pid);
 	check(WIFSTOPPED(st));
+	/* pf_ctl_connect() asks the daemon who it is: no answer */
 	t0 = mono_ms();
-	check_int(pf_ctl_connect(dirfd, 300, &fd), ==, 0);
+	check_int(pf_ctl_connect(dirfd, 300, &fd, &why), ==, -ETIMEDOUT);
+	ms = mono_ms() - t0;
+	check_msg(ms >= 300 && ms < 300 + 2000,
+		  "timed out after %" PRIu64 " ms", ms);
+	check_str(why.msg, "the daemon did not answer within 300 ms");
+	/* a request on a connection the kernel queued for it */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s",
+		 dirfd, PF_CTL_SOCK_NAME);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	check_int(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+	t0 = mono_ms();
 	check_int(pf_ctl_call(fd, 300, 1, mark, NULL, NULL, &why), ==,
 		  -ETIMEDOUT);
 	ms = mono_ms() - t0;
@@ -1282,13 +1313,215 @@ static void test_stopped_server(void)
 	check_msg(i < 8, "the accept queue is full after %d connections",
 		  n_raw);
 	t0 = mono_ms();
-	check_int(pf_ctl_connect(dirfd, 200, &fd), ==, -ETIMEDOUT);
+	check_int(pf_ctl_connect(dirfd, 200, &fd, NULL), ==, -ETIMEDOUT);
 	ms = mono_ms() - t0;
 	check_msg(ms >= 200 && ms < 200 + 2000,
 		  "timed out after %" PRIu64 " ms", ms);
 	for (i = 0; i < n_raw; i++)
 		close(raw[i]);
 	close(lfd);
+	close(dirfd);
+}
+
+/* A raw connection to the socket of @dirfd, without pf_ctl_connect(). */
+static int raw_connect(int dirfd)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s",
+		 dirfd, PF_CTL_SOCK_NAME);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		tap_diag("raw connect failed: %s", strerror(errno));
+		abort();
+	}
+	return fd;
+}
+
+/*
+ * The client talks to its own image's daemon only: a symbolic link or a
+ * file in place of the socket is refused, and so is a socket that leads
+ * to the daemon of another directory (a hard link); "hello" names the
+ * directory served.
+ */
+static void test_identity(void)
+{
+	const char *argv[] = { "echo", "x" };
+	struct pf_why why = { "" };
+	char dir_a[256], dir_b[256], path[600], buf[256], want[128];
+	struct pf_ctl *c;
+	struct stat st;
+	int a, b, fd;
+
+	a = new_dir(dir_a, sizeof(dir_a));
+	b = new_dir(dir_b, sizeof(dir_b));
+	c = start(a, dir_a);
+	check_int(call(a, 2, argv, NULL, &why), ==, 0);
+
+	fd = raw_connect(a);
+	check_int(fstat(a, &st), ==, 0);
+	snprintf(want, sizeof(want), "data image %ju %ju\n",
+		 (uintmax_t)st.st_dev, (uintmax_t)st.st_ino);
+	raw_send(fd, "ploopfs-ctl 1 hello\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), want);
+	check_vis(raw_line(fd, buf, sizeof(buf)), "end 0 \n");
+	close(fd);
+
+	snprintf(path, sizeof(path), "%s/%s", dir_a, PF_CTL_SOCK_NAME);
+	check_int(symlinkat(path, b, PF_CTL_SOCK_NAME), ==, 0);
+	why.msg[0] = '\0';
+	check_int(pf_ctl_connect(b, -1, &fd, &why), ==, -ELOOP);
+	check_str(why.msg, ".ploopfs.sock is a symbolic link, not the socket of this image's daemon (remove it)");
+	check_int(call(b, 2, argv, NULL, &why), ==, -ELOOP);
+	check_int(pf_ctl_wait_closed(b, WAIT_MS), ==, 0);
+	check_int(unlinkat(b, PF_CTL_SOCK_NAME, 0), ==, 0);
+
+	check_int(linkat(a, PF_CTL_SOCK_NAME, b, PF_CTL_SOCK_NAME, 0), ==, 0);
+	why.msg[0] = '\0';
+	check_int(pf_ctl_connect(b, -1, &fd, &why), ==, -EXDEV);
+	check_msg(strstr(why.msg, "serves another image directory") != NULL,
+		  "why: %s", why.msg);
+	check_int(unlinkat(b, PF_CTL_SOCK_NAME, 0), ==, 0);
+
+	fd = openat(b, PF_CTL_SOCK_NAME, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	check(fd >= 0);
+	close(fd);
+	why.msg[0] = '\0';
+	check_int(pf_ctl_connect(b, -1, &fd, &why), ==, -ENOTSOCK);
+	check_str(why.msg, ".ploopfs.sock is not a socket (remove it)");
+	check_int(unlinkat(b, PF_CTL_SOCK_NAME, 0), ==, 0);
+
+	/* the server still serves its own */
+	check_int(call(a, 2, argv, NULL, &why), ==, 0);
+	stop_promptly(c);
+	close(a);
+	close(b);
+}
+
+/* A server of another uid, neither root nor the directory's owner, is
+ * not trusted with our requests (needs root to be another uid). */
+static void test_server_uid(void)
+{
+	struct pf_why why = { "" };
+	char dir[256], ready;
+	int dirfd, fd, pipefd[2], st;
+	pid_t pid;
+
+	if (geteuid() != 0) {
+		tap_diag("skip server uid test: not root");
+		return;
+	}
+	dirfd = new_dir(dir, sizeof(dir));
+	check_int(fchmod(dirfd, 0777), ==, 0);
+	if (pipe(pipefd) < 0)
+		abort();
+	pid = fork();
+	if (pid == 0) {
+		struct pf_ctl *c = NULL;
+
+		close(pipefd[0]);
+		if (setgroups(0, NULL) || setgid(65534) || setuid(65534) ||
+		    pf_ctl_start(dirfd, dir, cmds, NULL, &c, &why))
+			_exit(1);
+		if (write(pipefd[1], "r", 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pipefd[1]);
+	check_int(read(pipefd[0], &ready, 1), ==, 1);
+	close(pipefd[0]);
+	why.msg[0] = '\0';
+	check_int(pf_ctl_connect(dirfd, 2000, &fd, &why), ==, -EACCES);
+	check_str(why.msg, ".ploopfs.sock is served by uid 65534, neither root nor the image directory's owner");
+	kill(pid, SIGKILL);
+	check_int(waitpid(pid, &st, 0), ==, pid);
+	close(dirfd);
+}
+
+/* A connection that brings no whole request within the idle limit is
+ * answered and closed, whether silent or trickling. */
+static void test_idle_limit(void)
+{
+	const char *argv[] = { "echo", "x" };
+	struct pf_why why = { "" };
+	char dir[256], buf[256];
+	struct pf_ctl *c;
+	int dirfd, fd;
+
+	dirfd = new_dir(dir, sizeof(dir));
+	c = start(dirfd, dir);
+	pf_ctl_set_idle(c, 200);
+
+	fd = raw_connect(dirfd);
+	check_vis(raw_line(fd, buf, sizeof(buf)),
+		  "end 110 no complete request within 200 ms\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), "");	/* closed */
+	close(fd);
+
+	fd = raw_connect(dirfd);
+	raw_send(fd, "ploopfs-ctl 1 ec");
+	check_vis(raw_line(fd, buf, sizeof(buf)),
+		  "end 110 no complete request within 200 ms\n");
+	close(fd);
+
+	/* one that talks is served, several requests in a row */
+	check_int(pf_ctl_connect(dirfd, -1, &fd, &why), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 2, argv, NULL, NULL, &why), ==, 0);
+	check_int(pf_ctl_call(fd, -1, 2, argv, NULL, NULL, &why), ==, 0);
+	close(fd);
+	check(wait_conns(c, 0));
+	stop_promptly(c);
+	close(dirfd);
+}
+
+/* Followers of streams take at most PF_CTL_STREAM_MAX connections: one
+ * more is refused, and commands are still served. */
+static void test_stream_limit(void)
+{
+	const char *argv[] = { "echo", "x" };
+	struct pf_why why = { "" };
+	int fds[PF_CTL_STREAM_MAX], fd, dirfd, i;
+	uint64_t end;
+	struct pf_ctl *c;
+	char dir[256], buf[256];
+
+	dirfd = new_dir(dir, sizeof(dir));
+	c = start(dirfd, dir);
+	for (i = 0; i < PF_CTL_STREAM_MAX; i++) {
+		fds[i] = raw_connect(dirfd);
+		raw_send(fds[i], "ploopfs-ctl 1 follow\n");
+	}
+	end = mono_ms() + WAIT_MS;
+	while (atomic_load(&followers) < PF_CTL_STREAM_MAX && mono_ms() < end)
+		sleep_ms(1);
+	check_int(atomic_load(&followers), ==, PF_CTL_STREAM_MAX);
+	fd = raw_connect(dirfd);
+	raw_send(fd, "ploopfs-ctl 1 follow\n");
+	snprintf(dir, sizeof(dir), "end 16 too many followers of a stream (%d)\n",
+		 PF_CTL_STREAM_MAX);
+	check_vis(raw_line(fd, buf, sizeof(buf)), dir);
+	/* the refused connection stays usable for a command */
+	raw_send(fd, "ploopfs-ctl 1 echo y\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), "data y\n");
+	check_vis(raw_line(fd, buf, sizeof(buf)), "end 0 \n");
+	close(fd);
+	for (i = 0; i < 4; i++)
+		check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
+	/* a follower that leaves makes room for another */
+	close(fds[0]);
+	end = mono_ms() + WAIT_MS;
+	while (atomic_load(&followers) >= PF_CTL_STREAM_MAX && mono_ms() < end)
+		sleep_ms(1);
+	fds[0] = raw_connect(dirfd);
+	raw_send(fds[0], "ploopfs-ctl 1 follow\n");
+	end = mono_ms() + WAIT_MS;
+	while (atomic_load(&followers) < PF_CTL_STREAM_MAX && mono_ms() < end)
+		sleep_ms(1);
+	check_int(atomic_load(&followers), ==, PF_CTL_STREAM_MAX);
+	for (i = 0; i < PF_CTL_STREAM_MAX; i++)
+		close(fds[i]);
+	stop_promptly(c);
 	close(dirfd);
 }
 
@@ -1755,6 +1988,10 @@ int main(void)
 	test_client_timeouts();
 	test_stopped_server();
 	test_peer_uid();
+	test_identity();
+	test_server_uid();
+	test_idle_limit();
+	test_stream_limit();
 	test_events_basic();
 	test_events_sanitize();
 	test_events_overflow();
