@@ -72,6 +72,14 @@ static int open_file(struct pf_delta *d, int dirfd, const char *name,
 	int fd, fl, ret;
 
 	*out = NULL;
+	/* a directory, socket or device fails the open in its own words
+	 * (EISDIR, ENXIO, ...): say what it is first; the fstat below
+	 * catches one that was put there since */
+	if (!fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) &&
+	    !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+		ret = pf_why_set(why, -EINVAL, "is not a regular file");
+		goto out;
+	}
 	fd = openat(dirfd, name,
 		    (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW |
 			    O_NONBLOCK);

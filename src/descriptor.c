@@ -893,6 +893,12 @@ int pf_dd_load(int dirfd, struct pf_dd **out, struct pf_why *why)
 		    O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0) {
 		ret = -errno;
+		/* a socket (ENXIO) or a device cannot be opened: say what
+		 * it is rather than the errno's words */
+		if (!fstatat(dirfd, PF_DD_NAME, &st, AT_SYMLINK_NOFOLLOW) &&
+		    !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+			return pf_why_set(why, -EINVAL,
+					  PF_DD_NAME " is not a regular file");
 		return pf_why_set(why, ret, "cannot open " PF_DD_NAME ": %s",
 				  strerror(-ret));
 	}

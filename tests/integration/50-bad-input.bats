@@ -94,3 +94,60 @@ expect_one_line() {
 	head -c $((2 * 1048576)) /dev/zero | tr '\0' ' ' >>"$D/DiskDescriptor.xml"
 	expect_one_line 4 "" "$D/DiskDescriptor.xml" ploopctl info "$D"
 }
+
+# odd_file KIND PATH: put a file of KIND (fifo, dir, socket, chardev) at
+# PATH
+odd_file() {
+	case $1 in
+	fifo) mkfifo "$2" ;;
+	dir) mkdir "$2" ;;
+	socket) python3 -c 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])' "$2" ;;
+	chardev) mknod "$2" c 1 3 ;;	# /dev/null's numbers
+	esac
+}
+
+# No command waits on a FIFO (or anything else that is not a regular
+# file) in place of a delta or of the descriptor: each refuses it at once
+# with one line naming it, exit 4, and changes nothing.
+@test "a FIFO, directory, socket or device in place of a delta or the descriptor: no hang, one line, exit 4" {
+	local kind victim D F before cmd
+	pf_dirs
+	pf_ploopctl_abs
+	mkdir -p "$M"
+	for kind in fifo dir socket chardev; do
+		for victim in top DiskDescriptor.xml; do
+			D=$T/$kind-${victim%%.*}
+			run_ok ploopctl init -s 64M "$D"
+			run_ok ploopctl snapshot "$D"
+			if [ "$victim" = top ]; then
+				F=$(top_delta "$D")
+			else
+				F=$D/DiskDescriptor.xml
+			fi
+			rm "$F"
+			odd_file "$kind" "$F"
+			before=$(tree_sum "$D")
+			echo "# $kind as $victim" >&3
+			for cmd in info status snapshot snapshot-merge; do
+				expect_one_line 4 "not a regular file" "$(basename "$F")" \
+					timeout 20 "$PLOOPCTL" "$cmd" "$D"
+			done
+			# check reports it as a finding, then its verdict
+			run timeout 20 "$PLOOPCTL" check "$D"
+			[ "$status" -eq 4 ]
+			[[ $output == *"$F"*"not a regular file"* ]]
+			if [ "$victim" = DiskDescriptor.xml ]; then
+				expect_one_line 4 "not a regular file" "$(basename "$F")" \
+					timeout 20 "$PLOOPCTL" snapshot-list "$D"
+			fi
+			run --separate-stderr timeout 20 "$PLOOPFS" "$D" "$M"
+			[ "$status" -eq 4 ]
+			[[ $stderr == *"not a regular file"* ]]
+			! pf_is_mounted "$M"
+			run timeout 20 "$BATS_TEST_DIRNAME/../../scripts/ploop-rotate" --keep 1 "$D"
+			[ "$status" -eq 4 ]
+			rm -f "$D/.ploop-rotate.lock"	# its own, kept
+			[ "$(tree_sum "$D")" = "$before" ]
+		done
+	done
+}
