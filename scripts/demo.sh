@@ -20,23 +20,9 @@ trap cleanup EXIT
 
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 
-# The daemon finishes its clean stop (in-use flag cleared) after the
-# unmount returns; it holds the image lock until then (ploopctl: exit 5).
-wait_closed() {
-	local rc
-	for _ in $(seq 100); do
-		rc=0
-		"$B/ploopctl" check "$D" >/dev/null 2>&1 || rc=$?
-		[ "$rc" -ne 5 ] && return 0
-		sleep 0.1
-	done
-	echo "ploopfs did not release $D" >&2
-	return 1
-}
-
 mkdir -p "$M" "$F"
 step "$B/ploopctl" init -s 4G "$D"
-step "$B/ploopfs" "$D" "$M"
+step "$B/ploopctl" mount "$D" "$M"
 step ls -l "$M"
 dev=$(losetup -f --show --direct-io=on "$M/disk")
 echo "loop device: $dev"
@@ -47,11 +33,10 @@ step dd if=/dev/urandom of="$F/data.bin" bs=1M count=64 status=none
 step umount "$F"
 step losetup -d "$dev"
 dev=""
-step fusermount3 -u "$M"
-wait_closed
+step "$B/ploopctl" umount "$M"
 step "$B/ploopctl" check "$D"
 step "$B/ploopctl" snapshot "$D"
-step "$B/ploopfs" "$D" "$M"
+step "$B/ploopctl" mount "$D" "$M"
 dev=$(losetup -f --show --direct-io=on "$M/disk")
 step mount "$dev" "$F"
 (cd "$F" && step sha256sum -c "$W/data.sha256")
@@ -59,8 +44,7 @@ step df -h "$F"
 step umount "$F"
 step losetup -d "$dev"
 dev=""
-step fusermount3 -u "$M"
-wait_closed
+step "$B/ploopctl" umount "$M"
 step "$B/ploopctl" snapshot-list "$D"
 step "$B/ploopctl" info "$D"
 step "$B/ploopctl" check "$D"

@@ -423,7 +423,20 @@ int chain_open(struct image *im, bool check, struct pf_delta ***out,
 
 /* Parse the seconds of a --timeout option into *@out (0: no limit).
  * Prints the error; returns 0 or -1. */
-static int parse_timeout(const char *arg, unsigned *out)
+/* One line about the options of command @cmd: "ploopctl <cmd>: ..." */
+static void PF_PRINTF(2, 3) opt_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fprintf(stderr, "ploopctl %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+static int parse_timeout(const char *cmd, const char *arg, unsigned *out)
 {
 	unsigned long v;
 	char *end;
@@ -431,8 +444,8 @@ static int parse_timeout(const char *arg, unsigned *out)
 	errno = 0;
 	v = strtoul(arg, &end, 10);
 	if (!*arg || *end || *arg == '-' || errno || v > CTL_TIMEOUT_MAX) {
-		err_line(NULL, "invalid timeout '%s': whole seconds from 0 to %d",
-			 arg, CTL_TIMEOUT_MAX);
+		opt_error(cmd, "invalid timeout '%s': whole seconds from 0 to %d",
+			  arg, CTL_TIMEOUT_MAX);
 		return -1;
 	}
 	*out = (unsigned)v;
@@ -487,11 +500,32 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 					   OPT_KEY_TIMEOUT };
 	*p++ = 'h';
 	*p = 0;
+	opterr = 0;	/* getopt's messages would start with the command */
 	while ((c = getopt_long(argc, argv, so, lo, NULL)) != -1) {
 		if (c == OPT_KEY_TIMEOUT) {
-			if (parse_timeout(optarg, &ctl_timeout))
+			if (parse_timeout(argv[0], optarg, &ctl_timeout))
 				return EXIT_USAGE;
 			continue;
+		}
+		if (c == '?') {
+			const char *bad = argv[optind - 1];
+
+			if (optopt && strncmp(bad, "--", 2) != 0)
+				opt_error(argv[0], "%s option '-%c' (see ploopctl %s --help)",
+					  strchr(so, optopt) ?
+						  "missing the argument of" :
+						  "unknown",
+					  optopt, argv[0]);
+			else if (optopt && strchr(bad, '='))
+				opt_error(argv[0], "option '%.*s' takes no argument (see ploopctl %s --help)",
+					  (int)(strchr(bad, '=') - bad), bad,
+					  argv[0]);
+			else
+				opt_error(argv[0], "%s option '%s' (see ploopctl %s --help)",
+					  optopt ? "missing the argument of" :
+						   "unknown",
+					  bad, argv[0]);
+			return EXIT_USAGE;
 		}
 		for (i = 0; i < n && opts[i].key != c; i++)
 			;
@@ -507,7 +541,7 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 			*(const char **)opts[i].dst = optarg;
 			break;
 		case OPT_SECONDS:
-			if (parse_timeout(optarg, opts[i].dst))
+			if (parse_timeout(argv[0], optarg, opts[i].dst))
 				return EXIT_USAGE;
 			break;
 		}
@@ -689,6 +723,8 @@ static const struct command {
 	{ "status", cmd_status, "state of an image, mounted or not" },
 	{ "events", cmd_events, "stream the daemon's events (out of space, snapshots, errors)" },
 	{ "snapshot-switch", cmd_snapshot_switch, "discard the top and go on from a snapshot" },
+	{ "mount", cmd_mount, "serve an image's disk with ploopfs (returns once served)" },
+	{ "umount", cmd_umount, "unmount a disk; returns once its image is closed" },
 };
 
 static void usage(FILE *out)

@@ -6,6 +6,7 @@
  *   ploopctl_image.c   init, info, check (and --repair)
  *   ploopctl_snap.c    snapshot, snapshot-list, -switch, -delete, -merge
  *   ploopctl_status.c  status, events
+ *   ploopctl_mount.c   mount, umount
  * Every function that prints an error prints one line (err_line) and
  * returns an exit status of enum pf_exit (cli.h).
  */
@@ -111,5 +112,7 @@ int cmd_snapshot_delete(int argc, char **argv);
 int cmd_snapshot_merge(int argc, char **argv);
 int cmd_status(int argc, char **argv);
 int cmd_events(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
+int cmd_umount(int argc, char **argv);
 
 #endif /* PF_PLOOPCTL_I_H */

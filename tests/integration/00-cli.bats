@@ -142,3 +142,23 @@ load helpers
 	run_ok ploopctl --help
 	[[ $output == *"Every command takes --timeout"* ]]
 }
+
+@test "option errors: one line that starts with 'ploopctl <command>:', exit 2" {
+	local c
+	for c in init info check snapshot snapshot-list snapshot-switch \
+		snapshot-delete snapshot-merge status events mount umount; do
+		run --separate-stderr ploopctl "$c" --bogus x
+		[ "$status" -eq 2 ]
+		[ "$(wc -l <<<"$stderr")" -eq 1 ]
+		[[ $stderr == "ploopctl $c: unknown option '--bogus' (see ploopctl $c --help)" ]]
+		run --separate-stderr ploopctl "$c" --timeout
+		[ "$status" -eq 2 ]
+		[[ $stderr == "ploopctl $c: missing the argument of option '--timeout'"* ]]
+		run --separate-stderr ploopctl "$c" --timeout x y
+		[ "$status" -eq 2 ]
+		[[ $stderr == "ploopctl $c: invalid timeout 'x'"* ]]
+	done
+	run --separate-stderr ploopctl info --json=1 x
+	[ "$status" -eq 2 ]
+	[[ $stderr == "ploopctl info: option '--json' takes no argument"* ]]
+}

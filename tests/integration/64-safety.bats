@@ -209,3 +209,123 @@ others_can_reach() {
 	run_ok ploopctl snapshot "$B"
 	pf_umount "$MB"
 }
+
+# ctl_daemon_pid: the daemon that ploopctl mount started on $D $M
+ctl_daemon_pid() {
+	pgrep -n -f -- "ploopfs.* $D $M\$"
+}
+
+# ploopctl mount / umount: when umount returns, the daemon has exited and
+# the image is closed: check, a remount and qemu-img need no wait.
+@test "ploopctl umount returns with the image closed; check and remount need no wait" {
+	local i pid
+	for i in 1 2 3 4 5; do
+		run_ok ploopctl mount "$D" "$M"
+		pf_is_mounted "$M"
+		[ -f "$M/disk" ]
+		pid=$(ctl_daemon_pid)
+		write_random "$M/disk" $((i * 3)) 4
+		if [ $((i % 2)) -eq 0 ]; then
+			run_ok ploopctl umount "$D"	# by image directory
+		else
+			run_ok ploopctl umount "$M"	# by mount point
+		fi
+		[ -z "$output" ]
+		! kill -0 "$pid" 2>/dev/null
+		! pf_is_mounted "$M"
+		flock -n "$D" true
+		run_ok ploopctl check "$D"
+		[ "$(pf_top_inuse "$D")" = closed ]
+	done
+	run_ok qemu-img check -f parallels "$D/root.hds"
+}
+
+@test "ploopctl umount of a disk in use: exit 5, one line, still mounted" {
+	local dev
+	run_ok ploopctl mount -o threads=4 "$D" "$M"
+	dev=$(losetup -f --show "$M/disk")
+	run --separate-stderr ploopctl umount "$M"
+	loop_detach "$dev" "$M/disk"
+	[ "$status" -eq 5 ]
+	[ "$(wc -l <<<"$stderr")" -eq 1 ]
+	[[ $stderr == *"the disk is in use"* ]]
+	pf_is_mounted "$M"
+	run_ok ploopctl umount "$M"
+	! pf_is_mounted "$M"
+}
+
+@test "ploopctl umount waits at most --timeout for a daemon that does not close" {
+	local pid
+	run_ok ploopctl mount "$D" "$M"
+	pid=$(ctl_daemon_pid)
+	kill -STOP "$pid"
+	run --separate-stderr ploopctl umount --timeout 1 "$M"
+	kill -CONT "$pid"
+	[ "$status" -eq 8 ]
+	[[ $stderr == *"did not close the image within 1 s"* ]]
+	timeout 30 tail --pid="$pid" -f /dev/null
+	run_ok ploopctl check "$D"
+}
+
+@test "ploopctl umount of a mount whose daemon was killed: unmounted, exit 3 for the unclean image" {
+	local pid
+	run_ok ploopctl mount "$D" "$M"
+	write_random "$M/disk" 0 4
+	pid=$(ctl_daemon_pid)
+	kill -9 "$pid"
+	timeout 30 tail --pid="$pid" -f /dev/null
+	run --separate-stderr ploopctl umount "$M"
+	[ "$status" -eq 3 ]
+	[[ $stderr == *"in-use flag is set"* ]]
+	! pf_is_mounted "$M"
+}
+
+@test "ploopctl mount and umount: bad input, one line and a documented status" {
+	run --separate-stderr ploopctl umount "$T/nothing"
+	[ "$status" -eq 1 ]
+	[ "$(wc -l <<<"$stderr")" -eq 1 ]
+	run --separate-stderr ploopctl umount "$D"
+	[ "$status" -eq 1 ]
+	[[ $stderr == *"no ploopfs mount of or on it" ]]
+	run ploopctl mount "$D"
+	[ "$status" -eq 2 ]
+	run ploopctl umount
+	[ "$status" -eq 2 ]
+	run --separate-stderr ploopctl mount "$T/nothing" "$M"
+	[ "$status" -eq 1 ]
+	[ "$(wc -l <<<"$stderr")" -eq 1 ]
+	run --separate-stderr ploopctl mount -o threads=0 "$D" "$M"
+	[ "$status" -eq 2 ]
+	! pf_is_mounted "$M"
+	run_ok ploopctl mount "$D" "$M"
+	run --separate-stderr ploopctl mount "$D" "$M"
+	[ "$status" -eq 5 ]
+	run_ok ploopctl umount "$M"
+}
+
+# As ploopfs(8) says: the disk is served with direct I/O, so the kernel
+# does not map it (ENODEV); a loop device over it can be mapped.
+@test "mmap of the disk fails with ENODEV as documented; a loop device over it maps" {
+	local dev
+	pf_mount "$D" "$M"
+	write_random "$M/disk" 0 1
+	run python3 -c 'import mmap,os,sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    mmap.mmap(fd, 4096)
+except OSError as e:
+    print(e.errno); sys.exit(0)
+sys.exit(1)' "$M/disk"
+	[ "$status" -eq 0 ]
+	[ "$output" = 19 ]	# ENODEV
+	grep -q 'ENODEV' "$BATS_TEST_DIRNAME/../../man/ploopfs.8"
+	dev=$(losetup -f --show --direct-io=on "$M/disk")
+	run python3 -c 'import mmap,os,sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)
+f = open(sys.argv[2], "rb")
+sys.exit(0 if m[:4096] == f.read(4096) else 1)' "$dev" "$M/disk"
+	loop_detach "$dev" "$M/disk"
+	[ "$status" -eq 0 ]
+	pf_umount "$M"
+}
