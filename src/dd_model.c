@@ -48,53 +48,51 @@ const char *dd_show(const char *s, char *buf, size_t len)
 
 /* Lookup */
 
-/* Lookups take a GUID in any form pf_guid_canon() accepts; the stored
- * ones are canonical (see the invariants). */
-ssize_t dd_image_index(const struct pf_dd *dd, const char *guid)
+/*
+ * The index of the entry of GUID @guid among the @n entries of @size
+ * bytes at @first, each holding its canonical GUID at the offset of
+ * @first's.  Lookups take a GUID in any form pf_guid_canon() accepts; the
+ * stored ones are canonical (see the invariants).
+ */
+static ssize_t guid_index(const char *first, size_t n, size_t size,
+			  const char *guid)
 {
 	char g[PF_GUID_LEN + 1];
 	size_t i;
 
 	if (pf_guid_canon(guid, g))
 		return -1;
-	for (i = 0; i < dd->n_images; i++)
-		if (!strcmp(dd->images[i].guid, g))
+	for (i = 0; i < n; i++)
+		if (!strcmp(first + i * size, g))
 			return (ssize_t)i;
 	return -1;
 }
 
+ssize_t dd_image_index(const struct pf_dd *dd, const char *guid)
+{
+	return dd->n_images ? guid_index(dd->images[0].guid, dd->n_images,
+					 sizeof(dd->images[0]), guid) : -1;
+}
+
 ssize_t dd_shot_index(const struct pf_dd *dd, const char *guid)
 {
-	char g[PF_GUID_LEN + 1];
-	size_t i;
-
-	if (pf_guid_canon(guid, g))
-		return -1;
-	for (i = 0; i < dd->n_shots; i++)
-		if (!strcmp(dd->shots[i].guid, g))
-			return (ssize_t)i;
-	return -1;
+	return dd->n_shots ? guid_index(dd->shots[0].guid, dd->n_shots,
+					sizeof(dd->shots[0]), guid) : -1;
 }
 
 const struct pf_dd_image *pf_dd_find_image(const struct pf_dd *dd,
 					   const char *guid)
 {
-	ssize_t i;
+	ssize_t i = dd && guid ? dd_image_index(dd, guid) : -1;
 
-	if (!dd || !guid)
-		return NULL;
-	i = dd_image_index(dd, guid);
 	return i < 0 ? NULL : &dd->images[i];
 }
 
 const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,
 					 const char *guid)
 {
-	ssize_t i;
+	ssize_t i = dd && guid ? dd_shot_index(dd, guid) : -1;
 
-	if (!dd || !guid)
-		return NULL;
-	i = dd_shot_index(dd, guid);
 	return i < 0 ? NULL : &dd->shots[i];
 }
 
