@@ -172,6 +172,33 @@ static bool mounted_here(const char *dir)
 	return found;
 }
 
+/*
+ * A command that would change image @dir refuses while a read-only
+ * ploopfs mount of it is in our mount table (ploopfs -o ro promises that
+ * nothing in the directory changes): prints the one line and returns
+ * EXIT_BUSY, else EXIT_OK.  The daemon refuses such commands too
+ * (EROFS, daemon_call()), for a mount that another namespace sees.
+ */
+int refuse_if_read_only(const char *dir)
+{
+	const struct pf_mount_ent *e;
+	struct pf_mount_ent *v;
+	char *abs = realpath(dir, NULL);
+	bool ro = false;
+	size_t n;
+
+	if (abs && !pf_mounts_read(&v, &n)) {
+		e = pf_mounts_find(v, n, abs, true);
+		ro = e && e->read_only;
+		pf_mounts_free(v, n);
+	}
+	free(abs);
+	if (!ro)
+		return EXIT_OK;
+	err_line(dir, "the image is mounted read-only");
+	return EXIT_BUSY;
+}
+
 /* Opening images */
 
 
@@ -661,6 +688,9 @@ int daemon_call(int fd, const char *dir, int argc,
 	if (ret == -ETIMEDOUT)
 		return daemon_timed_out(dir);
 	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+	/* a read-only mount refused a change: busy, as a locked image */
+	if (ret == -EROFS)
+		return EXIT_BUSY;
 	return exit_for_struct(ret);
 }
 
