@@ -6,7 +6,8 @@
  * deltas); info and check also take a single delta file.  Commands that
  * only read never open a file for writing.  Commands that write take an
  * exclusive lock on the image directory, so they fail with "busy" (exit 5)
- * while a ploopfs daemon or another ploopctl holds it.
+ * while a ploopfs daemon or another ploopctl holds it; on an image
+ * mounted read-only (ploopfs -o ro) they say so, with the same status.
  *
  * Errors are one line on stderr, "ploopctl: <file>: <problem>", and a
  * documented exit status (enum pf_exit in cli.h, man page EXIT STATUS).
