@@ -512,7 +512,9 @@ out_unmount:
 		       cfg.image_dir, strerror(-ret));
 		rc = EXIT_FAIL;
 	} else {
-		pf_log(PF_LOG_INFO, "%s: closed cleanly", cfg.image_dir);
+		pf_log(PF_LOG_INFO, cfg.ro ? "%s: closed (read-only: nothing written)" :
+					     "%s: closed cleanly",
+		       cfg.image_dir);
 	}
 	/* every reply is out: the rings can go */
 	pf_ring_detach(ring);
