@@ -17,7 +17,8 @@ enum pf_exit {
 	EXIT_USAGE = 2,		/* bad command line */
 	EXIT_UNCLEAN = 3,	/* image not closed cleanly (in-use flag) */
 	EXIT_CORRUPT = 4,	/* image or descriptor invalid or corrupt */
-	EXIT_BUSY = 5,		/* locked by ploopfs or another command */
+	EXIT_BUSY = 5,		/* locked by ploopfs or another command, or
+				 * mounted read-only and the command writes */
 	EXIT_LEAKS = 6,		/* check: leaked clusters only */
 	EXIT_REPAIRED = 7,	/* check --repair: repaired, now consistent */
 	EXIT_TIMEOUT = 8,	/* the ploopfs daemon did not answer in time */

@@ -226,6 +226,7 @@ struct pf_ctl {
 	int lfd;			/* listening socket, non-blocking */
 	dev_t sock_dev;			/* the socket file we bound */
 	ino_t sock_ino;
+	bool abstract;			/* bound to abstract_addr(): no file */
 	uid_t euid;
 	dev_t dir_dev;			/* the image directory, for "hello" */
 	ino_t dir_ino;
@@ -240,6 +241,13 @@ struct pf_ctl {
 	pthread_cond_t conn_finished;	/* with conns_lock */
 	struct ctl_conn *conns;		/* protected by conns_lock */
 };
+
+/* at the end of the file: the abstract socket of read-only daemons */
+static int bind_abstract(struct pf_ctl *c, const char *dir,
+			 struct pf_why *why);
+static socklen_t abstract_addr(const struct stat *st, struct sockaddr_un *sa);
+static int connect_retry(int s, const struct sockaddr_un *sa, socklen_t len,
+			 int timeout_ms, long end);
 
 /*
  * Send what of *@buf the socket takes (without waiting, unless @block),
@@ -903,6 +911,8 @@ static void unlink_own(struct pf_ctl *c)
 {
 	struct stat st;
 
+	if (c->abstract)
+		return;
 	if (fstatat(c->dirfd, PF_CTL_SOCK_NAME, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
 	    st.st_dev == c->sock_dev && st.st_ino == c->sock_ino)
 		unlinkat(c->dirfd, PF_CTL_SOCK_NAME, 0);
@@ -959,9 +969,10 @@ err_unlink:
 	return ret;
 }
 
-int pf_ctl_start(int dirfd, const char *dir_for_messages,
-		 const struct pf_ctl_cmd *cmds, void *ctx, struct pf_ctl **out,
-		 struct pf_why *why)
+/* pf_ctl_start() and pf_ctl_start_abstract() */
+static int ctl_start(int dirfd, const char *dir_for_messages, bool abstract,
+		     const struct pf_ctl_cmd *cmds, void *ctx,
+		     struct pf_ctl **out, struct pf_why *why)
 {
 	const char *dir = dir_for_messages ? dir_for_messages : ".";
 	sigset_t all, old;
@@ -1001,10 +1012,13 @@ int pf_ctl_start(int dirfd, const char *dir_for_messages,
 				 strerror(errno));
 		goto err_free;
 	}
-	ret = remove_stale(c, dir, why);
-	if (ret < 0)
-		goto err_free;
-	ret = bind_socket(c, dir, why);
+	if (abstract) {
+		ret = bind_abstract(c, dir, why);
+	} else {
+		ret = remove_stale(c, dir, why);
+		if (!ret)
+			ret = bind_socket(c, dir, why);
+	}
 	if (ret < 0)
 		goto err_free;
 	ret = -pthread_mutex_init(&c->conns_lock, NULL);
@@ -1050,6 +1064,20 @@ err_free:
 		close(c->dirfd);
 	free(c);
 	return ret;
+}
+
+int pf_ctl_start(int dirfd, const char *dir_for_messages,
+		 const struct pf_ctl_cmd *cmds, void *ctx, struct pf_ctl **out,
+		 struct pf_why *why)
+{
+	return ctl_start(dirfd, dir_for_messages, false, cmds, ctx, out, why);
+}
+
+int pf_ctl_start_abstract(int dirfd, const char *dir_for_messages,
+			  const struct pf_ctl_cmd *cmds, void *ctx,
+			  struct pf_ctl **out, struct pf_why *why)
+{
+	return ctl_start(dirfd, dir_for_messages, true, cmds, ctx, out, why);
 }
 
 static void wake_up(int fd)
@@ -1178,13 +1206,39 @@ static int hello(int s, int timeout_ms, const struct stat *dir,
 	return 0;
 }
 
+/*
+ * A socket connected to @sa, waiting at most until @end while the
+ * listener's queue is full, if @timeout_ms >= 0.  With a limit the
+ * socket is non-blocking while it connects: a Unix socket whose accept
+ * queue is full fails with EAGAIN instead of waiting, and there is
+ * nothing to poll for but time.  Returns 0 with *@s, or -errno.
+ */
+static int open_connected(const struct sockaddr_un *sa, socklen_t len,
+			  int timeout_ms, long end, int *s)
+{
+	int ret;
+
+	*s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
+			     (timeout_ms >= 0 ? SOCK_NONBLOCK : 0), 0);
+	if (*s < 0)
+		return -errno;
+	ret = connect_retry(*s, sa, len, timeout_ms, end);
+	if (!ret && timeout_ms >= 0 && fcntl(*s, F_SETFL, 0) < 0)
+		ret = -errno;
+	if (ret) {
+		close(*s);
+		*s = -1;
+	}
+	return ret;
+}
+
 int pf_ctl_connect(int dirfd, int timeout_ms, int *fd, struct pf_why *why)
 {
 	long end = timeout_ms >= 0 ? mono_ms() + timeout_ms : 0;
 	struct sockaddr_un sa;
 	socklen_t len;
 	struct stat st;
-	int s, ret;
+	int s = -1, ret, ret2;
 
 	*fd = -1;
 	/* A bad @dirfd must not read as "no daemon" through /proc. */
@@ -1193,53 +1247,37 @@ int pf_ctl_connect(int dirfd, int timeout_ms, int *fd, struct pf_why *why)
 	if (!S_ISDIR(st.st_mode))
 		return -ENOTDIR;
 	ret = sock_file_check(dirfd, why);
+	if (ret && ret != -ENOENT)
+		return ret;
+	if (!ret) {
+		len = sock_addr(dirfd, &sa);
+		ret = open_connected(&sa, len, timeout_ms, end, &s);
+	}
+	/* No live socket file: a read-only daemon listens on the abstract
+	 * name of the directory, without one.  Anybody can bind such a
+	 * name: the checks below are what make it ours. */
+	if (ret == -ENOENT || ret == -ECONNREFUSED) {
+		len = abstract_addr(&st, &sa);
+		ret2 = open_connected(&sa, len, timeout_ms, end, &s);
+		if (ret2 != -ENOENT && ret2 != -ECONNREFUSED)
+			ret = ret2;
+	}
 	if (ret)
 		return ret;
-	len = sock_addr(dirfd, &sa);
-	/*
-	 * With a limit, non-blocking: a Unix socket whose accept queue is
-	 * full fails with EAGAIN instead of waiting, and there is nothing
-	 * to poll for but time.  Made blocking again once connected.
-	 */
-	s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC |
-			    (timeout_ms >= 0 ? SOCK_NONBLOCK : 0), 0);
-	if (s < 0)
-		return -errno;
-	for (;;) {
-		long left;
-
-		ret = connect(s, (struct sockaddr *)&sa, len);
-		if (!ret)
-			break;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN || timeout_ms < 0) {
-			ret = -errno;
-			goto err;
-		}
-		left = end - mono_ms();
-		if (left <= 0) {
-			ret = -ETIMEDOUT;
-			goto err;
-		}
-		(void)wait_fd(-1, 0, -1, (int)(left < CONNECT_RETRY_MS ?
-						left : CONNECT_RETRY_MS));
-	}
-	if (timeout_ms >= 0 && fcntl(s, F_SETFL, 0) < 0) {
-		ret = -errno;
-		goto err;
-	}
 	ret = peer_check(s, &st, why);
 	if (!ret)
 		ret = hello(s, timeout_ms, &st, why);
-	if (ret)
-		goto err;
+	/* A daemon drops a connection it has not answered only as it
+	 * stops (one queued while it was stopped, then closed with its
+	 * socket): as good as closing. */
+	if (ret == -EIO)
+		ret = pf_why_set(why, -ESHUTDOWN, "the daemon is closing the image");
+	if (ret) {
+		close(s);
+		return ret;
+	}
 	*fd = s;
 	return 0;
-
-err:
-	close(s);
-	return ret;
 }
 
 /* Send all of @buf, waiting at most until @end (mono_ms(); @end < 0: no
@@ -1448,5 +1486,82 @@ int pf_ctl_wait_closed(int dirfd, int timeout_ms)
 			return seen;	/* serving, gone, or not ours to tell */
 		seen = true;
 		(void)wait_fd(-1, 0, -1, CLOSED_POLL_MS);
+	}
+}
+
+/* Abstract sockets (read-only daemons) */
+
+/*
+ * The abstract name of the control socket of the directory @st:
+ * "\0" PF_CTL_ABSTRACT_PFX "<st_dev hex>:<st_ino hex>", without a
+ * trailing NUL (the length is the name's).
+ */
+static socklen_t abstract_addr(const struct stat *st, struct sockaddr_un *sa)
+{
+	int n;
+
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	n = snprintf(sa->sun_path + 1, sizeof(sa->sun_path) - 1,
+		     PF_CTL_ABSTRACT_PFX "%jx:%jx", (uintmax_t)st->st_dev,
+		     (uintmax_t)st->st_ino);
+	return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+			   (size_t)n);
+}
+
+/* Bind and listen on the abstract name of the image directory: nothing
+ * is created in it.  Who may connect is the accept thread's check
+ * (SO_PEERCRED), as for the file.  Returns 0 or -errno with @why. */
+static int bind_abstract(struct pf_ctl *c, const char *dir,
+			 struct pf_why *why)
+{
+	struct sockaddr_un sa;
+	struct stat st;
+	socklen_t len;
+
+	if (fstat(c->dirfd, &st) < 0)
+		return pf_why_set(why, -errno, "cannot stat the image directory: %s",
+				  strerror(errno));
+	len = abstract_addr(&st, &sa);
+	c->abstract = true;
+	c->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (c->lfd < 0)
+		return pf_why_set(why, -errno, "cannot create a socket: %s",
+				  strerror(errno));
+	if (bind(c->lfd, (struct sockaddr *)&sa, len) < 0) {
+		if (errno == EADDRINUSE)
+			return pf_why_set(why, -EADDRINUSE, "a daemon already serves %s (its control socket is bound)",
+					  dir);
+		return pf_why_set(why, -errno, "cannot bind the control socket of %s: %s",
+				  dir, strerror(errno));
+	}
+	if (listen(c->lfd, SOMAXCONN) < 0)
+		return pf_why_set(why, -errno, "cannot listen on the control socket of %s: %s",
+				  dir, strerror(errno));
+	return 0;
+}
+
+/*
+ * Connect the socket @s to @sa, waiting until @end (mono_ms()) while the
+ * listener's queue is full, if @timeout_ms >= 0.  Returns 0 or -errno
+ * (-ETIMEDOUT at @end).
+ */
+static int connect_retry(int s, const struct sockaddr_un *sa, socklen_t len,
+			 int timeout_ms, long end)
+{
+	long left;
+
+	for (;;) {
+		if (!connect(s, (const struct sockaddr *)sa, len))
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN || timeout_ms < 0)
+			return -errno;
+		left = end - mono_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		(void)wait_fd(-1, 0, -1, (int)(left < CONNECT_RETRY_MS ?
+						left : CONNECT_RETRY_MS));
 	}
 }

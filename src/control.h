@@ -7,7 +7,12 @@
  * Socket.  A SOCK_STREAM Unix socket named PF_CTL_SOCK_NAME in the image
  * directory, mode 0600, reached through /proc/self/fd/<dirfd>/ so that
  * image paths longer than sun_path work.  Only root and the daemon's
- * effective uid are served (SO_PEERCRED).
+ * effective uid are served (SO_PEERCRED).  A daemon that must not create
+ * a file in the image directory (ploopfs -o ro) listens instead on a
+ * Linux abstract socket named for the directory's st_dev and st_ino
+ * (pf_ctl_start_abstract()), which clients try when the directory has
+ * no live socket file; the client then requires the listener to be root
+ * or its own uid, since anybody may bind an abstract name.
  *
  * Protocol version 1 (PF_CTL_VERSION).  Lines of at most PF_CTL_LINE_MAX
  * bytes including the '\n'.  A connection carries any number of requests,
@@ -74,6 +79,8 @@
 #include "util.h"
 
 #define PF_CTL_SOCK_NAME	".ploopfs.sock"
+/* abstract name: "\0" PF_CTL_ABSTRACT_PFX "<st_dev hex>:<st_ino hex>" */
+#define PF_CTL_ABSTRACT_PFX	"ploopfs-ctl/"
 #define PF_CTL_VERSION		1
 #define PF_CTL_LINE_MAX		4096	/* bytes per line, '\n' included */
 #define PF_CTL_CONN_MAX		64	/* connections served at once */
@@ -127,6 +134,21 @@ struct pf_ctl_cmd {
 PF_MUST_CHECK int pf_ctl_start(int dirfd, const char *dir_for_messages,
 			       const struct pf_ctl_cmd *cmds, void *ctx,
 			       struct pf_ctl **out, struct pf_why *why);
+
+/*
+ * pf_ctl_start() without a socket file: the socket is bound to the
+ * abstract name of the image directory @dirfd (PF_CTL_ABSTRACT_PFX), so
+ * that nothing in the directory changes (a read-only daemon).  The name
+ * goes with the socket when the daemon closes it or dies.
+ * Returns: 0; -EADDRINUSE (the name is bound: another daemon serves the
+ * image); other -errno.  @why says what.
+ * Context: as pf_ctl_start().
+ */
+PF_MUST_CHECK int pf_ctl_start_abstract(int dirfd,
+					const char *dir_for_messages,
+					const struct pf_ctl_cmd *cmds,
+					void *ctx, struct pf_ctl **out,
+					struct pf_why *why);
 
 /*
  * The daemon is closing its image: stop the handlers as pf_ctl_stop()
@@ -208,7 +230,9 @@ bool pf_ctl_cancelled(void *reply);
  * runs as root, as us or as the directory's owner, and it answers
  * "hello" with this directory's device and inode, within @timeout_ms
  * (an idle limit, as pf_ctl_call()'s).  A daemon that is stopped lets the
- * connection be made but does not answer: -ETIMEDOUT.
+ * connection be made but does not answer: -ETIMEDOUT.  When the
+ * directory has no live socket file, the abstract name of a read-only
+ * daemon is tried (pf_ctl_start_abstract()), with the same checks.
  * Returns: 0 and *@fd (close it when done); -ENOENT or -ECONNREFUSED (no
  * daemon serves the image: work on the files); -ESHUTDOWN (the daemon is
  * closing the image); -ELOOP (the socket file is a symbolic link);

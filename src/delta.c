@@ -20,7 +20,9 @@
  *     the order of the two syncs stays visible in the caller;
  *   - pf_delta_recover() and pf_delta_trim() only drop what the
  *     committed BAT does not reach (W8), unsynced: a lost trim or punch
- *     leaves a leak, never a hole under data.
+ *     leaves a leak, never a hole under data.  On a delta opened
+ *     read-only, pf_delta_recover() computes the same state and writes
+ *     nothing (a read-only mount, ploopfs -o ro).
  */
 #include "delta.h"
 
@@ -400,6 +402,9 @@ int pf_delta_recover(struct pf_delta *d, struct pf_delta_recovery *out,
 		if (used[clu / 64] & (1ull << (clu % 64)))
 			continue;
 		out->leaked++;
+		/* read-only: counted, left where it is */
+		if (!d->writable)
+			continue;
 		/* W4: a reused cluster reads as zeros */
 		if (d->f->ops->punch(d->f, pf_clu_to_off(h, (uint32_t)clu),
 				     h->cluster_bytes))
@@ -410,9 +415,11 @@ int pf_delta_recover(struct pf_delta *d, struct pf_delta_recovery *out,
 	free(used);
 	if (n > out->head || d->file_bytes % h->cluster_bytes) {
 		out->leaked += n > out->head ? n - out->head : 0;
-		ret = pf_delta_trim(d, out->head);
-		if (!ret)
-			step(hook, PF_DELTA_TAIL_TRIMMED);
+		if (d->writable) {
+			ret = pf_delta_trim(d, out->head);
+			if (!ret)
+				step(hook, PF_DELTA_TAIL_TRIMMED);
+		}
 	}
 	if (ret) {
 		free(out->free);

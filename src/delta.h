@@ -199,6 +199,9 @@ struct pf_delta_recovery {
  * punched (W4: a reused cluster reads as zeros) and listed as free; the
  * file is trimmed to the head (trailing clusters are leaks, never data),
  * unsynced: the caller syncs with the header it writes next.
+ * On a delta opened read-only nothing is written: @out gets the same
+ * head, mapped and leaked counts, and no free clusters (the leaks stay
+ * where they are, for a later read-write open to reclaim).
  * Returns 0 or -errno (*@out is then empty).
  */
 PF_MUST_CHECK int pf_delta_recover(struct pf_delta *d,

@@ -76,7 +76,14 @@ static int parse_line(const char *line, struct pf_mount_ent *e)
 	if (!e->fstype || !field(sep + 3, 1, &f, &len))
 		return -EINVAL;
 	e->source = unescape(f, len);
-	return e->source ? 0 : -ENOMEM;
+	if (!e->source)
+		return -ENOMEM;
+	/* the file system's own options, first "ro" or "rw": a read-only
+	 * bind of a read-write mount does not count */
+	if (field(sep + 3, 2, &f, &len))
+		e->read_only = len >= 2 && !strncmp(f, "ro", 2) &&
+			       (len == 2 || f[2] == ',');
+	return 0;
 }
 
 static void ent_free(struct pf_mount_ent *e)

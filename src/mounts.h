@@ -8,6 +8,7 @@
 #ifndef PF_MOUNTS_H
 #define PF_MOUNTS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "util.h"
@@ -22,6 +23,7 @@ struct pf_mount_ent {
 	char *fstype;
 	char *source;		/* unescaped */
 	unsigned major, minor;	/* st_dev of the mounted file system */
+	bool read_only;		/* super options "ro" (ploopfs -o ro) */
 };
 
 /*

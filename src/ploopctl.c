@@ -6,7 +6,8 @@
  * deltas); info and check also take a single delta file.  Commands that
  * only read never open a file for writing.  Commands that write take an
  * exclusive lock on the image directory, so they fail with "busy" (exit 5)
- * while a ploopfs daemon or another ploopctl holds it.
+ * while a ploopfs daemon or another ploopctl holds it; on an image
+ * mounted read-only (ploopfs -o ro) they say so, with the same status.
  *
  * Errors are one line on stderr, "ploopctl: <file>: <problem>", and a
  * documented exit status (enum pf_exit in cli.h, man page EXIT STATUS).
@@ -170,6 +171,33 @@ static bool mounted_here(const char *dir)
 	}
 	free(abs);
 	return found;
+}
+
+/*
+ * A command that would change image @dir refuses while a read-only
+ * ploopfs mount of it is in our mount table (ploopfs -o ro promises that
+ * nothing in the directory changes): prints the one line and returns
+ * EXIT_BUSY, else EXIT_OK.  The daemon refuses such commands too
+ * (EROFS, daemon_call()), for a mount that another namespace sees.
+ */
+int refuse_if_read_only(const char *dir)
+{
+	const struct pf_mount_ent *e;
+	struct pf_mount_ent *v;
+	char *abs = realpath(dir, NULL);
+	bool ro = false;
+	size_t n;
+
+	if (abs && !pf_mounts_read(&v, &n)) {
+		e = pf_mounts_find(v, n, abs, true);
+		ro = e && e->read_only;
+		pf_mounts_free(v, n);
+	}
+	free(abs);
+	if (!ro)
+		return EXIT_OK;
+	err_line(dir, "the image is mounted read-only");
+	return EXIT_BUSY;
 }
 
 /* Opening images */
@@ -703,6 +731,9 @@ int daemon_call(int fd, const char *dir, int argc,
 	if (ret == -ETIMEDOUT)
 		return daemon_timed_out(dir);
 	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
+	/* a read-only mount refused a change: busy, as a locked image */
+	if (ret == -EROFS)
+		return EXIT_BUSY;
 	return exit_for_struct(ret);
 }
 

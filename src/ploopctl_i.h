@@ -89,6 +89,7 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 int open_clean_chain(struct image *im, const char *arg,
 			    struct pf_delta ***v, size_t *n);
 int daemon_of(const char *dir, int *fd);
+int refuse_if_read_only(const char *dir);
 int exit_for_struct(int err);
 int kv_add(void *ctx, const char *line);
 void kv_free(struct kv *kv);

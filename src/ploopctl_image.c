@@ -340,8 +340,13 @@ int cmd_check(int argc, char **argv)
 		usage_check(stderr);
 		return EXIT_USAGE;
 	}
+	if (repair) {
+		rc = refuse_if_read_only(argv[optind]);
+		if (rc != EXIT_OK)
+			return rc;
+	}
 	/* Shared lock: a mounted image is changing under us; exclusive
-	 * to repair. */
+	 * to repair.  A read-only mount holds it shared: check reads. */
 	rc = image_open(&im, argv[optind], repair ? 2 : 1, true);
 	if (rc != EXIT_OK) {
 		image_close(&im);

@@ -94,6 +94,9 @@ int cmd_snapshot(int argc, char **argv)
 		return rc;
 	if (want && guid_arg(want, guid) != EXIT_OK)
 		return EXIT_USAGE;
+	rc = refuse_if_read_only(argv[optind]);
+	if (rc != EXIT_OK)
+		return rc;
 	rc = daemon_of(argv[optind], &fd);
 	if (rc != EXIT_OK)
 		return rc;
@@ -209,6 +212,9 @@ int cmd_snapshot_switch(int argc, char **argv)
 		return rc;
 	if (guid_arg(argv[optind + 1], guid) != EXIT_OK)
 		return EXIT_USAGE;
+	rc = refuse_if_read_only(argv[optind]);
+	if (rc != EXIT_OK)
+		return rc;
 	/* Exclusive lock: the top is discarded and the descriptor replaced,
 	 * so a mounted image is busy. */
 	/* As snapshot: an unclean image is recovered first, not guessed at. */
@@ -321,6 +327,9 @@ static int delete_snapshot(const char *dir, const char *guid)
 	struct kv kv = { NULL, 0 };
 	int rc, fd, ret;
 
+	rc = refuse_if_read_only(dir);
+	if (rc != EXIT_OK)
+		return rc;
 	rc = daemon_of(dir, &fd);
 	if (rc != EXIT_OK)
 		return rc;
@@ -407,6 +416,9 @@ int cmd_snapshot_merge(int argc, char **argv)
 			return EXIT_USAGE;
 		guid = given;
 	}
+	rc = refuse_if_read_only(argv[optind]);
+	if (rc != EXIT_OK)
+		return rc;
 	/* the descriptor is read without a lock: the engine re-checks */
 	rc = image_open(&im, argv[optind], 0, false);
 	if (rc != EXIT_OK) {

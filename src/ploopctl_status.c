@@ -39,6 +39,7 @@ struct status {
 	size_t n;
 	struct pf_stack_level *lv;
 	bool failed, frozen, unclean;
+	bool read_only;		/* mounted with ploopfs -o ro */
 	uint64_t held, enospc, dirty, freezes, stall_last, stall_max,
 		last_event;
 };
@@ -60,7 +61,9 @@ static void print_status(const char *dir, const struct status *st, bool json)
 	if (json) {
 		printf("{\"image\":");
 		json_str(stdout, dir);
-		printf(",\"mounted\":%s,\"disk\":", st->mounted ? "true" : "false");
+		printf(",\"mounted\":%s,\"read_only\":%s,\"disk\":",
+		       st->mounted ? "true" : "false",
+		       st->read_only ? "true" : "false");
 		if (st->disk)
 			json_str(stdout, st->disk);
 		else
@@ -105,7 +108,8 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		printf("mounted:        stale mount on %s (its daemon is gone): run fusermount3 -u %s\n",
 		       st->stale, st->stale);
 	else
-		printf("mounted:        %s\n", st->mounted ? st->disk : "no");
+		printf("mounted:        %s%s\n", st->mounted ? st->disk : "no",
+		       st->read_only ? " (read-only)" : "");
 	printf("size:           %" PRIu64 " bytes\n", st->size);
 	printf("cluster:        %" PRIu64 " bytes\n", st->cluster);
 	printf("state:          %s\n",
@@ -211,6 +215,7 @@ static int status_online(int fd, const char *dir, struct status *st)
 	}
 	st->failed = kv_u64(&kv, "failed");
 	st->frozen = kv_u64(&kv, "frozen");
+	st->read_only = kv_u64(&kv, "read_only");
 	st->lv = calloc(kv.n, sizeof(*st->lv));
 	if (!st->lv) {
 		rc = EXIT_FAIL;

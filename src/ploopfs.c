@@ -51,6 +51,10 @@ struct config {
 };
 
 #define OPT(t, p) { t, offsetof(struct config, p), 1 }
+/* "ro" is ours and libfuse's (the kernel mounts read-only): seen, kept.
+ * (FUSE_OPT_KEY_KEEP would keep it without calling opt_proc.) */
+#define KEY_RO	1
+
 static const struct fuse_opt cfg_opts[] = {
 	OPT("name=%s", name),
 	OPT("commit=%s", commit),
@@ -59,7 +63,7 @@ static const struct fuse_opt cfg_opts[] = {
 	OPT("max_threads=", max_threads),
 	OPT("no_direct", no_direct),
 	OPT("uring", uring),
-	FUSE_OPT_KEY("ro", FUSE_OPT_KEY_KEEP),
+	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_END
 };
 
@@ -73,9 +77,9 @@ static int opt_proc(void *data, const char *arg, int key,
 		c->image_dir = strdup(arg);
 		return 0;	/* consumed: the mountpoint stays for libfuse */
 	}
-	if (key == FUSE_OPT_KEY_KEEP && !strcmp(arg, "ro"))
+	if (key == KEY_RO)
 		c->ro = 1;
-	return 1;
+	return 1;	/* kept for libfuse */
 }
 
 static int parse_commit_ms(const char *s, unsigned *ms)
@@ -277,6 +281,21 @@ static int mount_source(const char *dir, char **out)
 	return 0;
 }
 
+/* Whether another daemon serves the image directory @dirfd: its control
+ * socket accepts a connection.  One that is closing the image is waited
+ * for, as for the lock. */
+static bool ro_daemon_serves(int dirfd)
+{
+	int fd;
+
+	if (pf_ctl_wait_closed(dirfd, CLOSED_WAIT_S * 1000) < 0)
+		return true;	/* still there after the wait */
+	if (pf_ctl_connect(dirfd, CLOSED_WAIT_S * 1000, &fd, NULL))
+		return false;
+	close(fd);
+	return true;
+}
+
 /* Held writes give up once the session is ending (unmount, signal).
  * The loop resets the session's exited flag when it returns, and with
  * -o uring requests are still being finished after that: loop_ended
@@ -351,6 +370,7 @@ int main(int argc, char **argv)
 	}
 	so.dir = cfg.image_dir;
 	so.no_direct = cfg.no_direct;
+	so.read_only = cfg.ro;
 	so.stopping = session_ending;
 	so.stopping_ctx = &ending;
 	so.event = pf_serve_event;
@@ -369,6 +389,14 @@ int main(int argc, char **argv)
 	    pf_ctl_wait_closed(dirfd, CLOSED_WAIT_S * 1000) == 1) {
 		why.msg[0] = '\0';
 		ret = pf_stack_open(&so, &stack, &why);
+	}
+	/* read-only, the lock is shared: one daemon per image all the same
+	 * (one control socket name), so a second read-only mount is busy */
+	if (!ret && cfg.ro && ro_daemon_serves(dirfd)) {
+		pf_stack_close(stack);
+		stack = NULL;
+		ret = -EBUSY;
+		pf_why_fmt(&why, "image is busy (mounted read-only by another ploopfs)");
 	}
 	if (ret) {
 		fprintf(stderr, "ploopfs: %s: %s\n", cfg.image_dir,
@@ -435,8 +463,14 @@ int main(int argc, char **argv)
 	serve.disk_path = disk_path;
 	serve.mount_point = fo.mountpoint;
 	serve.ring = ring;
-	ret = pf_ctl_start(dirfd, cfg.image_dir, pf_serve_cmds(), &serve, &ctl,
-			   &why);
+	serve.read_only = cfg.ro;
+	/* read-only: no socket file, the directory must not change */
+	if (cfg.ro)
+		ret = pf_ctl_start_abstract(dirfd, cfg.image_dir,
+					    pf_serve_cmds(), &serve, &ctl, &why);
+	else
+		ret = pf_ctl_start(dirfd, cfg.image_dir, pf_serve_cmds(),
+				   &serve, &ctl, &why);
 	if (ret) {
 		pf_log(PF_LOG_ERR, "%s: control socket: %s", cfg.image_dir,
 		       why.msg[0] ? why.msg : strerror(-ret));
@@ -478,7 +512,9 @@ out_unmount:
 		       cfg.image_dir, strerror(-ret));
 		rc = EXIT_FAIL;
 	} else {
-		pf_log(PF_LOG_INFO, "%s: closed cleanly", cfg.image_dir);
+		pf_log(PF_LOG_INFO, cfg.ro ? "%s: closed (read-only: nothing written)" :
+					     "%s: closed cleanly",
+		       cfg.image_dir);
 	}
 	/* every reply is out: the rings can go */
 	pf_ring_detach(ring);

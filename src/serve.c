@@ -49,6 +49,15 @@ static int check_mounted(const struct pf_serve *sv, struct pf_why *why)
 		      0;
 }
 
+/* Structural commands change the image: a read-only mount refuses them
+ * here, before the stack would (-EROFS either way). */
+static int check_writable(const struct pf_serve *sv, struct pf_why *why)
+{
+	return sv->read_only ? pf_why_set(why, -EROFS,
+					  "the image is mounted read-only") :
+			       0;
+}
+
 static int cmd_status(void *ctx, int argc, char **argv,
 		      struct pf_ctl_reply *r, struct pf_why *why)
 {
@@ -79,6 +88,7 @@ static int cmd_status(void *ctx, int argc, char **argv,
 			{ "file_clusters", st.file_clusters },
 			{ "free_clusters", st.free_clusters },
 			{ "failed", st.failed },
+			{ "read_only", st.read_only },
 			{ "frozen", st.frozen },
 			{ "held_writes", st.held },
 			{ "enospc_events", st.enospc_events },
@@ -144,6 +154,8 @@ static int cmd_snapshot(void *ctx, int argc, char **argv,
 	if (argc > 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot [<guid>]");
 	ret = check_mounted(sv, why);
+	if (!ret)
+		ret = check_writable(sv, why);
 	if (ret)
 		return ret;
 	ret = pf_stack_snapshot(sv->stack, argc == 2 ? argv[1] : NULL, guid, why);
@@ -165,6 +177,8 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 	if (argc != 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid>");
 	ret = check_mounted(sv, why);
+	if (!ret)
+		ret = check_writable(sv, why);
 	if (ret)
 		return ret;
 	ret = pf_stack_delete_snapshot(sv->stack, argv[1], &mi, why);

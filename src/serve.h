@@ -14,6 +14,8 @@
  *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
  *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
  *                               "usec <n>", "stall_us <n>"
+ * status has "read_only <0|1>"; a read-only daemon refuses snapshot and
+ * snapshot-delete with EROFS ("the image is mounted read-only").
  * Once the mount is gone, status, snapshot and snapshot-delete fail with
  * ESHUTDOWN ("the daemon is closing the image"), as every request does
  * while the daemon closes (pf_ctl_drain()).
@@ -35,6 +37,7 @@ struct pf_serve {
 	const char *disk_path;	/* the disk file in the mount, for status */
 	const char *mount_point;	/* absolute; NULL: not checked */
 	const struct pf_ring *ring;	/* FUSE over io_uring, or NULL */
+	bool read_only;		/* ploopfs -o ro: structural commands refused */
 };
 
 /* The command table; the handlers' context is a struct pf_serve. */

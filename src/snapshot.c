@@ -26,6 +26,8 @@
 
 int structural_begin(struct pf_stack *s, struct pf_why *why)
 {
+	if (s->read_only)
+		return pf_why_set(why, -EROFS, "the image is opened read-only");
 	if (pthread_mutex_trylock(&s->struct_lock))
 		return pf_why_set(why, -EBUSY,
 				  "another snapshot or merge is in progress");

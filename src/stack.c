@@ -436,6 +436,10 @@ static void stack_write(struct pf_stack *s, const void *buf, size_t len,
 	struct op *op;
 	int ret;
 
+	if (s->read_only) {
+		done(arg, -EROFS);
+		return;
+	}
 	if (atomic_load(&s->failed)) {
 		done(arg, -EIO);	/* W7 */
 		return;
@@ -519,7 +523,8 @@ bool pf_stack_write_waits(struct pf_stack *s, const void *buf, size_t len,
 	bool waits = false;
 	unsigned top;
 
-	if (atomic_load(&s->failed) || !len || !range_ok(s, len, off))
+	if (s->read_only || atomic_load(&s->failed) || !len ||
+	    !range_ok(s, len, off))
 		return false;	/* answered at once */
 	gate_enter(s);
 	top = s->n_levels - 1u;
@@ -656,6 +661,8 @@ int pf_stack_discard(struct pf_stack *s, uint64_t off, uint64_t len)
 	uint8_t *zeros = NULL;
 	int ret = 0;
 
+	if (s->read_only)
+		return -EROFS;
 	if (atomic_load(&s->failed))
 		return -EIO;	/* W7 */
 	if (!len)
@@ -709,7 +716,9 @@ void stack_cp_step(void *ctx, enum pf_delta_step step)
 
 /* W8: the allocation state of the top delta comes from its committed
  * BAT (pf_delta_recover): trailing clusters are leaks, trimmed;
- * unreferenced ones below the last used one are punched and free. */
+ * unreferenced ones below the last used one are punched and free.  A
+ * read-only top is recovered in memory only: the same head, nothing
+ * punched or trimmed (the next read-write open does that). */
 static int recover_top(struct pf_stack *s)
 {
 	struct pf_delta_hook hook = CP_HOOK(
@@ -726,7 +735,10 @@ static int recover_top(struct pf_stack *s)
 	s->free_list = rec.free;
 	s->n_free = s->cap_free = rec.n_free;
 	s->top_mapped = rec.mapped;
-	if (rec.leaked)
+	if (rec.leaked && s->read_only)
+		pf_log(PF_LOG_NOTICE, "%s: %" PRIu64 " leaked clusters left for a read-write mount to reclaim",
+		       s->dir, rec.leaked);
+	else if (rec.leaked)
 		pf_log(PF_LOG_NOTICE, "%s: %" PRIu64 " leaked clusters reclaimed",
 		       s->dir, rec.leaked);
 	return 0;
@@ -760,8 +772,8 @@ static int stack_load(struct pf_stack *s, const struct pf_stack_opts *o,
 		ret = pf_dd_chain(dd, &chain, &depth, why);
 	if (!ret)
 		ret = pf_image_open_chain(s->dirfd, dd, chain, depth,
-					  PF_DELTA_WRITE, true, &s->io, &v,
-					  why);
+					  s->read_only ? 0 : PF_DELTA_WRITE,
+					  true, &s->io, &v, why);
 	if (ret == -EUCLEAN) {
 		struct pf_why w = *why;
 
@@ -834,8 +846,12 @@ static int top_prepare(struct pf_stack *s)
 
 	if (d->hdr.in_use == PF_INUSE_OPEN)
 		pf_log(PF_LOG_NOTICE,
-		       "%s: image was not closed cleanly; recovering the committed state (W8)",
+		       s->read_only ?
+			       "%s: image was not closed cleanly; serving the committed state read-only, recovered in memory (W8)" :
+			       "%s: image was not closed cleanly; recovering the committed state (W8)",
 		       s->dir);
+	if (s->read_only)
+		return recover_top(s);	/* in memory; no flag, no space */
 	if (d->hdr.in_use == PF_INUSE_CLOSED_V21 && d->hdr.ext_sectors)
 		pf_log(PF_LOG_NOTICE,
 		       "%s: dropping the format extension (dirty bitmap) of %s on read-write open",
@@ -901,6 +917,7 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	s->io.factory = o->factory;
 	s->enospc_timeout_s = o->enospc_timeout_s;
 	s->no_direct = o->no_direct;
+	s->read_only = o->read_only;
 	s->stopping = o->stopping;
 	s->stopping_ctx = o->stopping_ctx;
 	s->event = o->event;
@@ -948,8 +965,10 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 		goto err;
 	}
 	/* One writer per image: the daemon and the writing ploopctl
-	 * commands all take this lock without waiting. */
-	ret = pf_lock(s->dirfd, true);
+	 * commands all take this lock without waiting.  Read-only: shared,
+	 * as ploopctl check takes it -- the image does not change while we
+	 * serve it, and every writer finds it busy. */
+	ret = pf_lock(s->dirfd, !s->read_only);
 	if (ret) {
 		pf_why_fmt(why, ret == -EBUSY ?
 				"image is busy (mounted by another ploopfs or used by ploopctl)" :
@@ -992,6 +1011,10 @@ int pf_stack_start(struct pf_stack *s)
 		pf_log(PF_LOG_WARNING,
 		       "%s: no kernel aio context; I/O runs synchronously",
 		       s->dir);
+	if (s->read_only) {
+		stack_check_state(s, "start");
+		return 0;	/* nothing to commit, ever */
+	}
 	ret = pthread_create(&s->wb_thread, NULL, wb_main, s);
 	if (ret)
 		return -ret;
@@ -1017,6 +1040,8 @@ int pf_stack_close(struct pf_stack *s)
 	pf_aio_stop(s->aio);	/* waits for everything in flight */
 	stack_check_state(s, "close");
 
+	if (s->read_only)
+		goto out;	/* nothing was written: nothing to close */
 	if (atomic_load(&s->failed)) {
 		ret = -EIO;	/* leave in-use set: recover at next open */
 		goto out;
@@ -1084,6 +1109,7 @@ void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st)
 	st->commits = atomic_load(&s->commits);
 	st->datasyncs = atomic_load(&s->datasyncs);
 	st->failed = atomic_load(&s->failed);
+	st->read_only = s->read_only;
 	st->frozen = atomic_load(&s->frozen);
 	st->held = atomic_load(&s->held);
 	st->enospc_events = atomic_load(&s->enospc_events);
@@ -1170,7 +1196,7 @@ void stack_check_state(struct pf_stack *s, const char *where)
 	STATE_CHECK(s->top == top, where);
 	STATE_CHECK(s->hdr == &s->top_hdr, where);
 	STATE_CHECK(s->top_meta == top->d->meta, where);
-	STATE_CHECK(top->d->writable, where);
+	STATE_CHECK(top->d->writable == !s->read_only, where);
 	n_entries = s->hdr->bat_entries;
 	for (l = 0; l < s->n_levels; l++) {
 		const struct pf_delta *d = s->levels[l].d;

@@ -24,6 +24,10 @@ struct pf_stack_opts {
 	const char *dir;	/* image directory */
 	unsigned commit_ms;	/* periodic commit interval; 0 = 1000 */
 	bool no_direct;		/* do not use O_DIRECT on the deltas */
+	/* open every delta read-only, take the image lock shared, write
+	 * nothing (ploopfs -o ro); writes and structural commands fail
+	 * with -EROFS */
+	bool read_only;
 	/* how delta files are accessed; NULL: plain descriptors (tests
 	 * pass crash-simulating or fault-injecting files) */
 	const struct pf_file_factory *factory;
@@ -59,6 +63,9 @@ typedef void (*pf_stack_done_fn)(void *arg, int err);
  * validate them (a corrupt image is refused with -EUCLEAN), recover an
  * image that was not closed cleanly (W8: committed state, leaked clusters
  * reclaimed), then set the in-use flag of the top delta and sync it.
+ * With @o->read_only the lock is shared, every delta is opened O_RDONLY
+ * and the recovery is done in memory only: nothing in the image
+ * directory changes, from open to close.
  * Starts no thread.
  * Returns: 0; -EBUSY (locked by another daemon or command); -EUCLEAN;
  * -EINVAL (bad descriptor or header); other -errno.  @why says what.
@@ -66,15 +73,17 @@ typedef void (*pf_stack_done_fn)(void *arg, int err);
 PF_MUST_CHECK int pf_stack_open(const struct pf_stack_opts *o,
 				struct pf_stack **out, struct pf_why *why);
 
-/* Start the I/O completion and writeback threads (after daemonizing).
- * Until then every call runs synchronously in its caller. */
+/* Start the I/O completion and writeback threads (after daemonizing;
+ * a read-only stack has no writeback thread).  Until then every call
+ * runs synchronously in its caller. */
 PF_MUST_CHECK int pf_stack_start(struct pf_stack *s);
 
 /*
  * Wait for every request in flight, stop the threads, commit, trim the
- * preallocated tail, clear the in-use flag and sync, close.  Returns 0,
- * or -EIO if the image was in the failed state (W7) or the final commit
- * failed; the stack is freed either way.
+ * preallocated tail, clear the in-use flag and sync, close (read-only:
+ * only the waiting and the closing).  Returns 0, or -EIO if the image
+ * was in the failed state (W7) or the final commit failed; the stack is
+ * freed either way.
  */
 int pf_stack_close(struct pf_stack *s);
 
@@ -89,7 +98,8 @@ uint64_t pf_stack_size(const struct pf_stack *s);
  * return, possibly on the completion thread.  Any alignment works;
  * buffers, offsets and lengths aligned to 4 KiB are fastest.
  * Writes answer before their BAT entry is durable (W3: like a disk with
- * a volatile cache); pf_stack_flush() makes them durable.
+ * a volatile cache); pf_stack_flush() makes them durable.  On a
+ * read-only stack writes fail with -EROFS.
  */
 void pf_stack_read(struct pf_stack *s, void *buf, size_t len, uint64_t off,
 		   pf_stack_done_fn done, void *arg);
@@ -125,7 +135,7 @@ PF_MUST_CHECK int pf_stack_pwrite(struct pf_stack *s, const void *buf,
  * ZERO_RANGE), also where a lower delta holds data.  Whole clusters of
  * the top delta that no lower delta maps are unmapped and their space
  * returned (W4: after the unmapping commit is durable).  Blocks; returns
- * 0 or -errno.
+ * 0 or -errno (-EROFS on a read-only stack).
  */
 PF_MUST_CHECK int pf_stack_discard(struct pf_stack *s, uint64_t off,
 				   uint64_t len);
@@ -134,7 +144,7 @@ PF_MUST_CHECK int pf_stack_discard(struct pf_stack *s, uint64_t off,
  * W3 barrier: returns once a commit that began after the call has made
  * every write answered before the call durable, with its BAT entries.
  * Concurrent callers share commits (group commit).  Returns 0 or -EIO
- * (failed state, W7).
+ * (failed state, W7).  A read-only stack has nothing to flush: 0.
  */
 PF_MUST_CHECK int pf_stack_flush(struct pf_stack *s);
 
@@ -152,7 +162,7 @@ PF_MUST_CHECK int pf_stack_pread_view(struct pf_stack *s, const char *guid,
 
 /* Structural commands.  One at a time (a second gets -EBUSY, CTL-5); they
  * run in the caller's thread while I/O goes on, and stop I/O only for a
- * short freeze (CTL-3). */
+ * short freeze (CTL-3).  A read-only stack refuses them with -EROFS. */
 
 /*
  * Online snapshot: the current top becomes read-only snapshot @guid
@@ -221,6 +231,7 @@ struct pf_stack_stat {
 	uint64_t commits;		/* commits that wrote BAT pages */
 	uint64_t datasyncs;		/* fdatasync calls on the top delta */
 	bool failed;			/* W7 sticky failed state */
+	bool read_only;			/* pf_stack_opts.read_only */
 	bool frozen;			/* I/O stopped for a switch */
 	unsigned held;			/* writes held for lack of space */
 	uint64_t enospc_events;		/* times a write found no space */

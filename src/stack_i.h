@@ -59,7 +59,8 @@
  *     so it must never sleep without pf_aio_wait();
  *   - the aio completion thread (io_aio.c) finishes reads and in-place
  *     writes: callbacks that release range locks, the gate, epochs;
- *   - the writeback thread (wb_main) commits every commit_ms; a flush
+ *   - the writeback thread (wb_main) commits every commit_ms (a
+ *     read-only stack, which never writes, starts none); a flush
  *     runs the commit it waits for in its own thread unless one runs
  *     (group commit without a hand-off);
  *   - control threads (control.c, serve.c) read status at any time and
@@ -192,6 +193,7 @@ struct pf_stack {
 	pthread_t wb_thread;
 	unsigned commit_ms;
 	bool no_direct;
+	bool read_only;			/* writes nothing (pf_stack_opts) */
 	atomic_bool failed;		/* W7 */
 	atomic_bool frozen;		/* the gate is closed (below) */
 	atomic_uint_fast64_t commits, datasyncs;

@@ -185,6 +185,8 @@ int pf_stack_flush(struct pf_stack *s)
 {
 	uint64_t target;
 
+	if (s->read_only)
+		return 0;	/* nothing written, nothing to make durable */
 	if (atomic_load(&s->failed))
 		return -EIO;
 	pthread_mutex_lock(&s->wb_lock);

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -787,6 +788,89 @@ static void test_stale_socket(void)
 	c = start(dirfd, dir);
 	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
 	pf_ctl_stop(c);
+	close(dirfd);
+}
+
+/* The abstract socket of a read-only daemon: nothing in the directory,
+ * found by pf_ctl_connect() (also past a dead daemon's socket file), one
+ * daemon per name, and a listener of another user is not talked to. */
+static void test_abstract_socket(void)
+{
+	const char *argv[] = { "echo", "ro" };
+	struct pf_why why = { "" };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st0, st1;
+	struct pf_ctl *c, *c2 = NULL;
+	struct lines l = { 0 };
+	char dir[256], b;
+	int dirfd, fd, p[2];
+	socklen_t len;
+	pid_t pid;
+
+	dirfd = new_dir(dir, sizeof(dir));
+	check_int(fstat(dirfd, &st0), ==, 0);
+	check_int(pf_ctl_start_abstract(dirfd, dir, cmds, NULL, &c, &why), ==,
+		  0);
+	check_int(fstatat(dirfd, PF_CTL_SOCK_NAME, &st1, AT_SYMLINK_NOFOLLOW),
+		  ==, -1);
+	check_int(call(dirfd, 2, argv, &l, &why), ==, 0);
+	check_int(l.n, ==, 1);
+	check_str(l.line[0], "ro");
+	check_int(pf_ctl_start_abstract(dirfd, dir, cmds, NULL, &c2, &why), ==,
+		  -EADDRINUSE);
+	check_msg(strstr(why.msg, "a daemon already serves") != NULL, "%s",
+		  why.msg);
+	check_int(fstat(dirfd, &st1), ==, 0);
+	check(st1.st_mtim.tv_sec == st0.st_mtim.tv_sec &&
+	      st1.st_mtim.tv_nsec == st0.st_mtim.tv_nsec &&
+	      st1.st_ctim.tv_nsec == st0.st_ctim.tv_nsec);
+
+	/* a socket file a killed read-write daemon left is passed over */
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "/proc/self/fd/%d/%s",
+		 dirfd, PF_CTL_SOCK_NAME);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	check_int(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), ==, 0);
+	close(fd);
+	check_int(call(dirfd, 2, argv, NULL, &why), ==, 0);
+	pf_ctl_stop(c);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -ECONNREFUSED);
+	check_int(unlinkat(dirfd, PF_CTL_SOCK_NAME, 0), ==, 0);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -ENOENT);
+
+	/* somebody else's listener on the name: refused by the client */
+	if (geteuid() != 0) {
+		tap_diag("not root: the other user's listener is not tried");
+		close(dirfd);
+		return;
+	}
+	memset(&sa, 0, sizeof(sa));
+	sa.sun_family = AF_UNIX;
+	check_int(fstat(dirfd, &st0), ==, 0);
+	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 +
+			  (size_t)snprintf(sa.sun_path + 1,
+					   sizeof(sa.sun_path) - 1,
+					   PF_CTL_ABSTRACT_PFX "%jx:%jx",
+					   (uintmax_t)st0.st_dev,
+					   (uintmax_t)st0.st_ino));
+	if (pipe(p))
+		abort();
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		fd = socket(AF_UNIX, SOCK_STREAM, 0);
+		if (setresuid(65534, 65534, 65534) ||
+		    bind(fd, (struct sockaddr *)&sa, len) || listen(fd, 4) ||
+		    write(p[1], "x", 1) != 1)
+			_exit(1);
+		pause();	/* until the parent kills it */
+		_exit(0);
+	}
+	close(p[1]);
+	check_int(read(p[0], &b, 1), ==, 1);
+	check_int(pf_ctl_connect(dirfd, -1, &fd, NULL), ==, -EACCES);
+	close(p[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
 	close(dirfd);
 }
 
@@ -1978,6 +2062,7 @@ int main(void)
 	test_bad_replies();
 	test_socket_file();
 	test_stale_socket();
+	test_abstract_socket();
 	test_long_path();
 	test_concurrent();
 	test_conn_limit();

@@ -5,7 +5,8 @@
  * an in-memory reference, copy-on-write from snapshots, concurrent first
  * writers of one cluster, discard semantics and the W4 reuse rule, the
  * number of fdatasync calls per flush, the in-use flag, busy images,
- * corrupt images, and recovery after a process dies without closing.
+ * corrupt images, recovery after a process dies without closing, and a
+ * read-only stack that writes nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -656,6 +657,119 @@ static void test_recovery_after_process_death(void)
 	free(dir);
 }
 
+/* The whole of file @name of @dir, and its size and times, into @out
+ * (malloc'ed; *@len bytes). */
+static void file_state(const char *dir, const char *name, uint8_t **out,
+		       size_t *len, struct stat *st)
+{
+	char path[512];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fd = open(path, O_RDONLY);
+	*out = NULL;
+	*len = 0;
+	if (fd < 0 || fstat(fd, st) < 0) {
+		tap_diag("cannot stat %s", path);
+	} else {
+		*len = (size_t)st->st_size;
+		*out = malloc(*len + 1);
+		if (!*out || pread(fd, *out, *len, 0) != (ssize_t)*len)
+			tap_diag("cannot read %s", path);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+/* A read-only stack (ploopfs -o ro) of an image that was not closed
+ * cleanly: serves the committed data, recovered in memory; refuses
+ * writes, discards and structural commands with EROFS; holds the lock
+ * shared; and leaves the delta file as it found it, bytes and times,
+ * for the next read-write open to recover. */
+static void test_read_only(void)
+{
+	const uint64_t size = 32 * MiB;
+	char *dir = tu_new_image(tmp_root, size, 1 * MiB);
+	struct pf_stack_opts o = { .dir = dir, .read_only = true };
+	struct pf_stack_opts rw = { .dir = dir };
+	uint8_t *a = malloc(4 * MiB), *got = malloc(4 * MiB);
+	uint8_t *before = NULL, *after = NULL;
+	size_t n_before, n_after;
+	struct stat st0, st1;
+	struct pf_stack_merge_info mi;
+	struct pf_stack_stat ss;
+	struct pf_why why = { "" };
+	char guid[PF_GUID_LEN + 1];
+	struct pf_stack *s, *s2 = NULL;
+	pid_t pid;
+	int status, fd;
+
+	tu_fill(a, 4 * MiB, 61, 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		s = open_stack(dir, true);
+		if (!s || pf_stack_pwrite(s, a, 4 * MiB, 0) || pf_stack_flush(s))
+			_exit(1);
+		_exit(0);	/* no close: in use, preallocated tail */
+	}
+	waitpid(pid, &status, 0);
+	check(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	check_int(file_u32(dir, PF_BASE_NAME, 44), ==, PF_INUSE_OPEN);
+	file_state(dir, PF_BASE_NAME, &before, &n_before, &st0);
+
+	s = tu_open_stack(&o, true, NULL);
+	check(s != NULL);
+	if (!s)
+		goto out;
+	check(!s->top->d->writable);
+	check_int(pf_stack_pread(s, got, 4 * MiB, 0), ==, 0);
+	check(!memcmp(got, a, 4 * MiB));
+	check_int(pf_stack_pwrite(s, a, 4096, 0), ==, -EROFS);
+	check_int(pf_stack_discard(s, 0, 1 * MiB), ==, -EROFS);
+	check_int(pf_stack_flush(s), ==, 0);
+	check_int(pf_stack_snapshot(s, NULL, guid, &why), ==, -EROFS);
+	check(strstr(why.msg, "read-only") != NULL);
+	check_int(pf_stack_delete_snapshot(s, PF_TOP_GUID, &mi, &why), ==,
+		  -EROFS);
+	pf_stack_stat(s, &ss);
+	check(ss.read_only);
+	check_u64(ss.file_clusters, ==, 5);	/* header + 4: the recovered head */
+	check_u64(ss.top_clusters, ==, 4);
+	check_u64(ss.datasyncs, ==, 0);
+	/* shared: readers may lock it too, writers are busy */
+	fd = open(dir, O_RDONLY | O_DIRECTORY);
+	check_int(pf_lock(fd, false), ==, 0);
+	close(fd);
+	check_int(pf_stack_open(&rw, &s2, &why), ==, -EBUSY);
+	check_int(pf_stack_close(s), ==, 0);
+
+	file_state(dir, PF_BASE_NAME, &after, &n_after, &st1);
+	check_u64(n_after, ==, n_before);
+	check(before && after && n_after == n_before &&
+	      !memcmp(before, after, n_before));
+	check(st1.st_mtim.tv_sec == st0.st_mtim.tv_sec &&
+	      st1.st_mtim.tv_nsec == st0.st_mtim.tv_nsec);
+	check(st1.st_ctim.tv_sec == st0.st_ctim.tv_sec &&
+	      st1.st_ctim.tv_nsec == st0.st_ctim.tv_nsec);
+
+	/* the real recovery is left to a read-write open */
+	s = open_stack(dir, true);
+	check(s != NULL);
+	if (s) {
+		pf_stack_stat(s, &ss);
+		check_u64(ss.file_clusters, ==, 5);
+		check_int(pf_stack_close(s), ==, 0);
+	}
+	check_int(file_u32(dir, PF_BASE_NAME, 44), ==, PF_INUSE_CLOSED);
+out:
+	free(before);
+	free(after);
+	free(a);
+	free(got);
+	free(dir);
+}
+
 /* Sizes that are not a cluster multiple, tiny images, 16 TiB. */
 static void test_odd_sizes(void)
 {
@@ -943,6 +1057,7 @@ int main(void)
 	test_w4_write_racing_commit();
 	test_busy_and_corrupt();
 	test_recovery_after_process_death();
+	test_read_only();
 	test_odd_sizes();
 	test_engine_never_waits_on_itself();
 #ifdef PF_DEBUG
