@@ -50,15 +50,32 @@ static int snapshot_guid_line(void *ctx, const char *line)
 	return 0;
 }
 
-/* Online: the daemon prepares, freezes, switches and thaws (CTL-3). */
-static int snapshot_online(int fd, const char *dir, const char *guid)
+/*
+ * Online: the file systems on the disk are frozen here (unless
+ * @no_freeze; ploopctl_freeze.c says why here and not in the daemon),
+ * then the daemon prepares, freezes its I/O, switches and thaws (CTL-3),
+ * and the file systems are thawed, before anything is printed.
+ */
+static int snapshot_online(int fd, const char *dir, const char *guid,
+			   bool no_freeze, bool verbose)
 {
 	const char *cargv[] = { "snapshot", guid };
 	char got[PF_GUID_LEN + 1] = "";
-	int rc;
+	struct pf_why why = { "" };
+	int rc, ret;
 
-	rc = daemon_call(fd, dir, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
-			 got);
+	if (!no_freeze) {
+		rc = fs_freeze_all(dir, verbose);
+		if (rc != EXIT_OK) {
+			close(fd);
+			return rc;
+		}
+	}
+	ret = daemon_call_raw(fd, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
+			      got, &why);
+	close(fd);
+	fs_thaw_all(verbose);
+	rc = daemon_result(dir, ret, &why);
 	if (rc == EXIT_OK)
 		printf("%s\n", got);
 	return rc;
@@ -66,8 +83,12 @@ static int snapshot_online(int fd, const char *dir, const char *guid)
 
 static void usage_snapshot(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--timeout <s>] <dir>\n"
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--no-freeze] [-v] [--timeout <s>] <dir>\n"
 		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n"
+		     "  --no-freeze         do not freeze the file systems mounted from loop\n"
+		     "                      devices of a mounted disk (default: frozen around\n"
+		     "                      the switch, so that the snapshot is consistent)\n"
+		     "  -v, --verbose       a line on stderr per file system frozen and thawed\n"
 		     "  -t, --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
 		     "                      seconds (default %d; 0: no limit)\n",
 		CTL_TIMEOUT_DEFAULT);
@@ -76,8 +97,11 @@ static void usage_snapshot(FILE *out)
 int cmd_snapshot(int argc, char **argv)
 {
 	const char *want = NULL;
+	bool no_freeze = false, verbose = false;
 	const struct cmd_opt opts[] = {
 		{ "guid", 'u', OPT_ARG, &want },
+		{ "no-freeze", OPT_KEY_LONG, OPT_FLAG, &no_freeze },
+		{ "verbose", 'v', OPT_FLAG, &verbose },
 		OPT_TIMEOUT,
 	};
 	char guid[PF_GUID_LEN + 1] = "";
@@ -98,7 +122,8 @@ int cmd_snapshot(int argc, char **argv)
 	if (rc != EXIT_OK)
 		return rc;
 	if (fd >= 0) {
-		rc = snapshot_online(fd, argv[optind], guid);
+		rc = snapshot_online(fd, argv[optind], guid, no_freeze,
+				     verbose);
 		if (rc != EXIT_DAEMON_CLOSED)
 			return rc;
 	}
