@@ -1204,8 +1204,9 @@ static int parse_end(const char *s, struct pf_why *why)
 		pf_why_fmt(why, "%s", strerror_r(err, buf, sizeof(buf)));
 	else
 		pf_why_fmt(why, "%s", "");
-	/* -ETIMEDOUT is the client's own limit, and only that */
-	return err == ETIMEDOUT ? -EIO : -err;
+	/* -ETIMEDOUT is the client's own limit, and -ECONNRESET a reply
+	 * cut short, and only those */
+	return err == ETIMEDOUT || err == ECONNRESET ? -EIO : -err;
 }
 
 int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
@@ -1252,14 +1253,15 @@ int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
 			break;
 		}
 		if (ret != 1 || !line) {
+			/* no end line: the daemon's outcome is unknown */
 			if (sent < 0)
-				ret = pf_why_set(why, -EIO, "cannot send the request to the daemon: %s",
+				ret = pf_why_set(why, -ECONNRESET, "cannot send the request to the daemon: %s",
 						 strerror(-sent));
 			else if (ret < 0)
-				ret = pf_why_set(why, -EIO, "the connection to the daemon failed: %s",
+				ret = pf_why_set(why, -ECONNRESET, "the connection to the daemon failed: %s",
 						 strerror(-ret));
 			else
-				ret = pf_why_set(why, -EIO, "the daemon closed the connection before the end of its reply");
+				ret = pf_why_set(why, -ECONNRESET, "the daemon closed the connection before the end of its reply");
 			break;
 		}
 		if (!strncmp(line, "data ", 5)) {

@@ -202,11 +202,13 @@ PF_MUST_CHECK int pf_ctl_connect(int dirfd, int timeout_ms, int *fd);
  * then).  @timeout_ms -1 waits without limit, which is what a stream
  * needs: its silence is normal.
  * Returns: the daemon's result, 0 or -errno, with @why set to its message
- * (strerror when it sent none; a daemon's ETIMEDOUT comes back as -EIO,
- * so that -ETIMEDOUT is always the client's own limit); -ETIMEDOUT (the
- * daemon was silent for @timeout_ms); -EINVAL (no command, or an empty
- * argument); -E2BIG (request longer than a line); -EIO (the connection
- * failed or the daemon closed it before the end of its reply); -EPROTO
+ * (strerror when it sent none; a daemon's ETIMEDOUT or ECONNRESET comes
+ * back as -EIO, so that -ETIMEDOUT is always the client's own limit and
+ * -ECONNRESET a reply cut short); -ETIMEDOUT (the daemon was silent for
+ * @timeout_ms); -EINVAL (no command, or an empty argument); -E2BIG
+ * (request longer than a line); -ECONNRESET (the request could not be
+ * sent, the connection failed or the daemon closed it before the end of
+ * its reply, say killed: whether the command ran is unknown); -EPROTO
  * (malformed reply).  @why says which.
  */
 PF_MUST_CHECK int pf_ctl_call(int fd, int timeout_ms, int argc,

@@ -160,14 +160,17 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 {
 	struct pf_serve *sv = ctx;
 	struct pf_stack_merge_info mi;
+	unsigned flags = 0;
 	int ret;
 
-	if (argc != 2)
-		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid>");
+	if (argc == 3 && !strcmp(argv[2], "force"))
+		flags |= PF_STACK_DELETE_FORCE;
+	else if (argc != 2)
+		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid> [force]");
 	ret = check_mounted(sv, why);
 	if (ret)
 		return ret;
-	ret = pf_stack_delete_snapshot(sv->stack, argv[1], &mi, why);
+	ret = pf_stack_delete_snapshot(sv->stack, argv[1], flags, &mi, why);
 	if (ret)
 		return ret;
 	if (!pf_ctl_data(r, "down %d", mi.down) &&

@@ -12,8 +12,11 @@
  *   events [<after>]            streams event lines after sequence <after>
  *                               (default: from the next one emitted)
  *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
- *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
- *                               "usec <n>", "stall_us <n>"
+ *   snapshot-delete <guid> [force]
+ *                               "down <0|1>", "clusters <n>", "bytes <n>",
+ *                               "usec <n>", "stall_us <n>"; EBUSY while
+ *                               the snapshot's view is open, unless
+ *                               "force"
  * Once the mount is gone, status, snapshot and snapshot-delete fail with
  * ESHUTDOWN ("the daemon is closing the image"), as every request does
  * while the daemon closes (pf_ctl_drain()).
