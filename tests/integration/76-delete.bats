@@ -61,7 +61,7 @@ temporaries() {
 	loop_detach "$rdev" "$(view "$g1")"
 	# closed: deleted (merged down, its child takes its file)
 	run_ok ploopctl snapshot-delete "$D" "$g1"
-	! chain "$D" | grep -qxF "$g1"
+	run ! grep -qxF "$g1" <<<"$(chain "$D")"
 
 	# --force: deleted while open (merged up into the top); the view's
 	# reads fail from then on
@@ -70,7 +70,7 @@ temporaries() {
 	run -5 ploopctl snapshot-delete "$D" "$g2"
 	run_ok ploopctl snapshot-delete --force "$D" "$g2"
 	[[ "$output" == "deleted snapshot $g2: "* ]]
-	! chain "$D" | grep -qxF "$g2"
+	run ! grep -qxF "$g2" <<<"$(chain "$D")"
 	run ! timeout 60 dd if="$rdev" of=/dev/null bs=1M count=1 iflag=direct status=none
 	loop_detach "$rdev" "$(view "$g2")"
 	[ "$(disk_sum "$M/disk")" = "$want" ]
