@@ -231,6 +231,7 @@ struct pf_ctl {
 	dev_t dir_dev;			/* the image directory, for "hello" */
 	ino_t dir_ino;
 	atomic_int idle_ms;		/* a request must come within this */
+	pf_ctl_gone_fn gone;		/* atomic access: may be NULL */
 	atomic_uint streams;		/* stream handlers running */
 	int wake[2];			/* connections: written by drain or stop */
 	int wake_accept[2];		/* the accept thread: by pf_ctl_stop() */
@@ -600,6 +601,15 @@ static void serve_request(struct ctl_conn *cn, char *line,
 	/* built in: which image directory this daemon serves, so that a
 	 * client can tell it reached the daemon of its own image */
 	if (!strcmp(tok[2], PF_CTL_HELLO) && ntok == 3) {
+		pf_ctl_gone_fn gone = __atomic_load_n(&c->gone,
+						      __ATOMIC_ACQUIRE);
+
+		/* unmounted while it was stopped, say: closing, though
+		 * the daemon may not have noticed yet */
+		if (gone && gone(c->ctx)) {
+			reply_end(r, ESHUTDOWN, "the daemon is closing the image");
+			goto out;
+		}
 		if (!pf_ctl_data(r, "image %ju %ju", (uintmax_t)c->dir_dev,
 				 (uintmax_t)c->dir_ino))
 			reply_end(r, 0, "%s", "");
@@ -765,6 +775,11 @@ static unsigned count_open(struct pf_ctl *c)
 	n = count_open_locked(c);
 	pthread_mutex_unlock(&c->conns_lock);
 	return n;
+}
+
+void pf_ctl_set_gone(struct pf_ctl *c, pf_ctl_gone_fn gone)
+{
+	__atomic_store_n(&c->gone, gone, __ATOMIC_RELEASE);
 }
 
 void pf_ctl_set_idle(struct pf_ctl *c, int idle_ms)
@@ -1270,7 +1285,7 @@ int pf_ctl_connect(int dirfd, int timeout_ms, int *fd, struct pf_why *why)
 	/* A daemon drops a connection it has not answered only as it
 	 * stops (one queued while it was stopped, then closed with its
 	 * socket): as good as closing. */
-	if (ret == -EIO)
+	if (ret == -ECONNRESET)
 		ret = pf_why_set(why, -ESHUTDOWN, "the daemon is closing the image");
 	if (ret) {
 		close(s);
@@ -1373,8 +1388,9 @@ static int parse_end(const char *s, struct pf_why *why)
 		pf_why_fmt(why, "%s", strerror_r(err, buf, sizeof(buf)));
 	else
 		pf_why_fmt(why, "%s", "");
-	/* -ETIMEDOUT is the client's own limit, and only that */
-	return err == ETIMEDOUT ? -EIO : -err;
+	/* -ETIMEDOUT is the client's own limit, and -ECONNRESET a reply
+	 * cut short, and only those */
+	return err == ETIMEDOUT || err == ECONNRESET ? -EIO : -err;
 }
 
 int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
@@ -1421,14 +1437,17 @@ int pf_ctl_call(int fd, int timeout_ms, int argc, const char *const *argv,
 			break;
 		}
 		if (ret != 1 || !line) {
+			/* no end line: the daemon's outcome is unknown */
+			/* a request the daemon never took was not carried
+			 * out: it has closed this connection, which it does
+			 * only as it stops */
 			if (sent < 0)
-				ret = pf_why_set(why, -EIO, "cannot send the request to the daemon: %s",
-						 strerror(-sent));
+				ret = pf_why_set(why, -ESHUTDOWN, "the daemon closed the connection before taking the request: it is closing the image");
 			else if (ret < 0)
-				ret = pf_why_set(why, -EIO, "the connection to the daemon failed: %s",
+				ret = pf_why_set(why, -ECONNRESET, "the connection to the daemon failed: %s",
 						 strerror(-ret));
 			else
-				ret = pf_why_set(why, -EIO, "the daemon closed the connection before the end of its reply");
+				ret = pf_why_set(why, -ECONNRESET, "the daemon closed the connection before the end of its reply");
 			break;
 		}
 		if (!strncmp(line, "data ", 5)) {

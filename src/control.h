@@ -193,6 +193,16 @@ void pf_ctl_stop(struct pf_ctl *c);
 PF_MUST_CHECK int pf_ctl_parse_request(char *line, char ***fields, size_t *n,
 				       struct pf_why *why);
 
+/*
+ * @gone(ctx) (NULL: none) tells whether what the daemon serves is gone
+ * (its mount removed) although the daemon has not noticed yet: "hello"
+ * is then answered as by a draining server (ESHUTDOWN), so that a client
+ * waits for the image instead of taking the daemon for a serving one.
+ * Context: called in connection threads, with no lock held.
+ */
+typedef bool (*pf_ctl_gone_fn)(void *ctx);
+void pf_ctl_set_gone(struct pf_ctl *c, pf_ctl_gone_fn gone);
+
 /* Change the idle limit of the connections (PF_CTL_IDLE_MS by default;
  * -1: none) for their next request.  For tests. */
 void pf_ctl_set_idle(struct pf_ctl *c, int idle_ms);
@@ -257,11 +267,15 @@ PF_MUST_CHECK int pf_ctl_connect(int dirfd, int timeout_ms, int *fd,
  * then).  @timeout_ms -1 waits without limit, which is what a stream
  * needs: its silence is normal.
  * Returns: the daemon's result, 0 or -errno, with @why set to its message
- * (strerror when it sent none; a daemon's ETIMEDOUT comes back as -EIO,
- * so that -ETIMEDOUT is always the client's own limit); -ETIMEDOUT (the
- * daemon was silent for @timeout_ms); -EINVAL (no command, or an empty
- * argument); -E2BIG (request longer than a line); -EIO (the connection
- * failed or the daemon closed it before the end of its reply); -EPROTO
+ * (strerror when it sent none; a daemon's ETIMEDOUT or ECONNRESET comes
+ * back as -EIO, so that -ETIMEDOUT is always the client's own limit and
+ * -ECONNRESET a reply cut short); -ETIMEDOUT (the daemon was silent for
+ * @timeout_ms); -EINVAL (no command, or an empty argument); -E2BIG
+ * (request longer than a line); -ESHUTDOWN (the daemon is closing the
+ * image, or closed the connection before it took the request: nothing
+ * was done); -ECONNRESET (the connection failed or the daemon closed it
+ * before the end of its reply, say killed: whether the command ran is
+ * unknown); -EPROTO
  * (malformed reply).  @why says which.
  */
 PF_MUST_CHECK int pf_ctl_call(int fd, int timeout_ms, int argc,

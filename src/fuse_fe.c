@@ -6,7 +6,9 @@
  * directory "snapshots" holding one read-only file per snapshot, named by
  * its GUID without braces (found by lookup under any form of it that
  * pf_guid_canon() accepts; inodes from 16 up, handed out as views are
- * first seen and never reused).  A view reads the disk as it was when the
+ * first seen and never reused).  A view's open handles are counted in
+ * the stack (open to release), so that a delete refuses a snapshot whose
+ * view is in use, say by a backup through losetup -r.  A view reads the disk as it was when the
  * snapshot was taken; once the snapshot is deleted it is gone from the
  * directory and reads of open handles fail with ESTALE.  Files are
  * opened with direct_io, so every read and write reaches us and no page
@@ -323,7 +325,10 @@ static void fe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	if (is_view(ino)) {
-		if (fill_attr(fe, ino, &st)) {
+		char guid[PF_GUID_LEN + 1];
+		int ret;
+
+		if (fill_attr(fe, ino, &st) || !view_guid(fe, ino, guid)) {
 			fuse_reply_err(req, ENOENT);
 			return;
 		}
@@ -332,6 +337,13 @@ static void fe_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 			fuse_reply_err(req, EROFS);	/* snapshots are read-only */
 			return;
 		}
+		/* in use until released: a delete refuses it (stack.h) */
+		ret = pf_stack_view_open(fe->stack, guid);
+		if (ret) {
+			fuse_reply_err(req, -ret);
+			return;
+		}
+		fi->fh = 1;	/* counted: fe_release uncounts it */
 	} else if (fe->read_only && (fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EROFS);
 		return;
@@ -606,6 +618,17 @@ static void fe_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
 	fuse_reply_err(req, -pf_stack_flush(fe_of(req)->stack));
 }
 
+static void fe_release(fuse_req_t req, fuse_ino_t ino,
+		       struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	char guid[PF_GUID_LEN + 1];
+
+	if (is_view(ino) && fi->fh == 1 && view_guid(fe, ino, guid))
+		pf_stack_view_close(fe->stack, guid);
+	fuse_reply_err(req, 0);
+}
+
 static void fe_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
@@ -820,6 +843,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.read = fe_read,
 	.write_buf = fe_write_buf,
 	.flush = fe_flush,
+	.release = fe_release,
 	.fsync = fe_fsync,
 	.fallocate = fe_fallocate,
 	.opendir = fe_opendir,

@@ -11,13 +11,14 @@
 #include <time.h>
 
 #include "fuse_uring.h"
+#include "mounts.h"
 #include "stack.h"
 
 #define PF_FE_DEFAULT_NAME	"disk"
 #define PF_FE_MAX_IO		(1024u * 1024)	/* max_read / max_write */
 #define PF_FE_MAX_BACKGROUND	256u	/* async requests the kernel may queue */
 #define PF_FE_THREADS		16u	/* FUSE worker threads by default */
-#define PF_FE_SNAP_DIR		"snapshots"	/* read-only snapshot views */
+#define PF_FE_SNAP_DIR		PF_MOUNT_SNAP_DIR	/* read-only snapshot views */
 
 struct pf_fe_view;
 

@@ -187,6 +187,76 @@ uint8_t map_view_find(const struct pf_stack *s, const char *guid)
 	return LEVEL_NONE;
 }
 
+unsigned map_view_opens(const struct pf_stack *s, const char *guid)
+{
+	size_t i;
+
+	for (i = 0; i < s->n_holds; i++)
+		if (!strcmp(s->holds[i].guid, guid))
+			return s->holds[i].opens;
+	return 0;
+}
+
+int pf_stack_view_open(struct pf_stack *s, const char *guid)
+{
+	char canon[PF_GUID_LEN + 1];
+	struct view_hold *h;
+	unsigned l;
+	size_t i;
+	int ret = -ENOENT;
+
+	if (pf_guid_canon(guid, canon))
+		return -ENOENT;
+	pthread_mutex_lock(&s->levels_lock);
+	for (l = 0; l + 1 < s->n_levels; l++)
+		if (!strcmp(s->levels[l].guid, canon))
+			break;
+	if (l + 1 >= s->n_levels || s->levels[l].hidden ||
+	    s->levels[l].deleting)
+		goto out;
+	for (i = 0; i < s->n_holds; i++)
+		if (!strcmp(s->holds[i].guid, canon))
+			break;
+	if (i == s->n_holds) {
+		if (s->n_holds == s->cap_holds) {
+			size_t cap = s->cap_holds ? 2 * s->cap_holds : 8;
+
+			h = realloc(s->holds, cap * sizeof(*h));
+			if (!h) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			s->holds = h;
+			s->cap_holds = cap;
+		}
+		memcpy(s->holds[i].guid, canon, sizeof(canon));
+		s->holds[i].opens = 0;
+		s->n_holds++;
+	}
+	s->holds[i].opens++;
+	ret = 0;
+out:
+	pthread_mutex_unlock(&s->levels_lock);
+	return ret;
+}
+
+void pf_stack_view_close(struct pf_stack *s, const char *guid)
+{
+	char canon[PF_GUID_LEN + 1];
+	size_t i;
+
+	if (pf_guid_canon(guid, canon))
+		return;
+	pthread_mutex_lock(&s->levels_lock);
+	for (i = 0; i < s->n_holds; i++)
+		if (!strcmp(s->holds[i].guid, canon)) {
+			if (!--s->holds[i].opens)
+				s->holds[i] = s->holds[--s->n_holds];
+			break;
+		}
+	pthread_mutex_unlock(&s->levels_lock);
+}
+
 /* Discard */
 
 /* true if a delta below the top maps @idx */

@@ -326,8 +326,41 @@ out:
 	return 0;
 }
 
+/*
+ * The delete of level @p (snapshot @guid) begins: refuse it while the
+ * view has open handles (unless @force), and let the view open no more,
+ * in one step under levels_lock, so that no open slips in between.
+ */
+static int delete_claim(struct pf_stack *s, unsigned p, const char *guid,
+			bool force, struct pf_why *why)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&s->levels_lock);
+	if (!force && map_view_opens(s, guid))
+		ret = pf_why_set(why, -EBUSY,
+				 "snapshot %s is in use: its view is open; --force deletes it anyway",
+				 guid);
+	else
+		s->levels[p].deleting = true;
+	pthread_mutex_unlock(&s->levels_lock);
+	return ret;
+}
+
+/* A delete of @guid that failed: its view opens again (if it has one). */
+static void delete_unclaim(struct pf_stack *s, const char *guid)
+{
+	unsigned l;
+
+	pthread_mutex_lock(&s->levels_lock);
+	for (l = 0; l < s->n_levels; l++)
+		if (!strcmp(s->levels[l].guid, guid))
+			s->levels[l].deleting = false;
+	pthread_mutex_unlock(&s->levels_lock);
+}
+
 int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
-			     struct pf_stack_merge_info *info,
+			     unsigned flags, struct pf_stack_merge_info *info,
 			     struct pf_why *why)
 {
 	struct merge m = { .s = s };
@@ -339,6 +372,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	unsigned p;
 	uint64_t t0, stall;
 	bool down, started = false, committed = false, durable = true;
+	bool claimed = false;
 	struct pf_file *ro_file = NULL;
 	uint32_t idx;
 	int ret;
@@ -374,6 +408,10 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 				 guid);
 		goto out;
 	}
+	ret = delete_claim(s, p, guid, flags & PF_STACK_DELETE_FORCE, why);
+	if (ret)
+		goto out;
+	claimed = true;
 	m.p = p;
 	m.c = p + 1;
 	started = true;
@@ -474,6 +512,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 
 		memcpy(pl->guid, s->levels[m.c].guid, sizeof(pl->guid));
 		pl->hidden = s->levels[m.c].hidden;
+		pl->deleting = s->levels[m.c].deleting;
 		pl->mapped = 0;
 		for (idx = 0; idx < pl->d->hdr.bat_entries; idx++)
 			pl->mapped += level_clu(s, p, idx) != 0;
@@ -510,6 +549,8 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		   " ms; I/O stalled %" PRIu64 " us", guid, info->clusters,
 		   info->usec / 1000, stall);
 out:
+	if (ret && claimed)
+		delete_unclaim(s, guid);
 	if (ret && started)
 		stack_emit(s, "merge-failed", "deleting snapshot %s failed: %s", guid,
 			   why->msg);

@@ -488,7 +488,7 @@ int parse_json_args(int argc, char **argv, void (*usage_fn)(FILE *),
 	return parse_args(argc, argv, opts, 1, usage_fn, 1, 1);
 }
 
-#define OPT_KEY_TIMEOUT	0x100	/* --timeout, long only, where not listed */
+#define OPT_KEY_TIMEOUT	0xfff	/* --timeout, long only, where not listed */
 
 /*
  * Parse the options of @argv by @opts (@n of them), then want between
@@ -513,6 +513,8 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 						 no_argument :
 						 required_argument,
 					 NULL, opts[i].key };
+		if (opts[i].key >= OPT_KEY_LONG)
+			continue;	/* long only */
 		*p++ = (char)opts[i].key;
 		if (opts[i].kind != OPT_FLAG)
 			*p++ = ':';
@@ -712,6 +714,29 @@ uint64_t kv_u64(const struct kv *kv, const char *key)
 	return v ? strtoull(v, NULL, 10) : 0;
 }
 
+int daemon_call_raw(int fd, int argc, const char *const *argv,
+		    int (*on_data)(void *ctx, const char *line), void *ctx,
+		    struct pf_why *why)
+{
+	return pf_ctl_call(fd, ctl_timeout_ms(), argc, argv, on_data, ctx, why);
+}
+
+int daemon_result(const char *dir, int ret, const struct pf_why *why)
+{
+	if (!ret)
+		return EXIT_OK;
+	/* began closing the image since daemon_of(): nothing was done */
+	if (ret == -ESHUTDOWN)
+		return daemon_closed(dir);
+	if (ret == -ETIMEDOUT)
+		return daemon_timed_out(dir);
+	err_line(dir, "%s", why->msg[0] ? why->msg : strerror(-ret));
+	/* a read-only mount refused a change: busy, as a locked image */
+	if (ret == -EROFS)
+		return EXIT_BUSY;
+	return exit_for_struct(ret);
+}
+
 /* Run @argv on the daemon at @fd (closed here); errors printed against
  * @dir.  Returns an exit status. */
 int daemon_call(int fd, const char *dir, int argc,
@@ -721,20 +746,9 @@ int daemon_call(int fd, const char *dir, int argc,
 	struct pf_why why = { "" };
 	int ret;
 
-	ret = pf_ctl_call(fd, ctl_timeout_ms(), argc, argv, on_data, ctx, &why);
+	ret = daemon_call_raw(fd, argc, argv, on_data, ctx, &why);
 	close(fd);
-	if (!ret)
-		return EXIT_OK;
-	/* began closing the image since daemon_of(): nothing was done */
-	if (ret == -ESHUTDOWN)
-		return daemon_closed(dir);
-	if (ret == -ETIMEDOUT)
-		return daemon_timed_out(dir);
-	err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
-	/* a read-only mount refused a change: busy, as a locked image */
-	if (ret == -EROFS)
-		return EXIT_BUSY;
-	return exit_for_struct(ret);
+	return daemon_result(dir, ret, &why);
 }
 
 /* main */

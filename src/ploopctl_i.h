@@ -7,6 +7,8 @@
  *   ploopctl_snap.c    snapshot, snapshot-list, -switch, -delete, -merge
  *   ploopctl_status.c  status, events
  *   ploopctl_mount.c   mount, umount
+ *   ploopctl_freeze.c  freezing the file systems on a mounted disk
+ *                      around an online snapshot
  * Every function that prints an error prints one line (err_line) and
  * returns an exit status of enum pf_exit (cli.h).
  */
@@ -57,6 +59,8 @@ struct cmd_opt {
 };
 
 #define CMD_OPTS_MAX	8
+/* keys from here on are long options only (no letter) */
+#define OPT_KEY_LONG	0x100
 
 /* --timeout, into ctl_timeout */
 #define OPT_TIMEOUT	{ "timeout", 't', OPT_SECONDS, &ctl_timeout }
@@ -98,9 +102,35 @@ uint64_t kv_u64(const struct kv *kv, const char *key);
 /* daemon_call(): the daemon began closing the image before it ran the
  * command (nothing done) and has closed it now: work on the files. */
 #define EXIT_DAEMON_CLOSED	(-2)
+/* daemon_call() in two halves, for a caller that must do something
+ * between the reply and any output (ploopctl snapshot thaws file
+ * systems): the call on @fd (left open), printing nothing; then the exit
+ * status of its result @ret, the error printed against @dir. */
+int daemon_call_raw(int fd, int argc, const char *const *argv,
+		    int (*on_data)(void *ctx, const char *line), void *ctx,
+		    struct pf_why *why);
+int daemon_result(const char *dir, int ret, const struct pf_why *why);
 int daemon_call(int fd, const char *dir, int argc,
 		       const char *const *argv,
 		       int (*on_data)(void *ctx, const char *line), void *ctx);
+
+/* ploopctl_freeze.c */
+
+/*
+ * Freeze (FIFREEZE) every file system mounted from a loop device (or
+ * one of its partitions) backed by the disk of image directory @dir's
+ * ploopfs mount; with @verbose, a line on stderr for each.  One that
+ * cannot be frozen (EOPNOTSUPP) is a warning printed by fs_thaw_all().
+ * Until fs_thaw_all(), SIGINT, SIGTERM, SIGHUP and SIGQUIT thaw them and
+ * then end the process as they would have.  Returns an exit status: on
+ * failure everything is thawed and the error printed (EXIT_BUSY: one is
+ * frozen already).
+ */
+int fs_freeze_all(const char *dir, bool verbose);
+
+/* Thaw what fs_freeze_all() froze, restore the signal handlers, then
+ * print the warnings held back while frozen.  Idempotent. */
+void fs_thaw_all(bool verbose);
 
 /* the commands */
 int cmd_init(int argc, char **argv);

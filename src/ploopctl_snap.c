@@ -50,15 +50,32 @@ static int snapshot_guid_line(void *ctx, const char *line)
 	return 0;
 }
 
-/* Online: the daemon prepares, freezes, switches and thaws (CTL-3). */
-static int snapshot_online(int fd, const char *dir, const char *guid)
+/*
+ * Online: the file systems on the disk are frozen here (unless
+ * @no_freeze; ploopctl_freeze.c says why here and not in the daemon),
+ * then the daemon prepares, freezes its I/O, switches and thaws (CTL-3),
+ * and the file systems are thawed, before anything is printed.
+ */
+static int snapshot_online(int fd, const char *dir, const char *guid,
+			   bool no_freeze, bool verbose)
 {
 	const char *cargv[] = { "snapshot", guid };
 	char got[PF_GUID_LEN + 1] = "";
-	int rc;
+	struct pf_why why = { "" };
+	int rc, ret;
 
-	rc = daemon_call(fd, dir, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
-			 got);
+	if (!no_freeze) {
+		rc = fs_freeze_all(dir, verbose);
+		if (rc != EXIT_OK) {
+			close(fd);
+			return rc;
+		}
+	}
+	ret = daemon_call_raw(fd, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
+			      got, &why);
+	close(fd);
+	fs_thaw_all(verbose);
+	rc = daemon_result(dir, ret, &why);
 	if (rc == EXIT_OK)
 		printf("%s\n", got);
 	return rc;
@@ -66,8 +83,12 @@ static int snapshot_online(int fd, const char *dir, const char *guid)
 
 static void usage_snapshot(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--timeout <s>] <dir>\n"
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--no-freeze] [-v] [--timeout <s>] <dir>\n"
 		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n"
+		     "  --no-freeze         do not freeze the file systems mounted from loop\n"
+		     "                      devices of a mounted disk (default: frozen around\n"
+		     "                      the switch, so that the snapshot is consistent)\n"
+		     "  -v, --verbose       a line on stderr per file system frozen and thawed\n"
 		     "  -t, --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
 		     "                      seconds (default %d; 0: no limit)\n",
 		CTL_TIMEOUT_DEFAULT);
@@ -76,8 +97,11 @@ static void usage_snapshot(FILE *out)
 int cmd_snapshot(int argc, char **argv)
 {
 	const char *want = NULL;
+	bool no_freeze = false, verbose = false;
 	const struct cmd_opt opts[] = {
 		{ "guid", 'u', OPT_ARG, &want },
+		{ "no-freeze", OPT_KEY_LONG, OPT_FLAG, &no_freeze },
+		{ "verbose", 'v', OPT_FLAG, &verbose },
 		OPT_TIMEOUT,
 	};
 	char guid[PF_GUID_LEN + 1] = "";
@@ -101,7 +125,8 @@ int cmd_snapshot(int argc, char **argv)
 	if (rc != EXIT_OK)
 		return rc;
 	if (fd >= 0) {
-		rc = snapshot_online(fd, argv[optind], guid);
+		rc = snapshot_online(fd, argv[optind], guid, no_freeze,
+				     verbose);
 		if (rc != EXIT_DAEMON_CLOSED)
 			return rc;
 	}
@@ -316,12 +341,60 @@ static void print_merge(const char *guid, const struct pf_stack_merge_info *mi)
 	       s > 0 ? (double)mi->bytes / (1 << 20) / s : 0.0, mi->stall_us);
 }
 
-/* Delete snapshot @guid of image @dir, through the daemon or on the files. */
-static int delete_snapshot(const char *dir, const char *guid)
+/*
+ * The connection to the daemon was cut during the delete of @guid (the
+ * daemon was killed, say): whether the delete ran, and how far, is in
+ * the descriptor.  The snapshot gone: deleted (the rename of the
+ * descriptor is its last step that counts, W5; the merged file is an
+ * orphan at worst).  Marked temporary: interrupted, to be completed.
+ * Untouched: failed.  Returns an exit status.
+ */
+static int delete_outcome(const char *dir, const char *guid,
+			  const struct pf_why *cut)
+{
+	const struct pf_dd_shot *shot;
+	struct pf_why why = { "" };
+	struct pf_dd *dd = NULL;
+	int dirfd, ret;
+
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dirfd < 0) {
+		err_line(dir, "%s; the delete of snapshot %s may or may not have run: %s",
+			 cut->msg, guid, strerror(errno));
+		return EXIT_FAIL;
+	}
+	ret = pf_dd_load(dirfd, &dd, &why);
+	close(dirfd);
+	if (ret) {
+		err_line(dir, "%s; the delete of snapshot %s may or may not have run: " PF_DD_NAME ": %s",
+			 cut->msg, guid, why.msg[0] ? why.msg : strerror(-ret));
+		return EXIT_FAIL;
+	}
+	shot = pf_dd_find_shot(dd, guid);
+	if (!shot) {
+		printf("deleted snapshot %s (the daemon's report was lost: %s)\n",
+		       guid, cut->msg);
+		ret = EXIT_OK;
+	} else if (shot->temporary) {
+		err_line(dir, "the delete of snapshot %s was interrupted (%s): run ploopctl snapshot-delete --resume %s",
+			 guid, cut->msg, dir);
+		ret = EXIT_FAIL;
+	} else {
+		err_line(dir, "%s; snapshot %s was not deleted", cut->msg,
+			 guid);
+		ret = EXIT_FAIL;
+	}
+	pf_dd_free(dd);
+	return ret;
+}
+
+/* Delete snapshot @guid of image @dir, through the daemon or on the
+ * files; @force: even while its view is open. */
+static int delete_snapshot(const char *dir, const char *guid, bool force)
 {
 	struct pf_stack_opts so = { .dir = dir };
 	struct pf_stack_merge_info mi;
-	const char *cargv[] = { "snapshot-delete", guid };
+	const char *cargv[] = { "snapshot-delete", guid, "force" };
 	struct pf_why why = { "" };
 	struct pf_stack *s;
 	struct kv kv = { NULL, 0 };
@@ -334,8 +407,14 @@ static int delete_snapshot(const char *dir, const char *guid)
 	if (rc != EXIT_OK)
 		return rc;
 	if (fd >= 0) {
-		rc = daemon_call(fd, dir, 2, cargv, kv_add, &kv);
-		if (rc == EXIT_OK) {
+		ret = daemon_call_raw(fd, force ? 3 : 2, cargv, kv_add, &kv,
+				      &why);
+		close(fd);
+		if (ret == -ECONNRESET)
+			rc = delete_outcome(dir, guid, &why);
+		else
+			rc = daemon_result(dir, ret, &why);
+		if (!ret) {
 			memset(&mi, 0, sizeof(mi));
 			mi.down = kv_u64(&kv, "down");
 			mi.clusters = kv_u64(&kv, "clusters");
@@ -348,13 +427,15 @@ static int delete_snapshot(const char *dir, const char *guid)
 		if (rc != EXIT_DAEMON_CLOSED)
 			return rc;
 	}
-	/* Not mounted: the same engine, run here (it takes the lock). */
+	/* Not mounted: the same engine, run here (it takes the lock).  No
+	 * view is open without a daemon: @force changes nothing. */
 	ret = pf_stack_open(&so, &s, &why);
 	if (ret) {
 		err_line(dir, "%s", why.msg[0] ? why.msg : strerror(-ret));
 		return ret == -EBUSY ? EXIT_BUSY : exit_for(ret);
 	}
-	ret = pf_stack_delete_snapshot(s, guid, &mi, &why);
+	ret = pf_stack_delete_snapshot(s, guid, PF_STACK_DELETE_FORCE, &mi,
+				       &why);
 	if (pf_stack_close(s) && !ret) {
 		ret = -EIO;
 		pf_why_fmt(&why, "cannot close the image cleanly");
@@ -367,9 +448,38 @@ static int delete_snapshot(const char *dir, const char *guid)
 	return EXIT_OK;
 }
 
+/*
+ * The snapshot of @dir whose delete was interrupted (marked temporary)
+ * into @guid, "" if none.  Returns an exit status.
+ */
+static int interrupted_delete(const char *dir, char guid[PF_GUID_LEN + 1])
+{
+	struct image im;
+	size_t i;
+	int rc;
+
+	guid[0] = '\0';
+	/* the descriptor is read without a lock: the engine re-checks */
+	rc = image_open(&im, dir, 0, false);
+	if (rc == EXIT_OK)
+		for (i = 0; i < im.dd->n_shots; i++)
+			if (im.dd->shots[i].temporary) {
+				snprintf(guid, PF_GUID_LEN + 1, "%s",
+					 im.dd->shots[i].guid);
+				break;
+			}
+	image_close(&im);
+	return rc;
+}
+
 static void usage_snapshot_delete(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot-delete [--timeout <s>] <dir> <guid>\n"
+	fprintf(out, "usage: ploopctl snapshot-delete [--force] [--timeout <s>] <dir> <guid>\n"
+		     "       ploopctl snapshot-delete --resume [--timeout <s>] <dir>\n"
+		     "  --force         delete it even while its view (MNT/snapshots/<guid>)\n"
+		     "                  is open: reads through the view then fail\n"
+		     "  --resume        complete a delete that was interrupted (a snapshot\n"
+		     "                  marked temporary); nothing to do is no error\n"
 		     "  --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
 		     "                  seconds (default %d; 0: no limit); a merge that goes\n"
 		     "                  on may take longer\n",
@@ -378,15 +488,41 @@ static void usage_snapshot_delete(FILE *out)
 
 int cmd_snapshot_delete(int argc, char **argv)
 {
-	const struct cmd_opt opts[] = { OPT_TIMEOUT };
+	bool force = false, resume = false;
+	const struct cmd_opt opts[] = {
+		{ "force", OPT_KEY_LONG, OPT_FLAG, &force },
+		{ "resume", OPT_KEY_LONG + 1, OPT_FLAG, &resume },
+		OPT_TIMEOUT,
+	};
 	char guid[PF_GUID_LEN + 1];
-	int rc = parse_args(argc, argv, opts, 1, usage_snapshot_delete, 2, 2);
+	int rc = parse_args(argc, argv, opts, PF_ARRAY_SIZE(opts),
+			    usage_snapshot_delete, 1, 2);
 
 	if (rc >= 0)
 		return rc;
+	if (resume) {
+		if (optind + 1 != argc || force) {
+			usage_snapshot_delete(stderr);
+			return EXIT_USAGE;
+		}
+		rc = interrupted_delete(argv[optind], guid);
+		if (rc != EXIT_OK)
+			return rc;
+		if (!guid[0]) {
+			printf("nothing to resume: no snapshot delete was interrupted\n");
+			return EXIT_OK;
+		}
+		printf("completing the interrupted delete of snapshot %s\n",
+		       guid);
+		return delete_snapshot(argv[optind], guid, false);
+	}
+	if (optind + 2 != argc) {
+		usage_snapshot_delete(stderr);
+		return EXIT_USAGE;
+	}
 	if (guid_arg(argv[optind + 1], guid) != EXIT_OK)
 		return EXIT_USAGE;
-	return delete_snapshot(argv[optind], guid);
+	return delete_snapshot(argv[optind], guid, force);
 }
 
 static void usage_snapshot_merge(FILE *out)
@@ -450,5 +586,5 @@ int cmd_snapshot_merge(int argc, char **argv)
 	image_close(&im);
 	if (rc != EXIT_OK)
 		return rc;
-	return delete_snapshot(argv[optind], pguid);
+	return delete_snapshot(argv[optind], pguid, false);
 }

@@ -476,6 +476,8 @@ int main(int argc, char **argv)
 		       why.msg[0] ? why.msg : strerror(-ret));
 		goto out_unmount;
 	}
+	/* unmounted while the daemon was stopped: hello says closing */
+	pf_ctl_set_gone(ctl, pf_serve_gone);
 	pf_events_emit(events, "mount", "serving on %s", disk_path);
 	daemon_ready();
 	pf_log(PF_LOG_INFO, "%s: serving on %s/%s", cfg.image_dir,

@@ -49,6 +49,11 @@ static int check_mounted(const struct pf_serve *sv, struct pf_why *why)
 		      0;
 }
 
+bool pf_serve_gone(void *ctx)
+{
+	return check_mounted(ctx, NULL) == -ESHUTDOWN;
+}
+
 /* Structural commands change the image: a read-only mount refuses them
  * here, before the stack would (-EROFS either way). */
 static int check_writable(const struct pf_serve *sv, struct pf_why *why)
@@ -172,16 +177,19 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 {
 	struct pf_serve *sv = ctx;
 	struct pf_stack_merge_info mi;
+	unsigned flags = 0;
 	int ret;
 
-	if (argc != 2)
-		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid>");
+	if (argc == 3 && !strcmp(argv[2], "force"))
+		flags |= PF_STACK_DELETE_FORCE;
+	else if (argc != 2)
+		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid> [force]");
 	ret = check_mounted(sv, why);
 	if (!ret)
 		ret = check_writable(sv, why);
 	if (ret)
 		return ret;
-	ret = pf_stack_delete_snapshot(sv->stack, argv[1], &mi, why);
+	ret = pf_stack_delete_snapshot(sv->stack, argv[1], flags, &mi, why);
 	if (ret)
 		return ret;
 	if (!pf_ctl_data(r, "down %d", mi.down) &&

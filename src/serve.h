@@ -12,8 +12,11 @@
  *   events [<after>]            streams event lines after sequence <after>
  *                               (default: from the next one emitted)
  *   snapshot [<guid>]           "guid <GUID>", "stall_us <n>"
- *   snapshot-delete <guid>      "down <0|1>", "clusters <n>", "bytes <n>",
- *                               "usec <n>", "stall_us <n>"
+ *   snapshot-delete <guid> [force]
+ *                               "down <0|1>", "clusters <n>", "bytes <n>",
+ *                               "usec <n>", "stall_us <n>"; EBUSY while
+ *                               the snapshot's view is open, unless
+ *                               "force"
  * status has "read_only <0|1>"; a read-only daemon refuses snapshot and
  * snapshot-delete with EROFS ("the image is mounted read-only").
  * Once the mount is gone, status, snapshot and snapshot-delete fail with
@@ -42,6 +45,10 @@ struct pf_serve {
 
 /* The command table; the handlers' context is a struct pf_serve. */
 const struct pf_ctl_cmd *pf_serve_cmds(void);
+
+/* The daemon's mount is gone (a struct pf_serve as @ctx): for
+ * pf_ctl_set_gone(). */
+bool pf_serve_gone(void *ctx);
 
 /* Stack event callback (pf_stack_opts.event) with ctx a struct pf_events. */
 void pf_serve_event(void *ctx, const char *type, const char *text);

@@ -888,6 +888,7 @@ static void stack_free(struct pf_stack *s)
 	for (i = 0; i < s->n_levels; i++)
 		pf_delta_close(s->levels[i].d);
 	free(s->levels);
+	free(s->holds);
 	free(s->page_dirty);
 	free(s->dirty_list);
 	free(s->pending_free);
@@ -1133,7 +1134,8 @@ size_t pf_stack_levels(struct pf_stack *s, struct pf_stack_level *out,
 		snprintf(out[i].guid, sizeof(out[i].guid), "%s", lv->guid);
 		snprintf(out[i].file, sizeof(out[i].file), "%s", lv->d->name);
 		out[i].top = i + 1 == count;
-		out[i].hidden = lv->hidden;
+		/* a delete has begun: no view from now on */
+		out[i].hidden = lv->hidden || lv->deleting;
 		if (out[i].top) {
 			pthread_mutex_lock(&s->bat_lock);
 			out[i].mapped = s->top_mapped;

@@ -160,6 +160,17 @@ void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
 PF_MUST_CHECK int pf_stack_pread_view(struct pf_stack *s, const char *guid,
 				      void *buf, size_t len, uint64_t off);
 
+/*
+ * A handle of the view of snapshot @guid is opened (the FUSE open of
+ * MNT/snapshots/<guid>) or closed (its release): while any is open, the
+ * snapshot is in use and a delete refuses it (-EBUSY) unless forced.
+ * Fails with -ENOENT when the snapshot has no view (any more: deleted,
+ * being deleted, or the top), -ENOMEM.  Every successful open is closed
+ * once.
+ */
+PF_MUST_CHECK int pf_stack_view_open(struct pf_stack *s, const char *guid);
+void pf_stack_view_close(struct pf_stack *s, const char *guid);
+
 /* Structural commands.  One at a time (a second gets -EBUSY, CTL-5); they
  * run in the caller's thread while I/O goes on, and stop I/O only for a
  * short freeze (CTL-3).  A read-only stack refuses them with -EROFS. */
@@ -187,9 +198,16 @@ struct pf_stack_merge_info {
 	uint64_t stall_us;	/* I/O stall of the final switch */
 };
 
+/* pf_stack_delete_snapshot() flags */
+#define PF_STACK_DELETE_FORCE	0x1u	/* even while its view is open */
+
 /*
  * Delete snapshot @guid (any form pf_guid_canon() accepts; -EINVAL for
- * another) by merging its only child into it (W5): a
+ * another) by merging its only child into it (W5).  A snapshot whose
+ * view has open handles (pf_stack_view_open()) is in use: -EBUSY, unless
+ * @flags has PF_STACK_DELETE_FORCE; once a delete has begun, the view
+ * opens no more, and reads of handles open on a forced delete fail
+ * (-ESTALE) from when the snapshot leaves the view.  A
  * read-only child is copied down into the snapshot's file, which then
  * takes the child's GUID (the snapshot is marked <Temporary/> first, so
  * an interrupted delete is completed by running it again); when the
@@ -197,7 +215,7 @@ struct pf_stack_merge_info {
  * into it.  The descriptor changes last, then the unused file goes.
  */
 PF_MUST_CHECK int pf_stack_delete_snapshot(struct pf_stack *s,
-					   const char *guid,
+					   const char *guid, unsigned flags,
 					   struct pf_stack_merge_info *info,
 					   struct pf_why *why);
 

@@ -74,8 +74,9 @@
  *   commit_lock    one commit at a time; a freeze holds it until thaw.
  *                  Held across I/O: the commit's syncs, BAT writes and
  *                  punches, and in a freeze the descriptor's rename.
- *   levels_lock    the levels array and a level's name and hidden flag,
- *                  against status readers; taken by a switch (frozen).
+ *   levels_lock    the levels array and a level's name, hidden and
+ *                  deleting flags, against status readers; the open
+ *                  handles of the views; taken by a switch (frozen).
  *   range locks    (a cluster's byte range, rlock_acquire) never nested
  *                  with the three above.  Held across I/O: an in-place
  *                  write until it completes; an allocation, copy-on-
@@ -134,6 +135,14 @@ struct level {
 	char guid[PF_GUID_LEN + 1];	/* its Image GUID in the descriptor */
 	uint64_t mapped;	/* clusters mapped (lower levels: fixed) */
 	bool hidden;		/* being merged away: no snapshot view */
+	bool deleting;		/* a delete has begun: its view opens no
+				 * more (protected by levels_lock) */
+};
+
+/* Open handles of one snapshot view (pf_stack_view_open()) */
+struct view_hold {
+	char guid[PF_GUID_LEN + 1];
+	unsigned opens;
 };
 
 struct pf_stack {
@@ -143,6 +152,9 @@ struct pf_stack {
 	unsigned cap_levels;
 	struct level *levels;	/* base first */
 	pthread_mutex_t levels_lock;	/* status readers vs. a switch */
+	/* views with open handles, protected by levels_lock */
+	struct view_hold *holds;
+	size_t n_holds, cap_holds;
 	struct level *top;
 	const struct pf_header *hdr;	/* top's header geometry */
 	uint64_t size_bytes;		/* geometry for unlocked readers */
@@ -391,6 +403,8 @@ int map_space_for(struct pf_stack *s, uint64_t first, uint64_t n);
 int map_cluster_alloc(struct pf_stack *s, uint32_t *clu);
 uint8_t map_view_level(const struct pf_stack *s, uint8_t view, uint32_t idx);
 uint8_t map_view_find(const struct pf_stack *s, const char *guid);
+/* Open handles of the view of @guid.  Locking: levels_lock held. */
+unsigned map_view_opens(const struct pf_stack *s, const char *guid);
 bool map_lower_maps(const struct pf_stack *s, uint32_t idx);
 
 /* writeback.c: commits (W1-W4), the writeback thread */

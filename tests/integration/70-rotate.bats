@@ -56,19 +56,6 @@ chain_sum() {
 	rm -f "$T/chain.raw"
 }
 
-# mark_temporary DIR GUID: what an interrupted delete leaves: the shot
-# GUID marked <Temporary/> in DiskDescriptor.xml (unmounted image)
-mark_temporary() {
-	python3 - "$1/DiskDescriptor.xml" "$2" <<'PY'
-import sys
-path, guid = sys.argv[1:]
-s = open(path).read()
-i = s.index("<GUID>%s</GUID>" % guid, s.index("<Snapshots>"))
-j = s.index("</Shot>", i)
-open(path, "w").write(s[:j] + "  <Temporary/>\n    " + s[j:])
-PY
-}
-
 # expect_one_error STATUS TEXT: the last run exited STATUS with exactly one
 # line that names the image argument and holds TEXT
 expect_one_error() {

@@ -502,3 +502,16 @@ image_ok() {
 		run_ok timeout 120 qemu-img check -f parallels "$f"
 	done
 }
+
+# mark_temporary DIR GUID: what an interrupted delete leaves: the shot
+# GUID marked <Temporary/> in DiskDescriptor.xml (unmounted image)
+mark_temporary() {
+	python3 - "$1/DiskDescriptor.xml" "$2" <<'PY'
+import sys
+path, guid = sys.argv[1:]
+s = open(path).read()
+i = s.index("<GUID>%s</GUID>" % guid, s.index("<Snapshots>"))
+j = s.index("</Shot>", i)
+open(path, "w").write(s[:j] + "  <Temporary/>\n    " + s[j:])
+PY
+}

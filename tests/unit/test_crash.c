@@ -627,7 +627,7 @@ static int structural_op(struct scenario *sc, struct pf_stack *s,
 		victim = n - 2;
 	else
 		victim = rnd_below(n - 1);
-	ret = pf_stack_delete_snapshot(s, lv[victim].guid, &info, &why);
+	ret = pf_stack_delete_snapshot(s, lv[victim].guid, 0, &info, &why);
 	if (!ret && !info.down)
 		note_flushed(sc);
 	return ret;
@@ -846,7 +846,7 @@ static bool complete_merges(struct scenario *sc, struct pf_stack *s,
 		if (!dd->shots[i].temporary)
 			continue;
 		(*done)++;
-		if (pf_stack_delete_snapshot(s, dd->shots[i].guid, &info,
+		if (pf_stack_delete_snapshot(s, dd->shots[i].guid, 0, &info,
 					     &why)) {
 			snprintf(sc->why, sizeof(sc->why),
 				 "completing the delete of %s: %s",

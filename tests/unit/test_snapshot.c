@@ -756,7 +756,7 @@ static void test_views(void)
 
 	/* a bad GUID is refused before anything is looked at */
 	why.msg[0] = 0;
-	check_int(pf_stack_delete_snapshot(s, "0e24c2b0", &info, &why), ==,
+	check_int(pf_stack_delete_snapshot(s, "0e24c2b0", 0, &info, &why), ==,
 		  -EINVAL);
 	check_msg(strstr(why.msg, "invalid GUID") != NULL, "why: %s", why.msg);
 	/* deleted snapshots have no view; the others keep theirs; g1 named
@@ -764,18 +764,42 @@ static void test_views(void)
 	for (off = 0; off < PF_GUID_LEN - 2; off++)
 		up[off] = (char)toupper((unsigned char)g1[off + 1]);
 	up[PF_GUID_LEN - 2] = '\0';
-	check_int(pf_stack_delete_snapshot(s, up, &info, &why), ==, 0);
+	/* a view in use (two handles, opened by the view's name): the
+	 * delete is refused and changes nothing, until both are closed */
+	check_int(pf_stack_view_open(s, up), ==, 0);
+	check_int(pf_stack_view_open(s, g1), ==, 0);
+	check_int(pf_stack_view_open(s, PF_TOP_GUID), ==, -ENOENT);
+	check_int(pf_stack_view_open(s, "{11111111-2222-3333-4444-555555555555}"),
+		  ==, -ENOENT);
+	why.msg[0] = 0;
+	check_int(pf_stack_delete_snapshot(s, g1, 0, &info, &why), ==, -EBUSY);
+	check_msg(strstr(why.msg, "is in use: its view is open") != NULL,
+		  "why: %s", why.msg);
+	check(view_equals(s, g1, a, size));
+	pf_stack_view_close(s, g1);
+	check_int(pf_stack_delete_snapshot(s, up, 0, &info, &why), ==, -EBUSY);
+	check(view_equals(s, g1, a, size));
+	check_int(pf_stack_view_open(s, g1), ==, 0);	/* opens again */
+	pf_stack_view_close(s, g1);
+	pf_stack_view_close(s, up);
+	check_int(pf_stack_delete_snapshot(s, up, 0, &info, &why), ==, 0);
+	/* deleted: no view to open */
+	check_int(pf_stack_view_open(s, g1), ==, -ENOENT);
 	check(info.down);
 	check_int(pf_stack_pread_view(s, g1, buf, 4096, 0), ==, -ESTALE);
 	check(view_equals(s, g2, b, size));
 	check(disk_equals(s, live, size));
-	check_int(pf_stack_delete_snapshot(s, g2, &info, &why), ==, 0);
+	/* forced: deleted while its view is open; its reads fail then */
+	check_int(pf_stack_view_open(s, g2), ==, 0);
+	check_int(pf_stack_delete_snapshot(s, g2, PF_STACK_DELETE_FORCE, &info,
+					   &why), ==, 0);
+	pf_stack_view_close(s, g2);
 	check(!info.down);
 	check_int(pf_stack_pread_view(s, g2, buf, 4096, 0), ==, -ESTALE);
 	check(disk_equals(s, live, size));
 	/* a deleted snapshot is gone: deleting it again is refused */
-	check_int(pf_stack_delete_snapshot(s, g2, &info, &why), ==, -ENOENT);
-	check_int(pf_stack_delete_snapshot(s, PF_TOP_GUID, &info, &why), ==,
+	check_int(pf_stack_delete_snapshot(s, g2, 0, &info, &why), ==, -ENOENT);
+	check_int(pf_stack_delete_snapshot(s, PF_TOP_GUID, 0, &info, &why), ==,
 		  -EINVAL);
 	check_int(pf_stack_close(s), ==, 0);
 	check_int(dd_chain_len(dir), ==, 1);
@@ -982,7 +1006,7 @@ static struct pf_stack *fixture_delete(struct pf_stack *s, struct fixture *fx,
 	for (idx = 0; idx < fx->n_clu; idx++)
 		expect += down ? fx->mapped[p + 1][idx] :
 				 fx->mapped[p][idx] && !fx->mapped[p + 1][idx];
-	ret = pf_stack_delete_snapshot(s, guid, &info, &why);
+	ret = pf_stack_delete_snapshot(s, guid, 0, &info, &why);
 	check_msg(ret == 0, "%s: %d %s", when, ret, why.msg);
 	check_int(info.down, ==, down);
 	check_u64(info.clusters, ==, expect);
@@ -1223,7 +1247,7 @@ static void test_concurrent_snapshots_and_deletes(void)
 		/* keep two snapshots: the oldest goes down into the base;
 		 * every fourth round the newest goes up into the top */
 		if (n > 3) {
-			ret = pf_stack_delete_snapshot(s, lv[0].guid, &info, &why);
+			ret = pf_stack_delete_snapshot(s, lv[0].guid, 0, &info, &why);
 			if (ret) {
 				tap_diag("round %u: delete oldest: %d %s", round,
 					 ret, why.msg);
@@ -1235,7 +1259,7 @@ static void test_concurrent_snapshots_and_deletes(void)
 		}
 		if (round % 4 == 3) {
 			n = levels_of(s, lv);
-			ret = pf_stack_delete_snapshot(s, lv[n - 2].guid, &info,
+			ret = pf_stack_delete_snapshot(s, lv[n - 2].guid, 0, &info,
 						       &why);
 			if (ret) {
 				tap_diag("round %u: delete newest: %d %s", round,
@@ -1296,7 +1320,7 @@ static int structural_fn(void *arg)
 
 	pthread_barrier_wait(x->go);
 	if (x->del_guid)
-		return pf_stack_delete_snapshot(x->s, x->del_guid, &info, &why);
+		return pf_stack_delete_snapshot(x->s, x->del_guid, 0, &info, &why);
 	return pf_stack_snapshot(x->s, NULL, x->guid, &why);
 }
 
@@ -1446,7 +1470,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 	 * top of the first session was root.hds too). */
 	check_u64(copies, ==, 275);
 	tw.nth = nth;
-	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
+	ret = pf_stack_delete_snapshot(s, gp, 0, &info, &why);
 	snprintf(why_copy, sizeof(why_copy), "%s", why.msg);
 	check_msg(atomic_load(&tw.fired), "fault #%u injected", nth);
 	check_msg(ret == -EIO, "delete fails with EIO (%d: %s)", ret, why_copy);
@@ -1484,7 +1508,7 @@ static void test_interrupted_down_merge(unsigned nth, bool same_session)
 		check(disk_equals(s, ref, size));
 	}
 	why.msg[0] = 0;
-	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
+	ret = pf_stack_delete_snapshot(s, gp, 0, &info, &why);
 	check_msg(ret == 0, "delete completes: %d %s", ret, why.msg);
 	check(info.down);
 	check_u64(info.clusters, ==, copies);
@@ -1558,10 +1582,10 @@ static void test_interrupted_empty_parent(void)
 	}
 	check_int(pf_stack_snapshot(s, NULL, gc, &why), ==, 0);
 	tw.nth = 11;	/* ten copies, then BAT page 0 */
-	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
+	ret = pf_stack_delete_snapshot(s, gp, 0, &info, &why);
 	check_msg(ret == -EIO && atomic_load(&tw.fired),
 		  "BAT write of the merge fails: %d %s", ret, why.msg);
-	ret = pf_stack_delete_snapshot(s, gp, &info, &why);
+	ret = pf_stack_delete_snapshot(s, gp, 0, &info, &why);
 	check_msg(ret == 0, "retry: %d %s", ret, why.msg);
 	check(disk_equals(s, ref, size));
 	check_int(pf_stack_close(s), ==, 0);
@@ -1604,7 +1628,7 @@ static void test_down_merge_overwrite_only(void)
 	check_int(pf_stack_pwrite(s, ref + CLU, 2 * CLU, CLU), ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, g2, &why), ==, 0);
 	memcpy(v2, ref, size);
-	check_int(pf_stack_delete_snapshot(s, g1, &info, &why), ==, 0);
+	check_int(pf_stack_delete_snapshot(s, g1, 0, &info, &why), ==, 0);
 	check(info.down);
 	check_u64(info.clusters, ==, 2);
 	check(disk_equals(s, ref, size));
@@ -2038,7 +2062,7 @@ static void test_descriptor_not_durable(void)
 	dd_file_of(dir, g1, f, sizeof(f));
 	wrap_fsync_dir_fail = 1;
 	memset(&why, 0, sizeof(why));
-	check_int(pf_stack_delete_snapshot(s, g1, &mi, &why), ==, -EIO);
+	check_int(pf_stack_delete_snapshot(s, g1, 0, &mi, &why), ==, -EIO);
 	check_int(wrap_fsync_dir_failed, ==, 2);
 	check_msg(strstr(why.msg, "snapshot deleted") != NULL, "why: %s",
 		  why.msg);
