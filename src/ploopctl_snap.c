@@ -57,20 +57,13 @@ static int snapshot_guid_line(void *ctx, const char *line)
  * and the file systems are thawed, before anything is printed.
  */
 static int snapshot_online(int fd, const char *dir, const char *guid,
-			   bool no_freeze, bool verbose)
+			   bool verbose)
 {
 	const char *cargv[] = { "snapshot", guid };
 	char got[PF_GUID_LEN + 1] = "";
 	struct pf_why why = { "" };
 	int rc, ret;
 
-	if (!no_freeze) {
-		rc = fs_freeze_all(dir, verbose);
-		if (rc != EXIT_OK) {
-			close(fd);
-			return rc;
-		}
-	}
 	ret = daemon_call_raw(fd, guid[0] ? 2 : 1, cargv, snapshot_guid_line,
 			      got, &why);
 	close(fd);
@@ -121,15 +114,27 @@ int cmd_snapshot(int argc, char **argv)
 	rc = refuse_if_read_only(argv[optind]);
 	if (rc != EXIT_OK)
 		return rc;
-	rc = daemon_of(argv[optind], &fd);
-	if (rc != EXIT_OK)
-		return rc;
-	if (fd >= 0) {
-		rc = snapshot_online(fd, argv[optind], guid, no_freeze,
-				     verbose);
-		if (rc != EXIT_DAEMON_CLOSED)
+	/*
+	 * Frozen before the daemon is asked, connection included: freezing
+	 * writes back the file systems' dirty data, which may take longer
+	 * than the daemon waits for a request (PF_CTL_IDLE_MS).  An image
+	 * that is not mounted has nothing to freeze.
+	 */
+	if (!no_freeze) {
+		rc = fs_freeze_all(argv[optind], verbose);
+		if (rc != EXIT_OK)
 			return rc;
 	}
+	rc = daemon_of(argv[optind], &fd);
+	if (rc == EXIT_OK && fd >= 0) {
+		rc = snapshot_online(fd, argv[optind], guid, verbose);
+		if (rc != EXIT_DAEMON_CLOSED)
+			return rc;
+		rc = EXIT_OK;
+	}
+	fs_thaw_all(verbose);
+	if (rc != EXIT_OK)
+		return rc;
 	rc = open_clean_chain(&im, argv[optind], &v, &n);
 	if (rc != EXIT_OK)
 		goto out;

@@ -730,7 +730,7 @@ static void test_read_only(void)
 	check_int(pf_stack_flush(s), ==, 0);
 	check_int(pf_stack_snapshot(s, NULL, guid, &why), ==, -EROFS);
 	check(strstr(why.msg, "read-only") != NULL);
-	check_int(pf_stack_delete_snapshot(s, PF_TOP_GUID, &mi, &why), ==,
+	check_int(pf_stack_delete_snapshot(s, PF_TOP_GUID, 0, &mi, &why), ==,
 		  -EROFS);
 	pf_stack_stat(s, &ss);
 	check(ss.read_only);
