@@ -429,9 +429,13 @@ for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDWR | os.O_TRUNC):
 	loop_detach "$rdev" "$v2"
 
 	# deleting the older snapshot merges the newer one into its file:
-	# the newer view still reads the same, the older one is gone
+	# the newer view still reads the same, the older one is gone.  Its
+	# view is open: refused (busy), unless forced
 	exec {vfd}<"$v1"
-	run_ok ploopctl snapshot-delete "$D" "$g1"
+	run ploopctl snapshot-delete "$D" "$g1"
+	[ "$status" -eq 5 ]
+	[[ $output == *"its view is open"* ]]
+	run_ok ploopctl snapshot-delete --force "$D" "$g1"
 	echo "$output"
 	# reads of a view still open after its snapshot is gone: ESTALE
 	run timeout 10 python3 -c '
