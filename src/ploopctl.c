@@ -151,6 +151,34 @@ static int daemon_closed(const char *dir)
 }
 
 
+int mount_lookup(const char *path, bool by_source, bool print,
+		 struct pf_mount_ent **v, size_t *n,
+		 const struct pf_mount_ent **e)
+{
+	char *abs = realpath(path, NULL);
+	int ret;
+
+	*v = NULL;
+	*n = 0;
+	*e = NULL;
+	if (!abs) {
+		ret = -errno;
+		if (print)
+			err_line(path, "%s", strerror(-ret));
+		return ret;
+	}
+	ret = pf_mounts_read(v, n);
+	if (ret) {
+		if (print)
+			err_line(path, "cannot read the mount table: %s",
+				 strerror(-ret));
+	} else {
+		*e = pf_mounts_find(*v, *n, abs, by_source);
+	}
+	free(abs);
+	return ret;
+}
+
 /*
  * A ploopfs mount of image directory @dir is in our mount table: its
  * daemon serves it (or was killed), it is not closing.  Only a daemon
@@ -160,16 +188,13 @@ static int daemon_closed(const char *dir)
  */
 static bool mounted_here(const char *dir)
 {
+	const struct pf_mount_ent *e;
 	struct pf_mount_ent *v;
-	char *abs = realpath(dir, NULL);
-	bool found = false;
 	size_t n;
+	bool found;
 
-	if (abs && !pf_mounts_read(&v, &n)) {
-		found = pf_mounts_find(v, n, abs, true) != NULL;
-		pf_mounts_free(v, n);
-	}
-	free(abs);
+	found = !mount_lookup(dir, true, false, &v, &n, &e) && e;
+	pf_mounts_free(v, n);
 	return found;
 }
 
@@ -184,16 +209,11 @@ int refuse_if_read_only(const char *dir)
 {
 	const struct pf_mount_ent *e;
 	struct pf_mount_ent *v;
-	char *abs = realpath(dir, NULL);
-	bool ro = false;
 	size_t n;
+	bool ro;
 
-	if (abs && !pf_mounts_read(&v, &n)) {
-		e = pf_mounts_find(v, n, abs, true);
-		ro = e && e->read_only;
-		pf_mounts_free(v, n);
-	}
-	free(abs);
+	ro = !mount_lookup(dir, true, false, &v, &n, &e) && e && e->read_only;
+	pf_mounts_free(v, n);
 	if (!ro)
 		return EXIT_OK;
 	err_line(dir, "the image is mounted read-only");
@@ -753,33 +773,20 @@ int daemon_call(int fd, const char *dir, int argc,
 
 /* main */
 
-static const struct command {
-	const char *name;
-	int (*fn)(int argc, char **argv);
-	const char *summary;
-} commands[] = {
-	{ "init", cmd_init, "create an image directory with an empty disk" },
-	{ "info", cmd_info, "show the deltas and header fields of an image" },
-	{ "check", cmd_check, "check an image for corruption and leaks (read-only)" },
-	{ "snapshot", cmd_snapshot, "take a snapshot (new empty top delta)" },
-	{ "snapshot-list", cmd_snapshot_list, "list the snapshots of an image" },
-	{ "snapshot-delete", cmd_snapshot_delete, "delete a snapshot, merging its data into its child" },
-	{ "snapshot-merge", cmd_snapshot_merge, "merge a delta into its parent (default: the top)" },
-	{ "status", cmd_status, "state of an image, mounted or not" },
-	{ "events", cmd_events, "stream the daemon's events (out of space, snapshots, errors)" },
-	{ "snapshot-switch", cmd_snapshot_switch, "discard the top and go on from a snapshot" },
-	{ "mount", cmd_mount, "serve an image's disk with ploopfs (returns once served)" },
-	{ "umount", cmd_umount, "unmount a disk; returns once its image is closed" },
+/* every command, in the order --help lists them */
+static const struct command *const tables[] = {
+	image_commands, snap_commands, status_commands, mount_commands,
 };
 
 static void usage(FILE *out)
 {
-	size_t i;
+	const struct command *c;
+	size_t t;
 
 	fprintf(out, "usage: ploopctl <command> [<options>] <args>\n\ncommands:\n");
-	for (i = 0; i < PF_ARRAY_SIZE(commands); i++)
-		fprintf(out, "  %-15s %s\n", commands[i].name,
-			commands[i].summary);
+	for (t = 0; t < PF_ARRAY_SIZE(tables); t++)
+		for (c = tables[t]; c->name; c++)
+			fprintf(out, "  %-15s %s\n", c->name, c->summary);
 	fprintf(out, "\nEvery command takes --timeout <s>: how long to wait for a daemon that\n"
 		     "is closing the image (unmounted) or must answer (default %d; 0: no\n"
 		     "limit).\n"
@@ -790,7 +797,8 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
-	size_t i;
+	const struct command *c;
+	size_t t;
 
 	if (argc < 2) {
 		usage(stderr);
@@ -805,10 +813,13 @@ int main(int argc, char **argv)
 		printf("ploopctl %s\n", PLOOPFS_VERSION);
 		return EXIT_OK;
 	}
-	for (i = 0; i < PF_ARRAY_SIZE(commands); i++)
-		if (!strcmp(argv[1], commands[i].name)) {
-			int rc = commands[i].fn(argc - 1, argv + 1);
+	for (t = 0; t < PF_ARRAY_SIZE(tables); t++)
+		for (c = tables[t]; c->name; c++) {
+			int rc;
 
+			if (strcmp(argv[1], c->name) != 0)
+				continue;
+			rc = c->fn(argc - 1, argv + 1);
 			if (fflush(stdout) != 0 && rc == EXIT_OK) {
 				err_line(NULL, "cannot write output: %s",
 					 strerror(errno));

@@ -198,23 +198,15 @@ int fs_freeze_all(const char *dir, bool verbose)
 	struct pf_devno *devs = NULL;
 	struct sigaction sa;
 	size_t n = 0, nd = 0, i;
-	char *abs = realpath(dir, NULL);
 	sigset_t old;
 	int ret, rc = EXIT_OK;
 
-	if (!abs) {
-		err_line(dir, "%s", strerror(errno));
-		return EXIT_FAIL;
-	}
-	ret = pf_mounts_read(&v, &n);
-	if (ret) {
-		err_line("/proc/self/mountinfo", "%s", strerror(-ret));
-		free(abs);
+	if (mount_lookup(dir, true, true, &v, &n, &pm)) {
+		pf_mounts_free(v, n);
 		return EXIT_FAIL;
 	}
 	/* a daemon that answers without a mount in our namespace: its
 	 * loop devices are not ours to find */
-	pm = pf_mounts_find(v, n, abs, true);
 	if (pm) {
 		ret = pf_mounts_loop_devs("/sys/block", pm->dir, &devs, &nd);
 		if (ret) {
@@ -245,7 +237,6 @@ int fs_freeze_all(const char *dir, bool verbose)
 	}
 	free(devs);
 	pf_mounts_free(v, n);
-	free(abs);
 	if (rc != EXIT_OK)
 		fs_thaw_all(verbose);	/* prints the error too */
 	return rc;

@@ -22,6 +22,7 @@
 
 #include "delta.h"
 #include "descriptor.h"
+#include "mounts.h"
 #include "util.h"
 
 /* Seconds the daemon may stay silent (--timeout); 0: no limit. */
@@ -92,6 +93,16 @@ int parse_args(int argc, char **argv, const struct cmd_opt *opts,
 		      int max_ops);
 int open_clean_chain(struct image *im, const char *arg,
 			    struct pf_delta ***v, size_t *n);
+/*
+ * The mount table (*@v, *@n: pf_mounts_free() them, also on error) and in
+ * it the ploopfs mount (*@e, or NULL) of @path: an image directory with
+ * @by_source, else a mount point (pf_mounts_find()).  With @print, an
+ * error is printed.  Returns 0 or -errno (@path does not resolve, the
+ * table cannot be read).
+ */
+int mount_lookup(const char *path, bool by_source, bool print,
+		 struct pf_mount_ent **v, size_t *n,
+		 const struct pf_mount_ent **e);
 int daemon_of(const char *dir, int *fd);
 int refuse_if_read_only(const char *dir);
 int exit_for_struct(int err);
@@ -132,18 +143,18 @@ int fs_freeze_all(const char *dir, bool verbose);
  * print the warnings held back while frozen.  Idempotent. */
 void fs_thaw_all(bool verbose);
 
-/* the commands */
-int cmd_init(int argc, char **argv);
-int cmd_info(int argc, char **argv);
-int cmd_check(int argc, char **argv);
-int cmd_snapshot(int argc, char **argv);
-int cmd_snapshot_list(int argc, char **argv);
-int cmd_snapshot_switch(int argc, char **argv);
-int cmd_snapshot_delete(int argc, char **argv);
-int cmd_snapshot_merge(int argc, char **argv);
-int cmd_status(int argc, char **argv);
-int cmd_events(int argc, char **argv);
-int cmd_mount(int argc, char **argv);
-int cmd_umount(int argc, char **argv);
+/* A command: its name, its main (argv[0] is the name) returning an exit
+ * status, and its line in --help. */
+struct command {
+	const char *name;
+	int (*fn)(int argc, char **argv);
+	const char *summary;
+};
+
+/* The commands of each file, each table ended by a NULL name. */
+extern const struct command image_commands[];	/* ploopctl_image.c */
+extern const struct command snap_commands[];	/* ploopctl_snap.c */
+extern const struct command status_commands[];	/* ploopctl_status.c */
+extern const struct command mount_commands[];	/* ploopctl_mount.c */
 
 #endif /* PF_PLOOPCTL_I_H */

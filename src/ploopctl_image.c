@@ -36,7 +36,7 @@ static void usage_init(FILE *out)
 		"                              (default 1M)\n");
 }
 
-int cmd_init(int argc, char **argv)
+static int cmd_init(int argc, char **argv)
 {
 	const char *size_s = NULL, *cluster_s = NULL;
 	const struct cmd_opt opts[] = {
@@ -167,7 +167,7 @@ static void info_delta_text(FILE *out, const struct pf_delta *d)
 		pf_delta_mapped_count(d));
 }
 
-int cmd_info(int argc, char **argv)
+static int cmd_info(int argc, char **argv)
 {
 	struct pf_delta **v = NULL;
 	struct image im;
@@ -316,7 +316,7 @@ static int repair_all(struct image *im, size_t n, bool force,
 	return EXIT_OK;
 }
 
-int cmd_check(int argc, char **argv)
+static int cmd_check(int argc, char **argv)
 {
 	struct check_out co = { false, true };
 	bool repair = false, force = false;
@@ -444,3 +444,10 @@ out:
 	image_close(&im);
 	return rc;
 }
+
+const struct command image_commands[] = {
+	{ "init", cmd_init, "create an image directory with an empty disk" },
+	{ "info", cmd_info, "show the deltas and header fields of an image" },
+	{ "check", cmd_check, "check an image for corruption and leaks (read-only)" },
+	{ NULL, NULL, NULL },
+};

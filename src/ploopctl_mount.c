@@ -66,7 +66,7 @@ static const char *ploopfs_path(void)
 	return "ploopfs";
 }
 
-int cmd_mount(int argc, char **argv)
+static int cmd_mount(int argc, char **argv)
 {
 	const char *opts_arg = NULL, *prog = ploopfs_path();
 	const struct cmd_opt opts[] = {
@@ -145,26 +145,22 @@ static long mono_ms(void)
 static int find_mount(const char *arg, char **mnt, char **dir)
 {
 	const struct pf_mount_ent *e;
-	struct pf_mount_ent *v = NULL;
-	char *abs = realpath(arg, NULL);
-	size_t n = 0;
-	int ret, rc = EXIT_OK;
+	struct pf_mount_ent *v;
+	size_t n;
+	int rc = EXIT_OK;
 
 	*mnt = *dir = NULL;
-	if (!abs) {
-		err_line(arg, "%s", strerror(errno));
+	if (mount_lookup(arg, false, true, &v, &n, &e)) {
+		pf_mounts_free(v, n);
 		return EXIT_FAIL;
 	}
-	ret = pf_mounts_read(&v, &n);
-	if (ret) {
-		err_line(arg, "cannot read the mount table: %s",
-			 strerror(-ret));
-		free(abs);
-		return EXIT_FAIL;
+	if (!e) {	/* not a mount point: an image directory? */
+		pf_mounts_free(v, n);
+		if (mount_lookup(arg, true, true, &v, &n, &e)) {
+			pf_mounts_free(v, n);
+			return EXIT_FAIL;
+		}
 	}
-	e = pf_mounts_find(v, n, abs, false);
-	if (!e)
-		e = pf_mounts_find(v, n, abs, true);
 	if (!e) {
 		err_line(arg, "no ploopfs mount of or on it");
 		rc = EXIT_FAIL;
@@ -182,7 +178,6 @@ static int find_mount(const char *arg, char **mnt, char **dir)
 		}
 	}
 	pf_mounts_free(v, n);
-	free(abs);
 	return rc;
 }
 
@@ -254,7 +249,7 @@ static int wait_daemon_gone(int dirfd, const char *dir)
 	}
 }
 
-int cmd_umount(int argc, char **argv)
+static int cmd_umount(int argc, char **argv)
 {
 	const struct cmd_opt opts[] = { OPT_TIMEOUT };
 	struct pf_delta **v = NULL;
@@ -302,3 +297,9 @@ out:
 	free(dir);
 	return rc;
 }
+
+const struct command mount_commands[] = {
+	{ "mount", cmd_mount, "serve an image's disk with ploopfs (returns once served)" },
+	{ "umount", cmd_umount, "unmount a disk; returns once its image is closed" },
+	{ NULL, NULL, NULL },
+};

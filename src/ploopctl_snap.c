@@ -87,7 +87,7 @@ static void usage_snapshot(FILE *out)
 		CTL_TIMEOUT_DEFAULT);
 }
 
-int cmd_snapshot(int argc, char **argv)
+static int cmd_snapshot(int argc, char **argv)
 {
 	const char *want = NULL;
 	bool no_freeze = false, verbose = false;
@@ -165,7 +165,7 @@ static void usage_snapshot_list(FILE *out)
 	fprintf(out, "usage: ploopctl snapshot-list [--json] <dir>\n");
 }
 
-int cmd_snapshot_list(int argc, char **argv)
+static int cmd_snapshot_list(int argc, char **argv)
 {
 	struct image im;
 	bool json = false;
@@ -224,7 +224,7 @@ static void usage_snapshot_switch(FILE *out)
 		"  top, with every change since its snapshot, is discarded\n");
 }
 
-int cmd_snapshot_switch(int argc, char **argv)
+static int cmd_snapshot_switch(int argc, char **argv)
 {
 	struct pf_delta **v = NULL, **tv = NULL;
 	char guid[PF_GUID_LEN + 1];
@@ -491,7 +491,7 @@ static void usage_snapshot_delete(FILE *out)
 		CTL_TIMEOUT_DEFAULT);
 }
 
-int cmd_snapshot_delete(int argc, char **argv)
+static int cmd_snapshot_delete(int argc, char **argv)
 {
 	bool force = false, resume = false;
 	const struct cmd_opt opts[] = {
@@ -540,7 +540,7 @@ static void usage_snapshot_merge(FILE *out)
 		CTL_TIMEOUT_DEFAULT);
 }
 
-int cmd_snapshot_merge(int argc, char **argv)
+static int cmd_snapshot_merge(int argc, char **argv)
 {
 	const char *guid = PF_TOP_GUID, *parent = NULL;
 	char pguid[PF_GUID_LEN + 1] = "", given[PF_GUID_LEN + 1];
@@ -593,3 +593,12 @@ int cmd_snapshot_merge(int argc, char **argv)
 		return rc;
 	return delete_snapshot(argv[optind], pguid, false);
 }
+
+const struct command snap_commands[] = {
+	{ "snapshot", cmd_snapshot, "take a snapshot (new empty top delta)" },
+	{ "snapshot-list", cmd_snapshot_list, "list the snapshots of an image" },
+	{ "snapshot-delete", cmd_snapshot_delete, "delete a snapshot, merging its data into its child" },
+	{ "snapshot-merge", cmd_snapshot_merge, "merge a delta into its parent (default: the top)" },
+	{ "snapshot-switch", cmd_snapshot_switch, "discard the top and go on from a snapshot" },
+	{ NULL, NULL, NULL },
+};

@@ -274,24 +274,18 @@ static int status_offline(struct image *im, struct status *st)
  * killed daemon leaves it: reads fail with ENOTCONN), or NULL. */
 static char *stale_mount(const char *dir)
 {
-	struct pf_mount_ent *v;
 	const struct pf_mount_ent *e;
-	char *abs = realpath(dir, NULL), *out = NULL;
+	struct pf_mount_ent *v;
+	char *out = NULL;
 	size_t n;
 
-	if (!abs)
-		return NULL;
-	if (!pf_mounts_read(&v, &n)) {
-		e = pf_mounts_find(v, n, abs, true);
-		if (e)
-			out = strdup(e->dir);
-		pf_mounts_free(v, n);
-	}
-	free(abs);
+	if (!mount_lookup(dir, true, false, &v, &n, &e) && e)
+		out = strdup(e->dir);
+	pf_mounts_free(v, n);
 	return out;
 }
 
-int cmd_status(int argc, char **argv)
+static int cmd_status(int argc, char **argv)
 {
 	struct status st;
 	struct image im;
@@ -368,7 +362,7 @@ static void events_timeout(int sig)
 	_exit(EXIT_OK);	/* output is flushed line by line */
 }
 
-int cmd_events(int argc, char **argv)
+static int cmd_events(int argc, char **argv)
 {
 	const char *cargv[2] = { "events", NULL }, *count = NULL;
 	struct events_out eo = { 0 };
@@ -419,3 +413,9 @@ int cmd_events(int argc, char **argv)
 	}
 	return rc;
 }
+
+const struct command status_commands[] = {
+	{ "status", cmd_status, "state of an image, mounted or not" },
+	{ "events", cmd_events, "stream the daemon's events (out of space, snapshots, errors)" },
+	{ NULL, NULL, NULL },
+};

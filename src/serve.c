@@ -54,13 +54,16 @@ bool pf_serve_gone(void *ctx)
 	return check_mounted(ctx, NULL) == -ESHUTDOWN;
 }
 
-/* Structural commands change the image: a read-only mount refuses them
- * here, before the stack would (-EROFS either way). */
-static int check_writable(const struct pf_serve *sv, struct pf_why *why)
+/* Structural commands change the image: not once the mount is gone
+ * (check_mounted), and a read-only mount refuses them here, before the
+ * stack would (-EROFS either way). */
+static int check_structural(const struct pf_serve *sv, struct pf_why *why)
 {
-	return sv->read_only ? pf_why_set(why, -EROFS,
-					  "the image is mounted read-only") :
-			       0;
+	int ret = check_mounted(sv, why);
+
+	if (!ret && sv->read_only)
+		ret = pf_why_set(why, -EROFS, "the image is mounted read-only");
+	return ret;
 }
 
 static int cmd_status(void *ctx, int argc, char **argv,
@@ -158,9 +161,7 @@ static int cmd_snapshot(void *ctx, int argc, char **argv,
 
 	if (argc > 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot [<guid>]");
-	ret = check_mounted(sv, why);
-	if (!ret)
-		ret = check_writable(sv, why);
+	ret = check_structural(sv, why);
 	if (ret)
 		return ret;
 	ret = pf_stack_snapshot(sv->stack, argc == 2 ? argv[1] : NULL, guid, why);
@@ -184,9 +185,7 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 		flags |= PF_STACK_DELETE_FORCE;
 	else if (argc != 2)
 		return pf_why_set(why, -EINVAL, "usage: snapshot-delete <guid> [force]");
-	ret = check_mounted(sv, why);
-	if (!ret)
-		ret = check_writable(sv, why);
+	ret = check_structural(sv, why);
 	if (ret)
 		return ret;
 	ret = pf_stack_delete_snapshot(sv->stack, argv[1], flags, &mi, why);
