@@ -239,21 +239,27 @@ static int h_events(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
 	return 0;
 }
 
+/* Wait (at most WAIT_MS) until the client of @r hangs up. */
+static void wait_cancelled(struct pf_ctl_reply *r)
+{
+	uint64_t end = mono_ms() + WAIT_MS;
+
+	while (!pf_ctl_cancelled(r) && mono_ms() < end)
+		sleep_ms(1);
+}
+
 /* Waits until its client hangs up, then tries to answer. */
 static atomic_int block_entered, block_cancelled, block_data_ret;
 
 static int h_block(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
 		   struct pf_why *why)
 {
-	uint64_t end = mono_ms() + WAIT_MS;
-
 	(void)ctx;
 	(void)argc;
 	(void)argv;
 	(void)why;
 	atomic_store(&block_entered, 1);
-	while (!pf_ctl_cancelled(r) && mono_ms() < end)
-		sleep_ms(1);
+	wait_cancelled(r);
 	atomic_store(&block_cancelled, pf_ctl_cancelled(r));
 	atomic_store(&block_data_ret, pf_ctl_data(r, "too late"));
 	atomic_store(&block_entered, 2);
@@ -266,15 +272,12 @@ static atomic_int followers;
 static int h_follow(void *ctx, int argc, char **argv, struct pf_ctl_reply *r,
 		    struct pf_why *why)
 {
-	uint64_t end = mono_ms() + WAIT_MS;
-
 	(void)ctx;
 	(void)argc;
 	(void)argv;
 	(void)why;
 	atomic_fetch_add(&followers, 1);
-	while (!pf_ctl_cancelled(r) && mono_ms() < end)
-		sleep_ms(1);
+	wait_cancelled(r);
 	atomic_fetch_sub(&followers, 1);
 	return 0;
 }
