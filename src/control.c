@@ -663,7 +663,7 @@ static void *conn_main(void *arg)
 			stopped = false;
 			break;
 		}
-		if (ret <= 0) {
+		if (ret <= 0 || !line) {
 			stopped = ret == -ESHUTDOWN;
 			break;
 		}

@@ -9,6 +9,7 @@
 #include "control.h"
 #include "control_i.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -66,12 +67,21 @@ struct hello {
 	bool seen;
 };
 
+/* "image <dev> <ino>", both plain decimal */
 static int hello_line(void *ctx, const char *line)
 {
 	struct hello *h = ctx;
-	char tail;
+	const char *p = line + 6;
+	char *end;
 
-	if (sscanf(line, "image %ju %ju%c", &h->dev, &h->ino, &tail) == 2)
+	if (strncmp(line, "image ", 6) != 0 || !isdigit((unsigned char)*p))
+		return 0;
+	errno = 0;
+	h->dev = strtoumax(p, &end, 10);
+	if (errno || *end != ' ' || !isdigit((unsigned char)end[1]))
+		return 0;
+	h->ino = strtoumax(end + 1, &end, 10);
+	if (!errno && !*end)
 		h->seen = true;
 	return 0;
 }

@@ -297,7 +297,7 @@ int pf_mounts_loop_devs(const char *sys_block, const char *mnt,
 			struct pf_devno **out, size_t *n)
 {
 	struct pf_devno *v = NULL;
-	char path[512], buf[4096];
+	char path[512], buf[4096] = "";
 	struct dirent *de;
 	size_t len = 0;
 	ssize_t got;
