@@ -19,7 +19,7 @@ MANDIR   ?= $(PREFIX)/share/man
 CC       ?= gcc
 B        := build/$(VARIANT)
 
-PKGS     := libxml-2.0 uuid fuse3 liburing
+PKGS     := libxml-2.0 uuid fuse3 liburing libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

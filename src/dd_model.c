@@ -119,6 +119,13 @@ const char *pf_dd_parent(const struct pf_dd *dd, const char *guid)
 int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 		struct pf_why *why)
 {
+	return pf_dd_chain_of(dd, dd->top_guid, out, n, why);
+}
+
+int pf_dd_chain_of(const struct pf_dd *dd, const char *guid, size_t **out,
+		   size_t *n, struct pf_why *why)
+{
+	bool top = !strcasecmp(guid, dd->top_guid);
 	bool *seen = NULL;
 	size_t *chain, len = 0, i;
 	ssize_t cur, img;
@@ -141,10 +148,12 @@ int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 		return 0;
 	}
 
-	cur = dd_shot_index(dd, dd->top_guid);
-	if (cur < 0)
+	cur = dd_shot_index(dd, guid);
+	if (cur < 0 && top)
 		return pf_why_set(why, -EINVAL, "<TopGUID> %s names no shot",
-				  dd->top_guid);
+				  guid);
+	if (cur < 0)
+		return pf_why_set(why, -ENOENT, "no snapshot %s", guid);
 	chain = malloc(dd->n_shots * sizeof(*chain));
 	seen = calloc(dd->n_shots, sizeof(*seen));
 	if (!chain || !seen) {
@@ -157,8 +166,8 @@ int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 
 		if (seen[cur]) {
 			ret = pf_why_set(why, -EINVAL,
-					 "snapshot chain from TopGUID has a cycle at %s",
-					 s->guid);
+					 "snapshot chain from %s has a cycle at %s",
+					 top ? "TopGUID" : guid, s->guid);
 			goto err_free;
 		}
 		seen[cur] = true;

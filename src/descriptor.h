@@ -276,6 +276,12 @@ const char *pf_dd_parent(const struct pf_dd *dd, const char *guid);
 PF_MUST_CHECK int pf_dd_chain(const struct pf_dd *dd, size_t **out, size_t *n,
 			      struct pf_why *why);
 
+/* The same from shot @guid (canonical form) down to the base: the disk
+ * as snapshot @guid holds it.  Returns as pf_dd_chain(), or -ENOENT (no
+ * shot @guid). */
+PF_MUST_CHECK int pf_dd_chain_of(const struct pf_dd *dd, const char *guid,
+				 size_t **out, size_t *n, struct pf_why *why);
+
 const struct pf_dd_image *pf_dd_find_image(const struct pf_dd *dd,
 					   const char *guid);
 const struct pf_dd_shot *pf_dd_find_shot(const struct pf_dd *dd,

@@ -814,6 +814,34 @@ static void fe_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	fuse_reply_buf(req, buf, pos);
 }
 
+/* SEEK_DATA and SEEK_HOLE (the kernel answers the others itself), so
+ * that readers of the disk or a view (cp --sparse, ploopctl checksum)
+ * skip what no delta holds. */
+static void fe_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		     struct fuse_file_info *fi)
+{
+	struct pf_fe *fe = fe_of(req);
+	char guid[PF_GUID_LEN + 1];
+	uint64_t at;
+	int ret;
+
+	(void)fi;
+	if ((whence != SEEK_DATA && whence != SEEK_HOLE) || off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (ino != DISK_INO && !view_guid(fe, ino, guid)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	ret = pf_stack_seek(fe->stack, ino == DISK_INO ? NULL : guid,
+			    (uint64_t)off, whence == SEEK_DATA, &at);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_lseek(req, (off_t)at);
+}
+
 static void fe_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct pf_stack_stat ss;
@@ -849,6 +877,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.opendir = fe_opendir,
 	.readdir = fe_readdir,
 	.statfs = fe_statfs,
+	.lseek = fe_lseek,
 	.create = fe_create,
 	.mknod = fe_mknod,
 	.mkdir = fe_mkdir,

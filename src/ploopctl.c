@@ -776,6 +776,7 @@ int daemon_call(int fd, const char *dir, int argc,
 /* every command, in the order --help lists them */
 static const struct command *const tables[] = {
 	image_commands, snap_commands, status_commands, mount_commands,
+	sum_commands,
 };
 
 static void usage(FILE *out)

@@ -7,6 +7,7 @@
  *   ploopctl_snap.c    snapshot, snapshot-list, -switch, -delete, -merge
  *   ploopctl_status.c  status, events
  *   ploopctl_mount.c   mount, umount
+ *   ploopctl_sum.c     checksum, verify
  *   ploopctl_freeze.c  freezing the file systems on a mounted disk
  *                      around an online snapshot
  * Every function that prints an error prints one line (err_line) and
@@ -156,5 +157,6 @@ extern const struct command image_commands[];	/* ploopctl_image.c */
 extern const struct command snap_commands[];	/* ploopctl_snap.c */
 extern const struct command status_commands[];	/* ploopctl_status.c */
 extern const struct command mount_commands[];	/* ploopctl_mount.c */
+extern const struct command sum_commands[];	/* ploopctl_sum.c */
 
 #endif /* PF_PLOOPCTL_I_H */

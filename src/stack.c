@@ -411,6 +411,42 @@ void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
 	stack_read(s, guid, buf, len, off, done, arg);
 }
 
+int pf_stack_seek(struct pf_stack *s, const char *guid, uint64_t off,
+		  bool data, uint64_t *out)
+{
+	const struct pf_header *h = s->hdr;
+	uint8_t view = LEVEL_NONE;
+	uint32_t idx;
+	unsigned e;
+	int ret = data ? -ENXIO : 0;
+
+	if (off >= h->size_bytes)
+		return -ENXIO;
+	*out = h->size_bytes;
+	gate_enter(s);
+	e = epoch_enter(s);
+	if (guid) {
+		view = map_view_find(s, guid);
+		if (view == LEVEL_NONE)
+			ret = -ESTALE;
+	}
+	for (idx = (uint32_t)(off >> h->cluster_shift);
+	     ret != -ESTALE && idx < h->bat_entries; idx++) {
+		bool mapped = map_view_level(s, view, idx) != LEVEL_NONE;
+
+		if (mapped == data) {
+			uint64_t at = (uint64_t)idx << h->cluster_shift;
+
+			*out = at > off ? at : off;
+			ret = 0;
+			break;
+		}
+	}
+	epoch_exit(s, e);
+	gate_exit(s);
+	return ret;
+}
+
 static void write_seg_done(void *arg, ssize_t res)
 {
 	struct seg *g = arg;

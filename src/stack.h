@@ -161,6 +161,18 @@ PF_MUST_CHECK int pf_stack_pread_view(struct pf_stack *s, const char *guid,
 				      void *buf, size_t len, uint64_t off);
 
 /*
+ * lseek(2)'s SEEK_DATA (@data) or SEEK_HOLE on the disk (@guid NULL) or
+ * on the view of snapshot @guid: into *@out the first offset from @off
+ * on that some delta maps (data) or none maps (hole; the size if the
+ * disk is mapped to its end), at cluster granularity.  A concurrent
+ * write may map a hole meanwhile: the answer is as of the call.
+ * Returns: 0; -ENXIO (@off at or past the end, or no data from @off on);
+ * -ESTALE (no such view any more).
+ */
+PF_MUST_CHECK int pf_stack_seek(struct pf_stack *s, const char *guid,
+				uint64_t off, bool data, uint64_t *out);
+
+/*
  * A handle of the view of snapshot @guid is opened (the FUSE open of
  * MNT/snapshots/<guid>) or closed (its release): while any is open, the
  * snapshot is in use and a delete refuses it (-EBUSY) unless forced.

@@ -1,0 +1,397 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * ploopctl checksum and verify: content digests of a disk, of a
+ * snapshot or of a raw file (sum.h), and the manifests of sealed deltas
+ * (manifest.h).
+ *
+ * An image that is not mounted is read from its deltas, under the
+ * directory's shared lock, so no offline command changes it meanwhile.
+ * A mounted one is read through its daemon: the disk file, or the view
+ * of the snapshot, whose open handle keeps the snapshot from being
+ * deleted under the reader; SEEK_DATA skips what no delta holds.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "csum.h"
+#include "ploopctl_i.h"
+#include "sum.h"
+
+/* Progress on stderr */
+
+struct progress {
+	bool on;
+	const char *what;
+	struct timespec last;
+	bool shown;
+};
+
+static void progress_cb(void *ctx, uint64_t done, uint64_t total)
+{
+	struct progress *p = ctx;
+	struct timespec now;
+	char a[32], b[32];
+
+	if (!p->on)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (done < total && p->shown &&
+	    (now.tv_sec - p->last.tv_sec) * 1000 +
+			    (now.tv_nsec - p->last.tv_nsec) / 1000000 < 250)
+		return;
+	p->last = now;
+	p->shown = true;
+	fprintf(stderr, "\r%s: %3u%% (%s of %s)   ", p->what,
+		total ? (unsigned)(done * 100 / total) : 100,
+		pf_fmt_size(done, a, sizeof(a)), pf_fmt_size(total, b, sizeof(b)));
+	fflush(stderr);
+}
+
+static void progress_end(struct progress *p)
+{
+	if (p->on && p->shown)
+		fputc('\n', stderr);
+}
+
+/* Options shared by checksum and verify */
+
+/* --threads: 1 to PF_SUM_THREADS_MAX.  Prints the error; 0 or -1. */
+static int parse_threads(const char *cmd, const char *s, unsigned *out)
+{
+	char *end;
+	unsigned long v;
+
+	errno = 0;
+	v = s ? strtoul(s, &end, 10) : 0;
+	if (!s)
+		return 0;
+	if (errno || end == s || *end || v < 1 || v > PF_SUM_THREADS_MAX) {
+		fprintf(stderr, "ploopctl %s: --threads takes 1 to %d, not '%s'\n",
+			cmd, PF_SUM_THREADS_MAX, s);
+		return -1;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* The algorithm named @name.  Prints the error; an exit status. */
+static int get_alg(const char *cmd, const char *name, struct pf_csum_alg **a)
+{
+	struct pf_why why = { "" };
+	int ret = pf_csum_alg_get(name ? name : PF_CSUM_DEFAULT, a, &why);
+
+	if (ret == -ENOMEM) {
+		err_line(NULL, "out of memory");
+		return EXIT_FAIL;
+	}
+	if (ret) {
+		fprintf(stderr, "ploopctl %s: --algorithm: %s\n", cmd, why.msg);
+		return EXIT_USAGE;
+	}
+	return EXIT_OK;
+}
+
+/* checksum */
+
+static void usage_checksum(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl checksum [<options>] <dir> | --file <raw-file>\n"
+		"  the block digest of the disk's content (sparse-aware; the same\n"
+		"  whatever the deltas and cluster size, and for a raw copy)\n"
+		"  --snapshot <guid>   of snapshot <guid> instead of the disk\n"
+		"  --raw               the plain digest of every byte, as sha256sum\n"
+		"                      of the raw disk gives\n"
+		"  --algorithm <name>  any digest OpenSSL knows (default sha256)\n"
+		"  --file <raw-file>   a raw image file or block device\n"
+		"  --threads <n>       readers and hashers (default: one per CPU)\n"
+		"  --progress          progress on stderr (the default on a terminal)\n"
+		"  --json              machine-readable output\n");
+}
+
+struct sum_req {
+	const char *snapshot, *alg_name, *file, *threads;
+	bool raw, progress, json;
+};
+
+/* Open @path for reading, as a regular file or block device, O_DIRECT
+ * where it takes it; its size into *@size.  Prints the error. */
+static int open_raw(const char *path, int *fd_out, uint64_t *size)
+{
+	struct stat st;
+	int fd, fl;
+
+	*fd_out = -1;
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		err_line(path, "%s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (fstat(fd, &st) < 0) {
+		err_line(path, "%s", strerror(errno));
+		close(fd);
+		return EXIT_FAIL;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(fd, BLKGETSIZE64, size) < 0) {
+			err_line(path, "cannot get the size: %s", strerror(errno));
+			close(fd);
+			return EXIT_FAIL;
+		}
+	} else if (S_ISREG(st.st_mode)) {
+		*size = (uint64_t)st.st_size;
+	} else {
+		err_line(path, "is not a regular file or block device");
+		close(fd);
+		return EXIT_CORRUPT;
+	}
+	fl = fcntl(fd, F_GETFL);
+	if (fl >= 0 && fcntl(fd, F_SETFL, (fl & ~O_NONBLOCK) | O_DIRECT) < 0)
+		(void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+	*fd_out = fd;
+	return EXIT_OK;
+}
+
+static void print_sum(const struct sum_req *q, const struct pf_csum_alg *a,
+		      const uint8_t *md, const char *what, const char *guid,
+		      uint64_t size)
+{
+	char hex[2 * PF_CSUM_MAX + 1];
+
+	pf_csum_hex(md, pf_csum_alg_size(a), hex);
+	if (!q->json) {
+		printf("%s  %s\n", hex, what);
+		return;
+	}
+	printf("{\"path\":");
+	json_str(stdout, what);
+	printf(",\"snapshot\":");
+	if (guid)
+		json_str(stdout, guid);
+	else
+		printf("null");
+	printf(",\"algorithm\":");
+	json_str(stdout, pf_csum_alg_name(a));
+	printf(",\"kind\":\"%s\"", q->raw ? "raw" : "block");
+	if (!q->raw)
+		printf(",\"block_size\":%u", PF_BLK_BLOCK);
+	printf(",\"size\":%" PRIu64 ",\"digest\":\"%s\"}\n", size, hex);
+}
+
+static int run_sum(const struct sum_req *q, const struct pf_sum_src *src,
+		   struct pf_sum_opts *o, const char *name, uint8_t *md)
+{
+	struct pf_why why = { "" };
+	struct progress p = { .what = "checksum" };
+	int ret;
+
+	p.on = q->progress || isatty(STDERR_FILENO);
+	o->progress = progress_cb;
+	o->ctx = &p;
+	ret = q->raw ? pf_sum_raw(src, o, md, &why) :
+		       pf_sum_blk(src, o, md, &why);
+	progress_end(&p);
+	if (ret) {
+		err_line(name, "%s", why.msg[0] ? why.msg : strerror(-ret));
+		return EXIT_FAIL;
+	}
+	return EXIT_OK;
+}
+
+/* The raw file @path (--file, or the disk or a view of a mount). */
+static int sum_file(const struct sum_req *q, struct pf_sum_opts *o,
+		    const char *path, const char *what, const char *guid)
+{
+	uint8_t md[PF_CSUM_MAX];
+	struct pf_sum_src src = { .fd = -1 };
+	int rc;
+
+	rc = open_raw(path, &src.fd, &src.size);
+	if (rc == EXIT_OK)
+		rc = run_sum(q, &src, o, path, md);
+	if (rc == EXIT_OK)
+		print_sum(q, o->alg, md, what, guid, src.size);
+	if (src.fd >= 0)
+		close(src.fd);
+	return rc;
+}
+
+/* A mounted image: through the daemon's disk file or snapshot view. */
+static int sum_mounted(const struct sum_req *q, struct pf_sum_opts *o,
+		       const char *dir, int fd, const char *guid)
+{
+	const char *argv[] = { "status" };
+	struct kv kv = { 0 };
+	const char *disk;
+	char *path = NULL, *tmp = NULL;
+	int rc;
+
+	rc = daemon_call(fd, dir, 1, argv, kv_add, &kv);
+	if (rc != EXIT_OK)
+		goto out;
+	disk = kv_get(&kv, "mounted");
+	if (!disk) {
+		err_line(dir, "the daemon did not say where the disk is");
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	if (!guid) {
+		rc = sum_file(q, o, disk, dir, NULL);
+		goto out;
+	}
+	tmp = strdup(disk);
+	if (!tmp || asprintf(&path, "%s/snapshots/%.36s", dirname(tmp),
+			     guid + 1) < 0) {
+		path = NULL;
+		err_line(NULL, "out of memory");
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	if (access(path, F_OK) < 0 && errno == ENOENT) {
+		err_line(dir, "no snapshot %s in the mounted image (the top and a snapshot being deleted have no view)",
+			 guid);
+		rc = EXIT_FAIL;
+		goto out;
+	}
+	rc = sum_file(q, o, path, dir, guid);
+out:
+	free(path);
+	free(tmp);
+	kv_free(&kv);
+	return rc;
+}
+
+/* An image that is not mounted: its deltas. */
+static int sum_offline(const struct sum_req *q, struct pf_sum_opts *o,
+		       const char *arg, const char *guid)
+{
+	struct pf_why why = { "" };
+	struct pf_delta **v = NULL;
+	uint8_t md[PF_CSUM_MAX];
+	struct image im;
+	size_t n = 0, i;
+	int rc, ret;
+
+	rc = image_open(&im, arg, 1, true);
+	if (rc != EXIT_OK)
+		goto out;
+	if (guid) {
+		if (!im.is_dir) {
+			err_line(arg, "--snapshot needs an image directory");
+			rc = EXIT_USAGE;
+			goto out;
+		}
+		if (!strcmp(guid, im.dd->top_guid)) {
+			err_line(arg, "%s is the top delta, not a snapshot", guid);
+			rc = EXIT_FAIL;
+			goto out;
+		}
+		free(im.chain);
+		im.chain = NULL;
+		ret = pf_dd_chain_of(im.dd, guid, &im.chain, &im.depth, &why);
+		if (ret) {
+			err_line(arg, "%s", why.msg);
+			rc = ret == -ENOENT ? EXIT_FAIL : EXIT_CORRUPT;
+			goto out;
+		}
+	}
+	rc = chain_open(&im, true, &v, &n);
+	if (rc != EXIT_OK)
+		goto out;
+	for (i = 0; i < n; i++)
+		(void)pf_delta_direct(v[i], 4096);
+	{
+		struct pf_sum_src src = { .chain = v, .n = n, .fd = -1,
+					  .size = v[n - 1]->hdr.size_bytes };
+
+		rc = run_sum(q, &src, o, arg, md);
+		if (rc == EXIT_OK)
+			print_sum(q, o->alg, md, arg, guid, src.size);
+	}
+out:
+	deltas_close(v, n);
+	image_close(&im);
+	return rc;
+}
+
+static int cmd_checksum(int argc, char **argv)
+{
+	struct sum_req q = { 0 };
+	const struct cmd_opt opts[] = {
+		{ "snapshot", 's', OPT_ARG, &q.snapshot },
+		{ "raw", 'r', OPT_FLAG, &q.raw },
+		{ "algorithm", 'a', OPT_ARG, &q.alg_name },
+		{ "file", 'f', OPT_ARG, &q.file },
+		{ "threads", OPT_KEY_LONG + 1, OPT_ARG, &q.threads },
+		{ "progress", OPT_KEY_LONG + 2, OPT_FLAG, &q.progress },
+		{ "json", 'j', OPT_FLAG, &q.json },
+	};
+	struct pf_sum_opts o = { 0 };
+	struct pf_csum_alg *alg = NULL;
+	char guid[PF_GUID_LEN + 1] = "";
+	struct pf_mount_ent *mv = NULL;
+	const struct pf_mount_ent *me = NULL;
+	size_t mn = 0;
+	int rc, fd = -1;
+
+	rc = parse_args(argc, argv, opts, PF_ARRAY_SIZE(opts), usage_checksum,
+			0, 1);
+	if (rc >= 0)
+		return rc;
+	if ((q.file != NULL) == (optind < argc)) {
+		fprintf(stderr, "ploopctl checksum: give either an image directory or --file <raw-file> (see ploopctl checksum --help)\n");
+		return EXIT_USAGE;
+	}
+	if (q.file && q.snapshot) {
+		fprintf(stderr, "ploopctl checksum: --snapshot is for an image directory, not --file\n");
+		return EXIT_USAGE;
+	}
+	if (q.snapshot && pf_guid_canon(q.snapshot, guid)) {
+		fprintf(stderr, "ploopctl checksum: --snapshot: '%.64s' is not a GUID\n",
+			q.snapshot);
+		return EXIT_USAGE;
+	}
+	if (parse_threads("checksum", q.threads, &o.threads))
+		return EXIT_USAGE;
+	rc = get_alg("checksum", q.alg_name, &alg);
+	if (rc != EXIT_OK)
+		return rc;
+	o.alg = alg;
+	if (q.file) {
+		rc = sum_file(&q, &o, q.file, q.file, NULL);
+		goto out;
+	}
+	/* mounted: through the daemon; else the files */
+	if (mount_lookup(argv[optind], true, false, &mv, &mn, &me) == 0 && me) {
+		rc = daemon_of(argv[optind], &fd);
+		if (rc != EXIT_OK)
+			goto out;
+	}
+	if (fd >= 0)
+		rc = sum_mounted(&q, &o, argv[optind], fd, guid[0] ? guid : NULL);
+	else
+		rc = sum_offline(&q, &o, argv[optind], guid[0] ? guid : NULL);
+out:
+	if (fd >= 0)
+		close(fd);
+	pf_mounts_free(mv, mn);
+	pf_csum_alg_free(alg);
+	return rc;
+}
+
+const struct command sum_commands[] = {
+	{ "checksum", cmd_checksum,
+	  "digest of the disk's content, of a snapshot or of a raw file" },
+	{ NULL, NULL, NULL },
+};
