@@ -22,6 +22,8 @@ enum pf_exit {
 	EXIT_LEAKS = 6,		/* check: leaked clusters only */
 	EXIT_REPAIRED = 7,	/* check --repair: repaired, now consistent */
 	EXIT_TIMEOUT = 8,	/* the ploopfs daemon did not answer in time */
+	EXIT_MISMATCH = 9,	/* verify: a sealed delta does not match its
+				 * manifest, or the manifest is damaged */
 };
 
 #endif /* PF_CLI_H */

@@ -324,3 +324,108 @@ int pf_bat_decode(const struct pf_header *h, uint32_t idx, uint32_t raw,
 	*clu = c;
 	return 0;
 }
+
+/* Manifests */
+
+uint64_t pf_mf_file_size(const struct pf_mf_header *h)
+{
+	return PF_MF_HDR_SIZE + h->entries * pf_mf_entry_size(h->md_len) +
+	       h->md_len;
+}
+
+void pf_mf_header_encode(const struct pf_mf_header *h, void *buf)
+{
+	uint8_t *b = buf;
+
+	memset(b, 0, PF_MF_HDR_SIZE);
+	memcpy(b, PF_MF_MAGIC, 8);
+	pf_le32_put(b + 8, PF_MF_VERSION);
+	pf_le32_put(b + 12, h->md_len);
+	memcpy(b + 16, h->alg, strnlen(h->alg, PF_MF_NAME_BYTES - 1));
+	pf_le32_put(b + 48, h->cluster_bytes);
+	pf_le32_put(b + 52, h->bat_entries);
+	pf_le64_put(b + 56, h->entries);
+	memcpy(b + 64, h->guid, strnlen(h->guid, PF_MF_GUID_BYTES - 1));
+	pf_le64_put(b + 104, h->file_bytes);
+}
+
+/* A NUL-terminated field of printable ASCII, empty or not. */
+static bool text_field_ok(const uint8_t *f, size_t len, bool may_be_empty)
+{
+	size_t i;
+
+	for (i = 0; i < len && f[i]; i++)
+		if (f[i] < 0x21 || f[i] > 0x7e)
+			return false;
+	if (i == len || (!may_be_empty && i == 0))
+		return false;
+	for (; i < len; i++)	/* padding */
+		if (f[i])
+			return false;
+	return true;
+}
+
+int pf_mf_header_decode(const void *buf, uint64_t file_len,
+			struct pf_mf_header *h, struct pf_why *why)
+{
+	const uint8_t *b = buf;
+	uint64_t max_entries;
+	size_t i;
+
+	memset(h, 0, sizeof(*h));
+	if (file_len < PF_MF_HDR_SIZE || memcmp(b, PF_MF_MAGIC, 8))
+		return pf_why_set(why, -EUCLEAN, "not a manifest (no %s magic)",
+				  PF_MF_MAGIC);
+	if (pf_le32_get(b + 8) != PF_MF_VERSION)
+		return pf_why_set(why, -EUCLEAN, "manifest version %" PRIu32
+				  " (this ploopctl reads %u)",
+				  pf_le32_get(b + 8), PF_MF_VERSION);
+	h->md_len = pf_le32_get(b + 12);
+	if (h->md_len < 1 || h->md_len > PF_MF_MD_MAX)
+		return pf_why_set(why, -EUCLEAN, "digest length %" PRIu32
+				  " out of range", h->md_len);
+	if (!text_field_ok(b + 16, PF_MF_NAME_BYTES, false))
+		return pf_why_set(why, -EUCLEAN, "bad algorithm name field");
+	memcpy(h->alg, b + 16, PF_MF_NAME_BYTES);
+	h->cluster_bytes = pf_le32_get(b + 48);
+	if (!pf_cluster_size_valid(h->cluster_bytes))
+		return pf_why_set(why, -EUCLEAN, "cluster size %" PRIu32
+				  " out of range", h->cluster_bytes);
+	h->bat_entries = pf_le32_get(b + 52);
+	if (h->bat_entries < 1 || h->bat_entries > PF_MAX_BAT_ENTRIES)
+		return pf_why_set(why, -EUCLEAN, "%" PRIu32
+				  " virtual clusters out of range",
+				  h->bat_entries);
+	h->entries = pf_le64_get(b + 56);
+	if (h->entries > h->bat_entries)
+		return pf_why_set(why, -EUCLEAN, "%" PRIu64
+				  " entries for %" PRIu32 " virtual clusters",
+				  h->entries, h->bat_entries);
+	if (!text_field_ok(b + 64, PF_MF_GUID_BYTES, true))
+		return pf_why_set(why, -EUCLEAN, "bad GUID field");
+	memcpy(h->guid, b + 64, PF_MF_GUID_BYTES);
+	h->file_bytes = pf_le64_get(b + 104);
+	for (i = 112; i < PF_MF_HDR_SIZE; i++)
+		if (b[i])
+			return pf_why_set(why, -EUCLEAN,
+					  "reserved header bytes are not zero");
+	/* entries <= 2^29 and md_len <= 64: no overflow */
+	max_entries = pf_mf_file_size(h);
+	if (file_len != max_entries)
+		return pf_why_set(why, -EUCLEAN, "%" PRIu64
+				  " bytes, the header announces %" PRIu64,
+				  file_len, max_entries);
+	return 0;
+}
+
+void pf_mf_entry_encode(void *buf, uint32_t vclu, const uint8_t *md,
+			uint32_t md_len)
+{
+	pf_le32_put(buf, vclu);
+	memcpy((uint8_t *)buf + 4, md, md_len);
+}
+
+uint32_t pf_mf_entry_vclu(const void *buf)
+{
+	return pf_le32_get(buf);
+}

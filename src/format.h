@@ -131,4 +131,52 @@ PF_MUST_CHECK int pf_bat_decode(const struct pf_header *h, uint32_t idx,
 				uint32_t raw, uint64_t file_clusters,
 				uint32_t *clu, struct pf_why *why);
 
+/* Manifests of sealed deltas (ploop-image(5), MANIFESTS) */
+
+#define PF_MF_MAGIC		"PLOOPSUM"	/* 8 bytes, no NUL */
+#define PF_MF_VERSION		1u
+#define PF_MF_HDR_SIZE		128u
+#define PF_MF_NAME_BYTES	32u	/* algorithm name field, NUL-padded */
+#define PF_MF_GUID_BYTES	40u	/* GUID field, NUL-padded */
+#define PF_MF_MD_MAX		64u	/* longest digest */
+
+/* The header of a manifest, decoded. */
+struct pf_mf_header {
+	uint32_t md_len;		/* bytes of each digest */
+	char alg[PF_MF_NAME_BYTES];	/* NUL-terminated */
+	uint32_t cluster_bytes;
+	uint32_t bat_entries;		/* virtual clusters of the delta */
+	uint64_t entries;		/* clusters listed */
+	char guid[PF_MF_GUID_BYTES];	/* of the delta when sealed */
+	uint64_t file_bytes;		/* of the delta file when sealed */
+};
+
+/* Bytes of one entry (le32 virtual cluster, digest) and of the whole
+ * file (header, entries, root digest). */
+static inline uint64_t pf_mf_entry_size(uint32_t md_len)
+{
+	return 4 + (uint64_t)md_len;
+}
+
+uint64_t pf_mf_file_size(const struct pf_mf_header *h);
+
+/* Encode @h into the PF_MF_HDR_SIZE bytes at @buf (fields as validated
+ * by the caller: names NUL-terminated within their fields). */
+void pf_mf_header_encode(const struct pf_mf_header *h, void *buf);
+
+/*
+ * Decode and validate the header at @buf of a manifest file of
+ * @file_len bytes: magic, version, field limits, and a length that is
+ * exactly what the header announces.
+ * Returns: 0; -EUCLEAN (@why names the field).
+ */
+PF_MUST_CHECK int pf_mf_header_decode(const void *buf, uint64_t file_len,
+				      struct pf_mf_header *h,
+				      struct pf_why *why);
+
+/* Entry encoding: virtual cluster @vclu and its digest. */
+void pf_mf_entry_encode(void *buf, uint32_t vclu, const uint8_t *md,
+			uint32_t md_len);
+uint32_t pf_mf_entry_vclu(const void *buf);
+
 #endif /* PF_FORMAT_H */

@@ -17,10 +17,12 @@
 #include "check.h"
 #include "cli.h"
 #include "control.h"
+#include "csum.h"
 #include "delta.h"
 #include "descriptor.h"
 #include "format.h"
 #include "image.h"
+#include "manifest.h"
 #include "stack.h"
 #include "util.h"
 
@@ -87,6 +89,36 @@ static void usage_snapshot(FILE *out)
 		CTL_TIMEOUT_DEFAULT);
 }
 
+/*
+ * The old top of an offline snapshot is read-only from now on: seal it
+ * (its manifest, manifest.h) before returning.  The snapshot stands
+ * whatever happens here; a failure is a warning, and ploopctl verify
+ * seals it later.
+ */
+static void seal_offline(struct image *im, struct pf_delta *d,
+			 const char *guid)
+{
+	const struct pf_dd_image *img = pf_dd_find_image(im->dd, guid);
+	struct pf_csum_alg *a = NULL;
+	struct pf_why why = { "" };
+	struct pf_sum_opts o = { 0 };
+	int ret;
+
+	ret = pf_csum_alg_get(PF_CSUM_DEFAULT, &a, &why);
+	if (!ret && !img)
+		ret = pf_why_set(&why, -ENOENT, "not in the descriptor");
+	if (!ret) {
+		o.alg = a;
+		(void)pf_delta_direct(d, 4096);
+		ret = pf_manifest_seal(im->dirfd, d, img->file, guid, &o, NULL,
+				       &why);
+	}
+	if (ret)
+		fprintf(stderr, "ploopctl: warning: %s: snapshot %s taken but not sealed: %s (ploopctl verify seals it)\n",
+			im->dir, guid, why.msg[0] ? why.msg : strerror(-ret));
+	pf_csum_alg_free(a);
+}
+
 static int cmd_snapshot(int argc, char **argv)
 {
 	const char *want = NULL;
@@ -151,6 +183,7 @@ static int cmd_snapshot(int argc, char **argv)
 		goto out;
 	}
 	printf("%s\n", prep.guid);
+	seal_offline(&im, v[n - 1], prep.guid);
 out:
 	free(prep.file);
 	deltas_close(v, n);

@@ -23,8 +23,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "cli.h"
 #include "csum.h"
+#include "image.h"
+#include "manifest.h"
 #include "ploopctl_i.h"
 #include "sum.h"
 
@@ -390,8 +393,303 @@ out:
 	return rc;
 }
 
+/* verify */
+
+static void usage_verify(FILE *out)
+{
+	fprintf(out,
+		"usage: ploopctl verify [<options>] <dir>\n"
+		"  re-read every sealed (read-only) delta and compare it with its\n"
+		"  manifest; a read-only delta without one is sealed now\n"
+		"  --algorithm <name>  digest for deltas sealed now (default sha256)\n"
+		"  --threads <n>       readers and hashers (default: one per CPU)\n"
+		"  --progress          progress on stderr (the default on a terminal)\n"
+		"  --json              machine-readable output\n");
+}
+
+/* How many bad clusters of one delta are listed (all are counted). */
+#define VERIFY_LIST_MAX	100
+
+/* One delta's result, as verify prints it (offline, or from the
+ * daemon's lines). */
+struct vdelta {
+	const char *guid, *file;
+	const char *state;	/* ok sealed mismatch damaged corrupt top
+				 * deleting failed */
+	uint64_t clusters, problems;
+	const char *note;	/* why, for damaged, corrupt, failed */
+};
+
+struct vout {
+	bool json;
+	unsigned n;		/* deltas printed */
+	unsigned bad_listed;	/* of the current delta */
+	uint32_t cluster_bytes;
+	const char *file;	/* of the current delta */
+	unsigned count[8];
+	bool in_delta;		/* JSON: a delta object is open */
+};
+
+static const char *const vstates[] = { "ok", "sealed", "mismatch", "damaged",
+				       "corrupt", "top", "deleting", "failed" };
+
+static unsigned vstate_idx(const char *st)
+{
+	unsigned i;
+
+	for (i = 0; i < PF_ARRAY_SIZE(vstates); i++)
+		if (!strcmp(st, vstates[i]))
+			return i;
+	return PF_ARRAY_SIZE(vstates) - 1;
+}
+
+static void vout_begin(struct vout *o, const char *dir)
+{
+	if (o->json) {
+		printf("{\"path\":");
+		json_str(stdout, dir);
+		printf(",\"deltas\":[");
+	}
+}
+
+/* The problems of a delta come before its summary line (they are found
+ * first): text prints them as they come, JSON collects them into the
+ * delta's object, opened at the first. */
+static void vout_bad(struct vout *o, uint32_t vclu, const char *problem)
+{
+	uint64_t off = (uint64_t)vclu * o->cluster_bytes;
+
+	if (o->bad_listed++ >= VERIFY_LIST_MAX)
+		return;
+	if (o->json) {
+		printf("%s{\"cluster\":%" PRIu32 ",\"offset\":%" PRIu64
+		       ",\"problem\":",
+		       o->bad_listed > 1 ? "," : "", vclu, off);
+		json_str(stdout, problem);
+		putchar('}');
+	} else {
+		printf("%s: virtual cluster %" PRIu32 " (disk bytes %" PRIu64
+		       "-%" PRIu64 "): %s\n",
+		       o->file, vclu, off, off + o->cluster_bytes - 1, problem);
+	}
+}
+
+static void vout_bad_open(struct vout *o)
+{
+	if (o->json && !o->in_delta) {
+		printf("%s{\"bad\":[", o->n ? "," : "");
+		o->in_delta = true;
+	}
+}
+
+static void vout_delta(struct vout *o, const struct vdelta *d)
+{
+	o->count[vstate_idx(d->state)]++;
+	if (o->json) {
+		if (!o->in_delta)
+			printf("%s{\"bad\":[", o->n ? "," : "");
+		printf("],\"guid\":");
+		json_str(stdout, d->guid);
+		printf(",\"file\":");
+		json_str(stdout, d->file);
+		printf(",\"state\":\"%s\",\"clusters\":%" PRIu64
+		       ",\"problems\":%" PRIu64 ",\"note\":",
+		       d->state, d->clusters, d->problems);
+		if (d->note)
+			json_str(stdout, d->note);
+		else
+			printf("null");
+		putchar('}');
+	} else {
+		static const char *const says[] = {
+			"ok", "sealed now", "MISMATCH", "MANIFEST DAMAGED",
+			"DELTA CORRUPT", "live top: not verified (it changes)",
+			"being deleted: not verified", "FAILED"
+		};
+
+		printf("%s %s: %s", d->guid, d->file,
+		       says[vstate_idx(d->state)]);
+		if (!strcmp(d->state, "ok") || !strcmp(d->state, "sealed"))
+			printf(" (%" PRIu64 " clusters)", d->clusters);
+		if (!strcmp(d->state, "mismatch"))
+			printf(" (%" PRIu64 " of %" PRIu64 " clusters%s)",
+			       d->problems, d->clusters,
+			       d->problems > VERIFY_LIST_MAX ? ", first " "100 listed" : "");
+		if (d->note)
+			printf(": %s", d->note);
+		putchar('\n');
+	}
+	o->n++;
+	o->bad_listed = 0;
+	o->in_delta = false;
+}
+
+/* The exit status of what was printed. */
+static int vout_end(struct vout *o)
+{
+	unsigned *c = o->count;
+	bool bad = c[vstate_idx("mismatch")] || c[vstate_idx("damaged")] ||
+		   c[vstate_idx("corrupt")];
+
+	if (o->json)
+		printf("],\"ok\":%s}\n",
+		       bad || c[vstate_idx("failed")] ? "false" : "true");
+	else
+		printf("verify: %u ok, %u sealed now, %u mismatch, %u damaged or corrupt, %u failed, %u not verified\n",
+		       c[0], c[1], c[2], c[3] + c[4], c[7], c[5] + c[6]);
+	return bad ? EXIT_MISMATCH : c[vstate_idx("failed")] ? EXIT_FAIL :
+							      EXIT_OK;
+}
+
+struct vone {
+	struct vout *o;
+	uint64_t problems;
+};
+
+static void offline_bad(void *ctx, uint32_t vclu, enum pf_mf_problem p)
+{
+	struct vone *v = ctx;
+
+	vout_bad_open(v->o);
+	vout_bad(v->o, vclu, pf_mf_problem_name(p));
+}
+
+static void first_corrupt(void *ctx, const char *file, enum pf_finding kind,
+			  const char *msg)
+{
+	char *first = ctx;
+
+	(void)file;
+	if (kind == PF_FIND_CORRUPT && !first[0])
+		snprintf(first, 200, "%s", msg);
+}
+
+/* Verify (or seal) delta @idx of the image offline. */
+static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
+		       struct vout *out)
+{
+	const struct pf_dd_image *img = &im->dd->images[idx];
+	const struct pf_dd_shot *shot = pf_dd_find_shot(im->dd, img->guid);
+	struct vdelta r = { .guid = img->guid, .file = img->file };
+	struct pf_why why = { "" };
+	struct pf_delta **v = NULL;
+	char first[200] = "";
+	struct pf_check_report cr = { .emit = first_corrupt, .ctx = first };
+	struct vone one = { .o = out };
+	enum pf_mf_state st;
+	int ret;
+
+	if (!strcmp(img->guid, im->dd->top_guid)) {
+		r.state = "top";
+		vout_delta(out, &r);
+		return;
+	}
+	if (shot && shot->temporary) {
+		r.state = "deleting";
+		r.note = "ploopctl snapshot-delete --resume finishes the delete";
+		vout_delta(out, &r);
+		return;
+	}
+	ret = pf_image_open_chain(im->dirfd, im->dd, &idx, 1, 0, false, NULL,
+				  &v, &why);
+	if (!ret && pf_check_delta(v[0], &cr) < 0)
+		ret = pf_why_set(&why, -ENOMEM, "out of memory");
+	if (ret) {
+		r.state = "failed";
+		r.note = why.msg;
+		vout_delta(out, &r);
+		return;
+	}
+	if (first[0]) {
+		r.state = "corrupt";
+		r.note = first;
+		vout_delta(out, &r);
+		pf_image_close_chain(v, 1);
+		return;
+	}
+	(void)pf_delta_direct(v[0], 4096);
+	out->cluster_bytes = v[0]->hdr.cluster_bytes;
+	out->file = img->file;
+	ret = pf_manifest_check(im->dirfd, v[0], img->file, img->guid, o,
+				offline_bad, &one, &st, &r.clusters, &why);
+	pf_image_close_chain(v, 1);
+	if (ret) {
+		r.state = "failed";
+		r.note = why.msg;
+	} else {
+		static const char *const names[] = {
+			[PF_MF_OK] = "ok", [PF_MF_SEALED_NOW] = "sealed",
+			[PF_MF_MISMATCH] = "mismatch",
+			[PF_MF_DAMAGED] = "damaged",
+		};
+
+		r.state = names[st];
+		r.problems = out->bad_listed;
+		if (st == PF_MF_DAMAGED)
+			r.note = why.msg;
+	}
+	vout_delta(out, &r);
+}
+
+static int verify_offline(const char *dir, struct pf_sum_opts *o, bool json)
+{
+	struct vout out = { .json = json };
+	struct image im;
+	size_t i;
+	int rc;
+
+	/* exclusive: verify may seal (write manifests) */
+	rc = image_open(&im, dir, 2, false);
+	if (rc != EXIT_OK) {
+		image_close(&im);
+		return rc;
+	}
+	vout_begin(&out, dir);
+	for (i = 0; i < im.dd->n_images; i++)
+		verify_one(&im, i, o, &out);
+	rc = vout_end(&out);
+	image_close(&im);
+	return rc;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+	const char *alg_name = NULL, *threads = NULL;
+	bool json = false, progress = false;
+	const struct cmd_opt opts[] = {
+		{ "algorithm", 'a', OPT_ARG, &alg_name },
+		{ "threads", OPT_KEY_LONG + 1, OPT_ARG, &threads },
+		{ "progress", OPT_KEY_LONG + 2, OPT_FLAG, &progress },
+		{ "json", 'j', OPT_FLAG, &json },
+	};
+	struct progress p = { .what = "verify" };
+	struct pf_sum_opts o = { 0 };
+	struct pf_csum_alg *alg = NULL;
+	int rc;
+
+	rc = parse_args(argc, argv, opts, PF_ARRAY_SIZE(opts), usage_verify,
+			1, 1);
+	if (rc >= 0)
+		return rc;
+	if (parse_threads("verify", threads, &o.threads))
+		return EXIT_USAGE;
+	rc = get_alg("verify", alg_name, &alg);
+	if (rc != EXIT_OK)
+		return rc;
+	o.alg = alg;
+	p.on = progress || isatty(STDERR_FILENO);
+	o.progress = progress_cb;
+	o.ctx = &p;
+	rc = verify_offline(argv[optind], &o, json);
+	progress_end(&p);
+	pf_csum_alg_free(alg);
+	return rc;
+}
+
 const struct command sum_commands[] = {
 	{ "checksum", cmd_checksum,
 	  "digest of the disk's content, of a snapshot or of a raw file" },
+	{ "verify", cmd_verify,
+	  "re-read the sealed snapshots and compare them with their manifests" },
 	{ NULL, NULL, NULL },
 };

@@ -365,10 +365,10 @@ static int consume_one(struct sum_job *j, take_fn take, void *ctx,
 
 	if (!u)
 		return 1;
-	ret = u->err;
+	ret = j->mode == SUM_CLU ? 0 : u->err;	/* SUM_CLU: per cluster */
 	if (ret)
 		pf_why_fmt(why, "%s", u->why.msg);
-	else if ((ret = take(j, u, ctx)))
+	else if ((ret = take(j, u, ctx)) && !why->msg[0])
 		pf_why_fmt(why, "digest failed: %s", strerror(-ret));
 	u->state = U_FREE;
 	j->consumed++;
@@ -464,6 +464,10 @@ static int walk_disk(struct sum_job *j, take_fn take,
 						       j->chunk;
 		struct unit *u;
 
+		if (j->o->cancel && j->o->cancel(j->o->ctx)) {
+			ret = pf_why_set(why, -ECANCELED, "cancelled");
+			break;
+		}
 		if (unit_hole(j, off, len)) {
 			ret = drain(j, take, ctx, why);
 			if (!ret)
@@ -595,7 +599,7 @@ int pf_sum_raw(const struct pf_sum_src *src, const struct pf_sum_opts *o,
 /* Each cluster of one delta */
 
 struct clu_ctx {
-	int (*each)(void *ctx, uint32_t vclu, const uint8_t *md);
+	pf_sum_each_fn each;
 	void *ctx;
 };
 
@@ -604,12 +608,11 @@ static int clu_take(struct sum_job *j, struct unit *u, void *ctx)
 	struct clu_ctx *c = ctx;
 
 	(void)j;
-	return c->each(c->ctx, u->vclu, u->mds);
+	return c->each(c->ctx, u->vclu, u->err ? NULL : u->mds, u->err);
 }
 
 int pf_sum_clusters(struct pf_delta *d, const struct pf_sum_opts *o,
-		    int (*each)(void *ctx, uint32_t vclu, const uint8_t *md),
-		    void *ctx, struct pf_why *why)
+		    pf_sum_each_fn each, void *ctx, struct pf_why *why)
 {
 	const struct pf_header *h = &d->hdr;
 	struct clu_ctx c = { each, ctx };
@@ -628,6 +631,10 @@ int pf_sum_clusters(struct pf_delta *d, const struct pf_sum_opts *o,
 
 		if (!clu)
 			continue;
+		if (o->cancel && o->cancel(o->ctx)) {
+			ret = pf_why_set(why, -ECANCELED, "cancelled");
+			break;
+		}
 		ret = free_slot(&j, clu_take, &c, &u, why);
 		if (ret)
 			break;

@@ -31,6 +31,9 @@ struct pf_sum_opts {
 	/* called in the calling thread as the work advances: @done of
 	 * @total bytes (may be NULL) */
 	void (*progress)(void *ctx, uint64_t done, uint64_t total);
+	/* asked in the calling thread before each unit: true stops the
+	 * work with -ECANCELED (may be NULL) */
+	bool (*cancel)(void *ctx);
 	void *ctx;
 };
 
@@ -60,14 +63,16 @@ PF_MUST_CHECK int pf_sum_raw(const struct pf_sum_src *src,
 
 /*
  * The digest of each cluster that delta @d's BAT maps, by itself (not
- * through a chain): @each(@ctx, virtual cluster, digest) in ascending
- * virtual order.  An entry beyond the end of the file reads short: an
- * error.  @each's non-zero return stops the walk and is returned.
+ * through a chain): @each(@ctx, virtual cluster, digest, 0) in ascending
+ * virtual order; a cluster that cannot be read (an entry past the end
+ * of the file reads short) comes as (@ctx, virtual cluster, NULL,
+ * -errno).  @each's non-zero return stops the walk and is returned.
  */
+typedef int (*pf_sum_each_fn)(void *ctx, uint32_t vclu, const uint8_t *md,
+			      int err);
 PF_MUST_CHECK int pf_sum_clusters(struct pf_delta *d,
 				  const struct pf_sum_opts *o,
-				  int (*each)(void *ctx, uint32_t vclu,
-					      const uint8_t *md),
-				  void *ctx, struct pf_why *why);
+				  pf_sum_each_fn each, void *ctx,
+				  struct pf_why *why);
 
 #endif /* PF_SUM_H */
