@@ -31,7 +31,7 @@ only_in 'syslog\.h' src/log.c
 declare -A layer=([util]=0 [log]=0 [cli]=0 [mounts]=0 [format]=1 [csum]=1 [descriptor]=1 [descriptor_i]=1 [dd_model]=1
 	[io_aio]=2 [io]=2 [file]=2 [delta]=3 [image]=3 [check]=3 [sum]=3 [manifest]=3
 	[stack]=4 [stack_i]=4 [map]=4 [gate]=4 [writeback]=4 [snapshot]=4
-	[merge]=4 [control]=5 [control_i]=5 [control_client]=5 [events]=5 [serve]=6 [fuse_fe]=6 [fuse_uring]=6
+	[merge]=4 [seal]=4 [control]=5 [control_i]=5 [control_client]=5 [events]=5 [serve]=6 [fuse_fe]=6 [fuse_uring]=6
 	[ploopctl]=7 [ploopctl_i]=7 [ploopctl_image]=7 [ploopctl_snap]=7 [ploopctl_freeze]=7
 	[ploopctl_status]=7 [ploopctl_mount]=7 [ploopctl_sum]=7 [ploopfs]=7)
 # every file of src/ has a layer: a new one is placed here first

@@ -506,7 +506,8 @@ int pf_manifest_verify(struct pf_delta *d, const struct pf_manifest *m,
 }
 
 int pf_manifest_check(int dirfd, struct pf_delta *d, const char *file,
-		      const char *guid, const struct pf_sum_opts *o,
+		      const char *guid, bool may_seal,
+		      const struct pf_sum_opts *o,
 		      pf_mf_bad_fn bad, void *ctx, enum pf_mf_state *state,
 		      uint64_t *clusters, struct pf_why *why)
 {
@@ -518,6 +519,10 @@ int pf_manifest_check(int dirfd, struct pf_delta *d, const char *file,
 	ret = pf_manifest_load(dirfd, file, &m, why);
 	if (ret == -EUCLEAN || ret == -ENOTSUP) {
 		*state = PF_MF_DAMAGED;
+		return 0;
+	}
+	if (ret == -ENOENT && !may_seal) {
+		*state = PF_MF_UNSEALED;
 		return 0;
 	}
 	if (ret == -ENOENT) {

@@ -141,17 +141,20 @@ enum pf_mf_state {
 	PF_MF_SEALED_NOW,	/* had no manifest: sealed it */
 	PF_MF_MISMATCH,		/* sealed, and the data does not match */
 	PF_MF_DAMAGED,		/* the manifest itself is unreadable */
+	PF_MF_UNSEALED,		/* had no manifest, and !may_seal */
 };
 
 /*
- * Verify read-only delta @d (file @d->name relative to @dirfd, GUID
- * @guid) against its manifest, or seal it if it has none (with o->alg).
+ * Verify read-only delta @d (file @file relative to @dirfd, GUID @guid)
+ * against its manifest, or seal it if it has none (with o->alg) and
+ * @may_seal.
  * *@state says which; *@clusters how many clusters were read.  A
  * damaged manifest is reported, never replaced.  Returns 0 or -errno
  * (could not do it: @why).
  */
 PF_MUST_CHECK int pf_manifest_check(int dirfd, struct pf_delta *d,
 				    const char *file, const char *guid,
+				    bool may_seal,
 				    const struct pf_sum_opts *o,
 				    pf_mf_bad_fn bad, void *ctx,
 				    enum pf_mf_state *state,

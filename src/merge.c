@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "manifest.h"
 
 /* Snapshot delete: the copy, in several threads (several
  * copies in flight nearly double the throughput of one). */
@@ -326,6 +327,63 @@ out:
 	return 0;
 }
 
+/* Manifest steps (W9) as crash points. */
+struct mf_points {
+	struct pf_stack *s;
+	enum crash_point tmp, renamed, dropped;
+};
+
+static void mf_step(void *ctx, enum pf_mf_step st)
+{
+	struct mf_points *c = ctx;
+
+	crash_point(c->s, st == PF_MF_TMP_SYNCED ? c->tmp :
+			  st == PF_MF_RENAMED	 ? c->renamed :
+						   c->dropped);
+}
+
+/* The manifest of @file, or NULL (none, damaged, unreadable). */
+static struct pf_manifest *manifest_of(struct pf_stack *s, const char *file)
+{
+	struct pf_manifest *m = NULL;
+
+	if (pf_manifest_load(s->dirfd, file, &m, NULL))
+		return NULL;
+	return m;
+}
+
+/*
+ * After a down merge, durable and named by the descriptor: the parent's
+ * file holds the child's clusters over its own, so its manifest is the
+ * child's entries over the parent's (W9: published only now, for
+ * content that is durable).  Without both manifests it stays unsealed
+ * until the sealer (seal.c) or verify seals it.  Returns true if sealed.
+ */
+static bool merged_manifest(struct pf_stack *s, struct level *pl,
+			    struct pf_manifest *pm, struct pf_manifest *cm)
+{
+	struct mf_points pts = { s, CP_MD_SUM_TMP, CP_MD_SUM_STORED, CP_NONE };
+	struct pf_mf_hook hook = { mf_step, &pts };
+	struct pf_manifest *m = NULL;
+	struct pf_why why = { "" };
+	struct stat st;
+	int ret;
+
+	if (!pm || !cm)
+		return false;
+	ret = fstat(pl->d->f->fd, &st) < 0 ? -errno : 0;
+	if (!ret)
+		ret = pf_manifest_compose(pm, cm, pl->guid,
+					  (uint64_t)st.st_size, &m);
+	if (!ret)
+		ret = pf_manifest_store(s->dirfd, pl->d->name, m, &hook, &why);
+	if (ret)
+		pf_log(PF_LOG_NOTICE, "%s/%s: merged delta left unsealed: %s",
+		       s->dir, pl->d->name, why.msg[0] ? why.msg : strerror(-ret));
+	pf_manifest_free(m);
+	return !ret;
+}
+
 /*
  * The delete of level @p (snapshot @guid) begins: refuse it while the
  * view has open handles (unless @force), and let the view open no more,
@@ -374,6 +432,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 	bool down, started = false, committed = false, durable = true;
 	bool claimed = false;
 	struct pf_file *ro_file = NULL;
+	struct pf_manifest *pm = NULL, *cm = NULL;
 	uint32_t idx;
 	int ret;
 
@@ -422,6 +481,20 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		   down ? "down into" : "up into",
 		   down ? s->levels[p].d->name : s->levels[m.c].d->name);
 	if (down) {
+		struct mf_points pts = { s, CP_NONE, CP_NONE,
+					 CP_MD_SUM_DROPPED };
+		struct pf_mf_hook hook = { mf_step, &pts };
+
+		/* W9: the parent's manifest goes, durably, before its file
+		 * changes; both are kept in memory to seal the result. */
+		pm = manifest_of(s, s->levels[p].d->name);
+		cm = manifest_of(s, s->levels[m.c].d->name);
+		ret = pf_manifest_drop(s->dirfd, s->levels[p].d->name, &hook);
+		if (ret) {
+			pf_why_fmt(why, "%s: cannot remove its manifest: %s",
+				   s->levels[p].d->name, strerror(-ret));
+			goto out;
+		}
 		/* The parent changes in place: mark it being deleted first,
 		 * so a crash leaves a merge to complete, not a snapshot
 		 * whose data is half its child's. */
@@ -529,6 +602,27 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		ret = structural_not_durable(why, "snapshot deleted");
 		goto out;
 	}
+	if (down && merged_manifest(s, &s->levels[p], pm, cm)) {
+		pthread_mutex_lock(&s->levels_lock);
+		s->levels[p].sealed = true;
+		pthread_mutex_unlock(&s->levels_lock);
+	}
+	/* W9: the manifest of the file that goes is dropped first: its
+	 * name may be taken by another delta (take_base_name) */
+	{
+		struct mf_points pts = { s, CP_NONE, CP_NONE,
+					 down ? CP_MD_GONE_SUM_DROPPED :
+						CP_MU_GONE_SUM_DROPPED };
+		struct pf_mf_hook hook = { mf_step, &pts };
+
+		int err = pf_manifest_drop(s->dirfd, gone_file, &hook);
+
+		if (err) {
+			pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the manifest of the merged delta: %s; the delta stays",
+			       s->dir, gone_file, strerror(-err));
+			goto done;
+		}
+	}
 	if (unlinkat(s->dirfd, gone_file, 0) < 0) {
 		pf_log(PF_LOG_WARNING, "%s/%s: cannot remove the merged delta: %s",
 		       s->dir, gone_file, strerror(errno));
@@ -539,6 +633,7 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		if (ret)
 			goto out;
 	}
+done:
 	clock_gettime(CLOCK_MONOTONIC, &b);
 	info->clusters = atomic_load(&m.copied);
 	info->bytes = info->clusters * s->hdr->cluster_bytes;
@@ -556,7 +651,9 @@ out:
 			   why->msg);
 	free(m.pdirty);
 	free(gone_file);
+	pf_manifest_free(pm);
+	pf_manifest_free(cm);
 	pf_dd_free(dd);
-	pthread_mutex_unlock(&s->struct_lock);
+	structural_end(s);
 	return ret;
 }

@@ -42,6 +42,9 @@ struct status {
 	bool read_only;		/* mounted with ploopfs -o ro */
 	uint64_t held, enospc, dirty, freezes, stall_last, stall_max,
 		last_event;
+	/* sealing (mounted): snapshots without a manifest yet, and the
+	 * bytes of the one being sealed or verified */
+	uint64_t unsealed, seal_done, seal_total;
 };
 
 static void usage_status(FILE *out)
@@ -84,6 +87,10 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		       st->unclean ? "true" : "false", st->held, st->enospc,
 		       st->dirty, st->freezes, st->stall_last, st->stall_max,
 		       st->last_event);
+		if (st->mounted)
+			printf(",\"unsealed\":%" PRIu64 ",\"seal_done\":%" PRIu64
+			       ",\"seal_total\":%" PRIu64,
+			       st->unsealed, st->seal_done, st->seal_total);
 		if (st->transport) {
 			printf(",\"fuse_transport\":");
 			json_str(stdout, st->transport);
@@ -123,6 +130,14 @@ static void print_status(const char *dir, const struct status *st, bool json)
 		printf("freezes:        %" PRIu64 " (last stall %" PRIu64
 		       " us, longest %" PRIu64 " us)\n",
 		       st->freezes, st->stall_last, st->stall_max);
+	if (st->mounted && st->seal_total)
+		printf("sealing:        %" PRIu64 "%% of %" PRIu64
+		       " bytes; %" PRIu64 " snapshot(s) unsealed\n",
+		       st->seal_done * 100 / st->seal_total, st->seal_total,
+		       st->unsealed);
+	else if (st->mounted)
+		printf("sealing:        %s%" PRIu64 " snapshot(s) unsealed\n",
+		       st->unsealed ? "waiting; " : "done; ", st->unsealed);
 	if (st->transport)
 		printf("transport:      %s\n",
 		       strcmp(st->transport, "io_uring") ? "/dev/fuse" :
@@ -208,6 +223,9 @@ static int status_online(int fd, const char *dir, struct status *st)
 			{ "stall_last_us", &st->stall_last },
 			{ "stall_max_us", &st->stall_max },
 			{ "last_event", &st->last_event },
+			{ "unsealed", &st->unsealed },
+			{ "seal_done", &st->seal_done },
+			{ "seal_total", &st->seal_total },
 		};
 
 		for (i = 0; i < PF_ARRAY_SIZE(nums); i++)

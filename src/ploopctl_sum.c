@@ -610,7 +610,7 @@ static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
 	(void)pf_delta_direct(v[0], 4096);
 	out->cluster_bytes = v[0]->hdr.cluster_bytes;
 	out->file = img->file;
-	ret = pf_manifest_check(im->dirfd, v[0], img->file, img->guid, o,
+	ret = pf_manifest_check(im->dirfd, v[0], img->file, img->guid, true, o,
 				offline_bad, &one, &st, &r.clusters, &why);
 	pf_image_close_chain(v, 1);
 	if (ret) {
@@ -621,6 +621,7 @@ static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
 			[PF_MF_OK] = "ok", [PF_MF_SEALED_NOW] = "sealed",
 			[PF_MF_MISMATCH] = "mismatch",
 			[PF_MF_DAMAGED] = "damaged",
+			[PF_MF_UNSEALED] = "unsealed",
 		};
 
 		r.state = names[st];
@@ -652,6 +653,77 @@ static int verify_offline(const char *dir, struct pf_sum_opts *o, bool json)
 	return rc;
 }
 
+/* The daemon's verify lines (serve.c), into the same output. */
+struct vonline {
+	struct vout *o;
+	char guid[PF_GUID_LEN + 1];
+	char file[256];
+	char note[256];
+	uint64_t problems;
+};
+
+static int verify_line(void *ctx, const char *line)
+{
+	struct vonline *v = ctx;
+	struct vdelta d = { 0 };
+	char guid[PF_GUID_LEN + 1], state[16];
+	unsigned long long n;
+	uint32_t vclu;
+	int pos = 0;
+
+	if (sscanf(line, "cluster %" SCNu32, &v->o->cluster_bytes) == 1)
+		return 0;
+	if (sscanf(line, "level %38s %n", v->guid, &pos) == 1 && pos) {
+		snprintf(v->file, sizeof(v->file), "%s", line + pos);
+		v->o->file = v->file;
+		v->note[0] = '\0';
+		v->problems = 0;
+		return 0;
+	}
+	if (sscanf(line, "bad %38s %" SCNu32 " %n", guid, &vclu, &pos) == 2 &&
+	    pos) {
+		v->problems++;
+		vout_bad_open(v->o);
+		vout_bad(v->o, vclu, line + pos);
+		return 0;
+	}
+	if (sscanf(line, "note %38s %n", guid, &pos) == 1 && pos) {
+		snprintf(v->note, sizeof(v->note), "%s", line + pos);
+		return 0;
+	}
+	if (sscanf(line, "verified %38s %15s %llu %n", guid, state, &n, &pos) ==
+		    3 &&
+	    pos) {
+		d.guid = guid;
+		d.file = line + pos;
+		d.state = state;
+		d.clusters = n;
+		d.problems = v->problems;
+		d.note = v->note[0] ? v->note : NULL;
+		vout_delta(v->o, &d);
+		v->note[0] = '\0';
+		v->problems = 0;
+	}
+	return 0;	/* lines of a newer daemon: ignored */
+}
+
+static int verify_online(const char *dir, int fd, bool json)
+{
+	const char *argv[] = { "verify" };
+	struct vout out = { .json = json };
+	struct vonline v = { .o = &out };
+	int rc;
+
+	vout_begin(&out, dir);
+	rc = daemon_call(fd, dir, 1, argv, verify_line, &v);
+	if (rc != EXIT_OK) {
+		if (json)
+			printf("]}\n");
+		return rc;
+	}
+	return vout_end(&out);
+}
+
 static int cmd_verify(int argc, char **argv)
 {
 	const char *alg_name = NULL, *threads = NULL;
@@ -665,7 +737,7 @@ static int cmd_verify(int argc, char **argv)
 	struct progress p = { .what = "verify" };
 	struct pf_sum_opts o = { 0 };
 	struct pf_csum_alg *alg = NULL;
-	int rc;
+	int rc, fd = -1;
 
 	rc = parse_args(argc, argv, opts, PF_ARRAY_SIZE(opts), usage_verify,
 			1, 1);
@@ -680,7 +752,17 @@ static int cmd_verify(int argc, char **argv)
 	p.on = progress || isatty(STDERR_FILENO);
 	o.progress = progress_cb;
 	o.ctx = &p;
-	rc = verify_offline(argv[optind], &o, json);
+	/* mounted: the daemon verifies (and seals with its algorithm) */
+	rc = daemon_of(argv[optind], &fd);
+	if (rc == EXIT_OK && fd >= 0) {
+		rc = verify_online(argv[optind], fd, json);
+		close(fd);
+		if (rc != EXIT_DAEMON_CLOSED)
+			goto out;
+	}
+	if (rc == EXIT_OK || rc == EXIT_DAEMON_CLOSED)
+		rc = verify_offline(argv[optind], &o, json);
+out:
 	progress_end(&p);
 	pf_csum_alg_free(alg);
 	return rc;

@@ -107,6 +107,9 @@ static int cmd_status(void *ctx, int argc, char **argv,
 			{ "stall_last_us", st.stall_last_us },
 			{ "stall_max_us", st.stall_max_us },
 			{ "last_event", pf_events_last(sv->events) },
+			{ "unsealed", st.unsealed },
+			{ "seal_done", st.seal_done },
+			{ "seal_total", st.seal_total },
 		};
 
 		ret = pf_ctl_data(r, "mounted %s", sv->disk_path);
@@ -199,11 +202,77 @@ static int cmd_snapshot_delete(void *ctx, int argc, char **argv,
 	return 0;
 }
 
+/* verify: data lines "cluster <bytes>", then for each level "level
+ * <guid> <file>", "bad <guid> <vclu> <problem>" for each cluster that
+ * does not match, "note <guid> <text>" and "verified <guid> <state>
+ * <clusters>" (pf_stack_verified). */
+struct verify_out {
+	struct pf_ctl_reply *r;
+	int err;	/* the client went away */
+};
+
+static void verify_bad(void *ctx, const char *guid, uint32_t vclu,
+		       const char *problem)
+{
+	struct verify_out *v = ctx;
+
+	if (!v->err)
+		v->err = pf_ctl_data(v->r, "bad %s %" PRIu32 " %s", guid, vclu,
+				     problem);
+}
+
+static int verify_delta(void *ctx, const struct pf_stack_verified *d)
+{
+	struct verify_out *v = ctx;
+
+	if (!v->err && d->note)
+		v->err = pf_ctl_data(v->r, "note %s %s", d->guid, d->note);
+	if (!v->err)
+		v->err = pf_ctl_data(v->r, "verified %s %s %" PRIu64 " %s",
+				     d->guid, d->state, d->clusters, d->file);
+	return v->err;
+}
+
+static int verify_level(void *ctx, const char *guid, const char *file)
+{
+	struct verify_out *v = ctx;
+
+	if (!v->err)
+		v->err = pf_ctl_data(v->r, "level %s %s", guid, file);
+	return v->err;
+}
+
+static int cmd_verify(void *ctx, int argc, char **argv,
+		      struct pf_ctl_reply *r, struct pf_why *why)
+{
+	struct pf_serve *sv = ctx;
+	struct verify_out v = { .r = r };
+	const struct pf_stack_verify_cb cb = {
+		.level = verify_level, .bad = verify_bad,
+		.delta = verify_delta, .ctx = &v,
+	};
+	struct pf_stack_stat st;
+	int ret;
+
+	(void)argv;
+	if (argc != 1)
+		return pf_why_set(why, -EINVAL, "usage: verify");
+	ret = check_mounted(sv, why);
+	if (ret)
+		return ret;
+	pf_stack_stat(sv->stack, &st);
+	ret = pf_ctl_data(r, "cluster %" PRIu32, st.cluster_bytes);
+	if (ret)
+		return ret;
+	return pf_stack_verify(sv->stack, &cb, why);
+}
+
 static const struct pf_ctl_cmd cmds[] = {
 	{ .name = "status", .fn = cmd_status },
 	{ .name = "events", .fn = cmd_events, .stream = true },
 	{ .name = "snapshot", .fn = cmd_snapshot, .keepalive = true },
 	{ .name = "snapshot-delete", .fn = cmd_snapshot_delete, .keepalive = true },
+	{ .name = "verify", .fn = cmd_verify, .keepalive = true },
 	{ .name = NULL },
 };
 

@@ -30,13 +30,21 @@ int structural_begin(struct pf_stack *s, struct pf_why *why)
 		return pf_why_set(why, -EROFS, "the image is opened read-only");
 	if (pthread_mutex_trylock(&s->struct_lock))
 		return pf_why_set(why, -EBUSY,
-				  "another snapshot or merge is in progress");
+				  "another snapshot, merge or verify is in progress");
 	if (atomic_load(&s->failed)) {
 		pthread_mutex_unlock(&s->struct_lock);
 		return pf_why_set(why, -EIO,
 				  "image is in the failed state after an I/O error (W7); remount it");
 	}
+	seal_hold(s);	/* the sealer reads the levels this may change */
 	return 0;
+}
+
+/* The end of what structural_begin() began. */
+void structural_end(struct pf_stack *s)
+{
+	seal_release(s);
+	pthread_mutex_unlock(&s->struct_lock);
 }
 
 /*
@@ -249,6 +257,6 @@ out:
 	free(nlv);
 	free(prep.file);
 	pf_dd_free(dd);
-	pthread_mutex_unlock(&s->struct_lock);
+	structural_end(s);
 	return ret;
 }

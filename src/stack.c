@@ -22,6 +22,7 @@
 
 #include "image.h"
 #include "log.h"
+#include "manifest.h"
 
 const char *const crash_point_names[] = { NULL, CRASH_POINTS(CP_NAME) };
 
@@ -915,12 +916,43 @@ static int top_prepare(struct pf_stack *s)
 	return ret;
 }
 
+/*
+ * The sealer's algorithm, and which read-only levels have a manifest.
+ * The top is written to, so a manifest of its file (a crash in a
+ * merge's renames, an older tool) cannot be right: it goes (W9).
+ */
+static int seal_setup(struct pf_stack *s, const char *alg,
+		      struct pf_why *why)
+{
+	unsigned l;
+	int ret;
+
+	if (!alg)
+		alg = PF_CSUM_DEFAULT;
+	if (strcmp(alg, "none")) {
+		ret = pf_csum_alg_get(alg, &s->seal_alg, why);
+		if (ret)
+			return ret;
+	}
+	for (l = 0; l + 1 < s->n_levels; l++)
+		s->levels[l].sealed =
+			pf_manifest_exists(s->dirfd, s->levels[l].d->name);
+	if (s->read_only)
+		return 0;
+	ret = pf_manifest_drop(s->dirfd, s->top->d->name, NULL);
+	if (ret)
+		pf_why_fmt(why, "%s: cannot remove the manifest of the top delta: %s",
+			   s->top->d->name, strerror(-ret));
+	return ret;
+}
+
 static void stack_free(struct pf_stack *s)
 {
 	unsigned i;
 
 	if (!s)
 		return;
+	pf_csum_alg_free(s->seal_alg);
 	for (i = 0; i < s->n_levels; i++)
 		pf_delta_close(s->levels[i].d);
 	free(s->levels);
@@ -966,10 +998,11 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 			&s->struct_lock, &s->commit_lock, &s->levels_lock,
 			&s->alloc_lock, &s->bat_lock, &s->epoch_lock,
 			&s->gate_lock, &s->space_lock, &s->wb_lock,
+			&s->seal_lock, &s->seal_mu,
 		};
 		pthread_cond_t *const conds[] = {
 			&s->gate_open, &s->gate_drained, &s->epoch_drained,
-			&s->wb_done,
+			&s->wb_done, &s->seal_kick,
 		};
 		size_t k;
 
@@ -1016,6 +1049,9 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	ret = stack_load(s, o, why);
 	if (ret)
 		goto err;
+	ret = seal_setup(s, o->seal_algorithm, why);
+	if (ret)
+		goto err;
 	/* the alignment every delta's I/O needs, fixed from now on */
 	for (i = 0; i < (int)s->n_levels; i++)
 		if (s->levels[i].d->align > s->align)
@@ -1058,6 +1094,9 @@ int pf_stack_start(struct pf_stack *s)
 	pthread_mutex_lock(&s->wb_lock);
 	s->wb_running = true;
 	pthread_mutex_unlock(&s->wb_lock);
+	ret = seal_start(s);
+	if (ret)
+		return ret;
 	stack_check_state(s, "start");
 	return 0;
 }
@@ -1067,6 +1106,7 @@ int pf_stack_close(struct pf_stack *s)
 	uint64_t mapped;
 	int ret = 0, r;
 
+	seal_stop(s);	/* the next start resumes it */
 	pthread_mutex_lock(&s->wb_lock);
 	s->wb_stop = s->wb_running;
 	pthread_cond_signal(&s->wb_kick);
@@ -1153,6 +1193,13 @@ void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st)
 	st->freezes = atomic_load(&s->freezes);
 	st->stall_last_us = atomic_load(&s->stall_last_us);
 	st->stall_max_us = atomic_load(&s->stall_max_us);
+	pthread_mutex_lock(&s->levels_lock);
+	for (unsigned l = 0; l + 1 < s->n_levels; l++)
+		st->unsealed += !s->levels[l].sealed && !s->levels[l].hidden &&
+				!s->levels[l].deleting;
+	pthread_mutex_unlock(&s->levels_lock);
+	st->seal_total = atomic_load(&s->seal_total);
+	st->seal_done = st->seal_total ? atomic_load(&s->seal_done) : 0;
 }
 
 /* Status of the levels, base first.  Blocks only for a switch's pointer

@@ -47,6 +47,10 @@ struct pf_stack_opts {
 	 * not call into the stack.  NULL: no cost. */
 	void (*crash_point)(void *ctx, const char *name);
 	void *crash_point_ctx;
+	/* digest of the manifests of sealed snapshots (manifest.h): any
+	 * name OpenSSL knows; NULL: sha256; "none": no sealer thread
+	 * (tests seal with pf_stack_seal()) */
+	const char *seal_algorithm;
 };
 
 /* The names of all crash points (pf_stack_opts.crash_point), *@n of them.
@@ -267,8 +271,51 @@ struct pf_stack_stat {
 	uint64_t enospc_events;		/* times a write found no space */
 	uint64_t freezes;		/* switches so far */
 	uint64_t stall_last_us, stall_max_us;	/* their I/O stalls */
+	unsigned unsealed;		/* read-only levels without manifest */
+	uint64_t seal_done, seal_total;	/* bytes of the level being sealed
+					 * or verified (0, 0: none) */
 };
 
 void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st);
+
+/*
+ * Seal now, in the caller, every read-only level that has no manifest
+ * (what the sealer thread does in the background).  Returns 0, -EROFS,
+ * -ENOTSUP (seal_algorithm "none"), or the failure (@why).
+ */
+PF_MUST_CHECK int pf_stack_seal(struct pf_stack *s, struct pf_why *why);
+
+/* One level as pf_stack_verify() found it. */
+struct pf_stack_verified {
+	const char *guid, *file;
+	/* ok, sealed (had none: sealed now), mismatch, damaged (the
+	 * manifest), unsealed (none, read-only mount), top (not verified),
+	 * deleting (not verified), failed */
+	const char *state;
+	uint64_t clusters;	/* read */
+	const char *note;	/* why, or NULL */
+};
+
+struct pf_stack_verify_cb {
+	/* each level, base first, before it is read; nonzero stops */
+	int (*level)(void *ctx, const char *guid, const char *file);
+	/* each cluster that does not match, before its level's delta() */
+	void (*bad)(void *ctx, const char *guid, uint32_t vclu,
+		    const char *problem);
+	/* each level, base first; nonzero stops the verify */
+	int (*delta)(void *ctx, const struct pf_stack_verified *r);
+	void *ctx;
+};
+
+/*
+ * Verify every read-only level against its manifest, sealing those that
+ * have none (not on a read-only mount), while I/O goes on; a structural
+ * command: one at a time with snapshots and deletes.  Progress is in
+ * pf_stack_stat's seal_done/seal_total.  Returns 0, -EBUSY, or delta()'s
+ * return; what was found goes to @cb.
+ */
+PF_MUST_CHECK int pf_stack_verify(struct pf_stack *s,
+				  const struct pf_stack_verify_cb *cb,
+				  struct pf_why *why);
 
 #endif /* PF_STACK_H */

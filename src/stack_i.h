@@ -102,6 +102,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "csum.h"
 #include "delta.h"
 #include "descriptor.h"
 #include "file.h"
@@ -135,6 +136,7 @@ struct level {
 	char guid[PF_GUID_LEN + 1];	/* its Image GUID in the descriptor */
 	uint64_t mapped;	/* clusters mapped (lower levels: fixed) */
 	bool hidden;		/* being merged away: no snapshot view */
+	bool sealed;		/* has a manifest (levels_lock) */
 	bool deleting;		/* a delete has begun: its view opens no
 				 * more (protected by levels_lock) */
 };
@@ -233,6 +235,17 @@ struct pf_stack {
 	void *event_ctx;
 	void (*crash_point)(void *ctx, const char *name);	/* tests */
 	void *crash_point_ctx;
+
+	/* The sealer (seal.c). */
+	struct pf_csum_alg *seal_alg;	/* NULL: no sealing */
+	pthread_mutex_t seal_lock;	/* held by a sealing pass and by
+					 * structural commands */
+	atomic_uint seal_holdoff;	/* structural commands waiting */
+	pthread_mutex_t seal_mu;	/* the fields below */
+	pthread_cond_t seal_kick;
+	bool seal_pending, seal_stop, seal_running;
+	pthread_t seal_thread;
+	atomic_uint_fast64_t seal_done, seal_total;
 };
 
 /*
@@ -261,6 +274,7 @@ struct pf_stack {
 	X(CP_SNAP_DD_TMP,		"snap.dd-tmp-written")		\
 	X(CP_SNAP_COMMITTED,		"snap.old-top-committed")	\
 	X(CP_SNAP_DD_RENAMED,		"snap.dd-renamed")		\
+	X(CP_MD_SUM_DROPPED,		"merge-down.manifest-dropped")	\
 	X(CP_MD_MARKED,			"merge-down.marked-temporary")	\
 	X(CP_MD_GROWN,			"merge-down.parent-grown")	\
 	X(CP_MD_COPIED,			"merge-down.copied")		\
@@ -269,11 +283,15 @@ struct pf_stack {
 	X(CP_MD_BAT_SYNCED,		"merge-down.bat-synced")	\
 	X(CP_MD_DD_TMP,			"merge-down.dd-tmp-written")	\
 	X(CP_MD_DD_RENAMED,		"merge-down.dd-renamed")	\
+	X(CP_MD_SUM_TMP,		"merge-down.manifest-tmp-synced") \
+	X(CP_MD_SUM_STORED,		"merge-down.manifest-renamed")	\
+	X(CP_MD_GONE_SUM_DROPPED,	"merge-down.child-manifest-dropped") \
 	X(CP_MD_UNLINKED,		"merge-down.child-unlinked")	\
 	X(CP_MU_COPIED,			"merge-up.copied")		\
 	X(CP_MU_COMMITTED,		"merge-up.committed")		\
 	X(CP_MU_DD_TMP,			"merge-up.dd-tmp-written")	\
 	X(CP_MU_DD_RENAMED,		"merge-up.dd-renamed")		\
+	X(CP_MU_GONE_SUM_DROPPED,	"merge-up.parent-manifest-dropped") \
 	X(CP_MU_UNLINKED,		"merge-up.parent-unlinked")	\
 	X(CP_MU_BASE_LINKED,		"merge-up.base-name-linked")	\
 	X(CP_MU_BASE_NAMED,		"merge-up.base-name-committed")	\
@@ -415,6 +433,14 @@ void *wb_main(void *arg);
 
 /* snapshot.c: what the structural commands share */
 int structural_begin(struct pf_stack *s, struct pf_why *why);
+void structural_end(struct pf_stack *s);
+
+/* seal.c */
+int seal_start(struct pf_stack *s);
+void seal_stop(struct pf_stack *s);
+void seal_kick(struct pf_stack *s);
+void seal_hold(struct pf_stack *s);
+void seal_release(struct pf_stack *s);
 int structural_dd_switch(struct pf_stack *s, bool *durable);
 int structural_not_durable(struct pf_why *why, const char *what);
 int structural_dd_current(struct pf_stack *s, struct pf_dd **out,
