@@ -22,7 +22,7 @@ only_in 'uuid/' src/descriptor.c
 only_in 'libaio\.h' src/io_aio.c
 only_in 'fuse' src/fuse_fe.c src/fuse_uring.c src/ploopfs.c
 only_in 'liburing' src/fuse_uring.c
-# planned: checksums with OpenSSL live in csum.c alone
+# checksums: OpenSSL lives in csum.c alone
 only_in 'openssl/' src/csum.c
 only_in 'syslog\.h' src/log.c
 

@@ -104,8 +104,6 @@ int pf_stack_seal(struct pf_stack *s, struct pf_why *why)
 
 	if (s->read_only)
 		return pf_why_set(why, -EROFS, "the image is opened read-only");
-	if (!s->seal_alg)
-		return pf_why_set(why, -ENOTSUP, "no digest algorithm");
 	pthread_mutex_lock(&s->seal_lock);
 	ret = seal_all(s, 0, why);
 	pthread_mutex_unlock(&s->seal_lock);
@@ -166,7 +164,7 @@ int seal_start(struct pf_stack *s)
 {
 	int ret;
 
-	if (s->read_only || !s->seal_alg)
+	if (s->read_only || s->no_sealer)
 		return 0;
 	ret = pthread_create(&s->seal_thread, NULL, sealer_main, s);
 	if (ret)
@@ -245,9 +243,6 @@ int pf_stack_verify(struct pf_stack *s, const struct pf_stack_verify_cb *cb,
 			r.state = "top";
 		} else if (lv->hidden || lv->deleting) {
 			r.state = "deleting";
-		} else if (!o.alg) {
-			r.state = "failed";
-			r.note = "no digest algorithm";
 		} else {
 			atomic_store(&s->seal_done, 0);
 			atomic_store(&s->seal_total,

@@ -927,13 +927,9 @@ static int seal_setup(struct pf_stack *s, const char *alg,
 	unsigned l;
 	int ret;
 
-	if (!alg)
-		alg = PF_CSUM_DEFAULT;
-	if (strcmp(alg, "none")) {
-		ret = pf_csum_alg_get(alg, &s->seal_alg, why);
-		if (ret)
-			return ret;
-	}
+	ret = pf_csum_alg_get(alg ? alg : PF_CSUM_DEFAULT, &s->seal_alg, why);
+	if (ret)
+		return ret;
 	for (l = 0; l + 1 < s->n_levels; l++)
 		s->levels[l].sealed =
 			pf_manifest_exists(s->dirfd, s->levels[l].d->name);
@@ -1049,6 +1045,7 @@ int pf_stack_open(const struct pf_stack_opts *o, struct pf_stack **out,
 	ret = stack_load(s, o, why);
 	if (ret)
 		goto err;
+	s->no_sealer = o->no_sealer;
 	ret = seal_setup(s, o->seal_algorithm, why);
 	if (ret)
 		goto err;

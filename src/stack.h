@@ -48,9 +48,11 @@ struct pf_stack_opts {
 	void (*crash_point)(void *ctx, const char *name);
 	void *crash_point_ctx;
 	/* digest of the manifests of sealed snapshots (manifest.h): any
-	 * name OpenSSL knows; NULL: sha256; "none": no sealer thread
-	 * (tests seal with pf_stack_seal()) */
+	 * name OpenSSL knows; NULL: sha256 */
 	const char *seal_algorithm;
+	/* no sealer thread: snapshots are sealed by pf_stack_seal() or
+	 * ploopctl verify only (tests, and ploopfs -o noseal) */
+	bool no_sealer;
 };
 
 /* The names of all crash points (pf_stack_opts.crash_point), *@n of them.
@@ -281,7 +283,7 @@ void pf_stack_stat(struct pf_stack *s, struct pf_stack_stat *st);
 /*
  * Seal now, in the caller, every read-only level that has no manifest
  * (what the sealer thread does in the background).  Returns 0, -EROFS,
- * -ENOTSUP (seal_algorithm "none"), or the failure (@why).
+ * or the failure (@why).
  */
 PF_MUST_CHECK int pf_stack_seal(struct pf_stack *s, struct pf_why *why);
 

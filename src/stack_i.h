@@ -237,7 +237,8 @@ struct pf_stack {
 	void *crash_point_ctx;
 
 	/* The sealer (seal.c). */
-	struct pf_csum_alg *seal_alg;	/* NULL: no sealing */
+	struct pf_csum_alg *seal_alg;
+	bool no_sealer;			/* pf_stack_opts.no_sealer */
 	pthread_mutex_t seal_lock;	/* held by a sealing pass and by
 					 * structural commands */
 	atomic_uint seal_holdoff;	/* structural commands waiting */
