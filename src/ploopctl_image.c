@@ -23,6 +23,7 @@
 #include "stack.h"
 #include "util.h"
 
+#include "manifest.h"
 #include "ploopctl_i.h"
 
 /* init */
@@ -280,6 +281,31 @@ static void print_fix(void *ctx, const char *file, enum pf_finding kind,
 		print_finding(ctx, file, kind, msg);
 }
 
+/*
+ * W9: a sealed delta that the repair will change loses its manifest
+ * first, durably (ploopctl verify seals it again).  Returns 0 or -errno.
+ */
+static int drop_manifest_first(struct image *im, const char *file,
+			       struct pf_delta *d)
+{
+	struct pf_check_report pre = { 0 };
+	int dirfd = im->is_dir ? im->dirfd : AT_FDCWD, ret;
+
+	if (!pf_manifest_exists(dirfd, file))
+		return 0;
+	ret = pf_check_delta(d, &pre);
+	if (ret < 0)
+		return ret;
+	if (!pre.count[PF_FIND_CORRUPT] && !pre.count[PF_FIND_UNCLEAN] &&
+	    !pre.count[PF_FIND_LEAK])
+		return 0;	/* nothing to repair */
+	ret = pf_manifest_drop(dirfd, file, NULL);
+	if (!ret)
+		fprintf(stderr, "ploopctl: %s: its manifest is removed before the repair (ploopctl verify seals it again)\n",
+			d->name);
+	return ret;
+}
+
 static int repair_all(struct image *im, size_t n, bool force,
 		      struct check_out *co, unsigned *fixes)
 {
@@ -304,7 +330,9 @@ static int repair_all(struct image *im, size_t n, bool force,
 		}
 		free(d->name);
 		d->name = path;
-		ret = pf_repair_delta(d, force, &rr, &f);
+		ret = drop_manifest_first(im, name ? name : im->arg, d);
+		if (!ret)
+			ret = pf_repair_delta(d, force, &rr, &f);
 		*fixes += f;
 		if (ret < 0) {
 			err_line(d->name, "repair failed: %s", strerror(-ret));

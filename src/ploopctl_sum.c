@@ -415,7 +415,7 @@ static void usage_verify(FILE *out)
 struct vdelta {
 	const char *guid, *file;
 	const char *state;	/* ok sealed mismatch damaged corrupt top
-				 * deleting failed */
+				 * deleting failed unsealed */
 	uint64_t clusters, problems;
 	const char *note;	/* why, for damaged, corrupt, failed */
 };
@@ -426,13 +426,16 @@ struct vout {
 	unsigned bad_listed;	/* of the current delta */
 	uint32_t cluster_bytes;
 	const char *file;	/* of the current delta */
-	unsigned count[8];
+	unsigned count[9];
 	bool in_delta;		/* JSON: a delta object is open */
 };
 
-static const char *const vstates[] = { "ok", "sealed", "mismatch", "damaged",
-				       "corrupt", "top", "deleting", "failed" };
+static const char *const vstates[] = { "ok",	     "sealed",	 "mismatch",
+				       "damaged",    "corrupt",	 "top",
+				       "deleting",   "failed",	 "unsealed" };
 
+/* The index of @st in vstates; an unknown one (a newer daemon's) counts
+ * as failed. */
 static unsigned vstate_idx(const char *st)
 {
 	unsigned i;
@@ -440,7 +443,7 @@ static unsigned vstate_idx(const char *st)
 	for (i = 0; i < PF_ARRAY_SIZE(vstates); i++)
 		if (!strcmp(st, vstates[i]))
 			return i;
-	return PF_ARRAY_SIZE(vstates) - 1;
+	return 7;
 }
 
 static void vout_begin(struct vout *o, const char *dir)
@@ -504,7 +507,8 @@ static void vout_delta(struct vout *o, const struct vdelta *d)
 		static const char *const says[] = {
 			"ok", "sealed now", "MISMATCH", "MANIFEST DAMAGED",
 			"DELTA CORRUPT", "live top: not verified (it changes)",
-			"being deleted: not verified", "FAILED"
+			"being deleted: not verified", "FAILED",
+			"unsealed: not verified"
 		};
 
 		printf("%s %s: %s", d->guid, d->file,
@@ -536,7 +540,7 @@ static int vout_end(struct vout *o)
 		       bad || c[vstate_idx("failed")] ? "false" : "true");
 	else
 		printf("verify: %u ok, %u sealed now, %u mismatch, %u damaged or corrupt, %u failed, %u not verified\n",
-		       c[0], c[1], c[2], c[3] + c[4], c[7], c[5] + c[6]);
+		       c[0], c[1], c[2], c[3] + c[4], c[7], c[5] + c[6] + c[8]);
 	return bad ? EXIT_MISMATCH : c[vstate_idx("failed")] ? EXIT_FAIL :
 							      EXIT_OK;
 }

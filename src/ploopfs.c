@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "csum.h"
 #include "control.h"
 #include "events.h"
 #include "fuse_fe.h"
@@ -48,6 +49,7 @@ struct config {
 	int no_direct;
 	int uring;
 	int ro;
+	char *seal;		/* digest of the manifests, or "off" */
 };
 
 #define OPT(t, p) { t, offsetof(struct config, p), 1 }
@@ -63,6 +65,7 @@ static const struct fuse_opt cfg_opts[] = {
 	OPT("max_threads=", max_threads),
 	OPT("no_direct", no_direct),
 	OPT("uring", uring),
+	OPT("seal=%s", seal),
 	FUSE_OPT_KEY("ro", KEY_RO),
 	FUSE_OPT_END
 };
@@ -137,6 +140,9 @@ static void usage(FILE *out)
 		"  uring              take requests over io_uring when the kernel offers\n"
 		"                     it (fuse module parameter enable_uring=Y)\n"
 		"  ro                 read-only: nothing in the image directory changes\n"
+		"  seal=<digest>|off  digest of the manifests of snapshots, sealed in\n"
+		"                     the background (default sha256); off: sealed\n"
+		"                     only by ploopctl verify\n"
 		"  allow_other        let other users see the mount (the disk stays\n"
 		"                     the mounting user's: permissions are enforced)\n"
 		"\n"
@@ -170,6 +176,20 @@ static int check_options(const struct config *cfg, struct pf_stack_opts *so,
 		fprintf(stderr, "ploopfs: invalid enospc_timeout '%s' (seconds, 0 to %u; 0: hold until space is freed)\n",
 			cfg->enospc_timeout, ENOSPC_TIMEOUT_MAX);
 		return -EINVAL;
+	}
+	if (cfg->seal && !strcmp(cfg->seal, "off")) {
+		so->no_sealer = true;
+	} else if (cfg->seal) {
+		struct pf_csum_alg *a = NULL;
+		struct pf_why why = { "" };
+
+		if (pf_csum_alg_get(cfg->seal, &a, &why)) {
+			fprintf(stderr, "ploopfs: invalid seal '%s': %s\n",
+				cfg->seal, why.msg);
+			return -EINVAL;
+		}
+		pf_csum_alg_free(a);
+		so->seal_algorithm = cfg->seal;
 	}
 	if (cfg->name && (!*cfg->name || strchr(cfg->name, '/') ||
 			  !strcmp(cfg->name, ".") || !strcmp(cfg->name, ".."))) {
@@ -545,6 +565,7 @@ out:
 	free(cfg.commit);
 	free(cfg.threads);
 	free(cfg.enospc_timeout);
+	free(cfg.seal);
 	fuse_opt_free_args(&args);
 	return rc;
 }
