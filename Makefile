@@ -88,7 +88,7 @@ FUZZ_REPLAY  := $(FUZZ_TARGETS:%=$(B)/tests/test_fuzz_%)
 
 .PHONY: demo all deps check check-unit check-integration check-uring \
 	check-asan check-tsan fuzz \
-	lint man-lint install uninstall clean help bench crash-soak
+	lint man-lint install uninstall clean help bench bench-checksum crash-soak
 
 all: $(PROGS)
 
@@ -106,6 +106,7 @@ help:
 	@echo "  lint               cppcheck, clang-tidy, shellcheck, man page lint"
 	@echo "  install            install programs and man pages (PREFIX, DESTDIR)"
 	@echo "  uninstall          remove what install put there (same PREFIX, DESTDIR)"
+	@echo "  bench-checksum     ploopctl checksum against sha256sum (BENCH_SUM_MB)"
 	@echo "  crash-soak         CRASH_SCENARIOS=N random power-cut scenarios (default 10000)"
 	@echo "                     from CRASH_SEED (default 1); CRASH_POINT=name cuts each"
 	@echo "                     exactly at that crash point (test_crash -l lists them),"
@@ -210,7 +211,7 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS  := -std=gnu11 $(WARN) -g -O1 -fno-omit-frame-pointer -MMD -MP \
 		$(FUZZ_SAN)
 # the modules that hold the parsers (and what they need)
-FUZZ_MODULES := util log format descriptor control
+FUZZ_MODULES := util log format descriptor control csum manifest sum delta file io_aio
 FUZZ_LIB     := $(FUZZ_B)/libploopfs.a
 FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
 FUZZ_SECONDS ?= 60
@@ -242,8 +243,12 @@ $(B)/tests/fuse_ceiling: tests/bench/fuse_ceiling.c $(LIB)
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MF $@.d -MT $@ $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench: all $(B)/tests/fuse_ceiling
-	@if [ -x tests/bench/run.sh ]; then tests/bench/run.sh $(B); \
-	else echo "bench: no benchmarks yet (they need the ploopfs daemon)"; fi
+	tests/bench/run.sh $(B)
+	tests/bench/checksum.sh $(B)
+
+# ploopctl checksum against sha256sum, and a sparse 64 GiB disk
+bench-checksum: all
+	tests/bench/checksum.sh $(B)
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8

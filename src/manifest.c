@@ -268,17 +268,76 @@ bool pf_manifest_exists(int dirfd, const char *delta_file)
 
 /* Loading */
 
+int pf_manifest_parse(const void *buf, size_t len, struct pf_manifest **out,
+		      struct pf_why *why)
+{
+	const uint8_t *b = buf;
+	struct pf_csum_alg *a = NULL;
+	struct pf_manifest *m = NULL;
+	uint8_t root[PF_MF_MD_MAX];
+	struct pf_mf_header h;
+	uint64_t i, body;
+	int ret;
+
+	*out = NULL;
+	if (len < PF_MF_HDR_SIZE)
+		return pf_why_set(why, -EUCLEAN, "shorter than its header");
+	ret = pf_mf_header_decode(b, len, &h, why);
+	if (ret)
+		return ret;
+	ret = pf_csum_alg_get(h.alg, &a, NULL);
+	if (ret == -ENOMEM)
+		return ret;
+	if (ret || pf_csum_alg_size(a) != h.md_len) {
+		ret = ret ? -ENOTSUP : -EUCLEAN;
+		pf_why_fmt(why, "algorithm %s %s", h.alg,
+			   ret == -ENOTSUP ? "is unknown to this OpenSSL" :
+					     "has another digest length");
+		goto out;
+	}
+	m = calloc(1, sizeof(*m));
+	body = h.entries * pf_mf_entry_size(h.md_len);	/* < len */
+	if (m)
+		m->ent = malloc(body ? body : 1);
+	if (!m || !m->ent) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	m->h = h;
+	memcpy(m->ent, b + PF_MF_HDR_SIZE, body);
+	memcpy(m->root, b + PF_MF_HDR_SIZE + body, h.md_len);
+	for (i = 0; i < h.entries; i++) {
+		uint32_t v = ent_vclu(m, i);
+
+		if (v >= h.bat_entries || (i && v <= ent_vclu(m, i - 1))) {
+			ret = pf_why_set(why, -EUCLEAN,
+					 "entry %" PRIu64 " (cluster %" PRIu32
+					 ") out of order or range", i, v);
+			goto out;
+		}
+	}
+	ret = root_of(m, a, root);
+	if (!ret && memcmp(root, m->root, h.md_len))
+		ret = pf_why_set(why, -EUCLEAN,
+				 "the root digest does not match its contents");
+	if (!ret) {
+		*out = m;
+		m = NULL;
+	}
+out:
+	pf_csum_alg_free(a);
+	pf_manifest_free(m);
+	return ret;
+}
+
 int pf_manifest_load(int dirfd, const char *delta_file,
 		     struct pf_manifest **out, struct pf_why *why)
 {
 	char *name = pf_manifest_name(delta_file);
-	struct pf_csum_alg *a = NULL;
-	struct pf_manifest *m = NULL;
-	uint8_t hdr[PF_MF_HDR_SIZE], root[PF_MF_MD_MAX];
+	uint8_t hdr[PF_MF_HDR_SIZE], *buf = NULL;
+	struct pf_why pw = { "" };
 	struct pf_mf_header h;
-	struct pf_why dw = { "" };
 	struct stat st;
-	uint64_t i, body;
 	int fd = -1, ret;
 
 	*out = NULL;
@@ -298,71 +357,30 @@ int pf_manifest_load(int dirfd, const char *delta_file,
 				 name);
 		goto out;
 	}
+	/* the header says how long the file must be: nothing larger is
+	 * read into memory */
 	ret = (uint64_t)st.st_size < sizeof(hdr) ?
-		      -EIO :
+		      -EUCLEAN :
 		      pf_pread_full(fd, hdr, sizeof(hdr), 0);
-	if (ret) {
-		ret = pf_why_set(why, -EUCLEAN, "%s: shorter than its header",
-				 name);
-		goto out;
-	}
-	ret = pf_mf_header_decode(hdr, (uint64_t)st.st_size, &h, &dw);
-	if (ret) {
-		pf_why_fmt(why, "%s: %s", name, dw.msg);
-		goto out;
-	}
-	m = calloc(1, sizeof(*m));
-	if (!m) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	m->h = h;
-	ret = pf_csum_alg_get(m->h.alg, &a, NULL);
-	if (ret || pf_csum_alg_size(a) != m->h.md_len) {
-		ret = ret == -ENOMEM ? ret : ret ? -ENOTSUP : -EUCLEAN;
-		pf_why_fmt(why, "%s: algorithm %s %s", name, m->h.alg,
-			   ret == -ENOTSUP ? "is unknown to this OpenSSL" :
-					     "has another digest length");
-		goto out;
-	}
-	body = m->h.entries * ent_size(m);
-	m->ent = malloc(body ? body : 1);
-	if (!m->ent) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	ret = body ? pf_pread_full(fd, m->ent, body, sizeof(hdr)) : 0;
 	if (!ret)
-		ret = pf_pread_full(fd, m->root, m->h.md_len,
-				    sizeof(hdr) + body);
-	if (ret) {
-		pf_why_fmt(why, "%s: cannot read: %s", name, strerror(-ret));
-		goto out;
-	}
-	for (i = 0; i < m->h.entries; i++) {
-		uint32_t v = ent_vclu(m, i);
-
-		if (v >= m->h.bat_entries || (i && v <= ent_vclu(m, i - 1))) {
-			ret = pf_why_set(why, -EUCLEAN,
-					 "%s: entry %" PRIu64 " (cluster %" PRIu32
-					 ") out of order or range", name, i, v);
-			goto out;
-		}
-	}
-	ret = root_of(m, a, root);
-	if (!ret && memcmp(root, m->root, m->h.md_len))
-		ret = pf_why_set(why, -EUCLEAN,
-				 "%s: the root digest does not match its contents",
-				 name);
+		ret = pf_mf_header_decode(hdr, (uint64_t)st.st_size, &h, &pw);
+	else if (ret == -EUCLEAN)
+		pf_why_fmt(&pw, "shorter than its header");
 	if (!ret) {
-		*out = m;
-		m = NULL;
+		buf = malloc((size_t)st.st_size);
+		ret = buf ? pf_pread_full(fd, buf, (size_t)st.st_size, 0) :
+			    -ENOMEM;
+		if (ret && ret != -ENOMEM)
+			pf_why_fmt(&pw, "cannot read: %s", strerror(-ret));
 	}
+	if (!ret)
+		ret = pf_manifest_parse(buf, (size_t)st.st_size, out, &pw);
+	if (ret && pw.msg[0])
+		pf_why_fmt(why, "%s: %s", name, pw.msg);
 out:
 	if (fd >= 0)
 		close(fd);
-	pf_csum_alg_free(a);
-	pf_manifest_free(m);
+	free(buf);
 	free(name);
 	return ret;
 }

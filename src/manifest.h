@@ -101,6 +101,14 @@ PF_MUST_CHECK int pf_manifest_load(int dirfd, const char *delta_file,
 				   struct pf_why *why);
 
 /*
+ * Validate and decode the manifest file's bytes @buf (@len of them), as
+ * pf_manifest_load() does.  Returns 0, -EUCLEAN, -ENOTSUP or -ENOMEM.
+ */
+PF_MUST_CHECK int pf_manifest_parse(const void *buf, size_t len,
+				    struct pf_manifest **out,
+				    struct pf_why *why);
+
+/*
  * The manifest of a delta that holds @upper's clusters over @lower's
  * (a down merge: the child's clusters copied into the parent's file),
  * for delta @guid, file size @file_bytes.  Both must have the same

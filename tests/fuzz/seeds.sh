@@ -13,7 +13,7 @@ out=$(realpath -m "${2:?usage: seeds.sh PLOOPCTL OUT}")
 top=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-mkdir -p "$out"/{header,descriptor,ctl_request,ctl_reply,event,size}
+mkdir -p "$out"/{header,descriptor,ctl_request,ctl_reply,event,size,manifest}
 
 # the helpers of the bats suite that the rows of images.tsv use
 le32() { printf '%08x' "$1" | sed 's/\(..\)\(..\)\(..\)\(..\)/\4\3\2\1/'; }
@@ -94,3 +94,17 @@ for s in 0 512 64K 1M 1MiB 10GB 3g 1T 1P 1pib 18446744073709551615 \
 	18446744073709551616 16384P 17179869183G x1 1X 1KBB; do
 	printf '%s' "$s" >"$out/size/$s"
 done
+
+# manifests of sealed snapshots: empty, one cluster, a few; sha256 and
+# blake2b512 (verify seals with --algorithm)
+M=$tmp/sealed
+"$ploopctl" init -s 64M -c 64K "$M" >/dev/null
+"$ploopctl" snapshot "$M" >/dev/null
+cp "$M/root.hds.sum" "$out/manifest/empty-sha256"
+top=$("$ploopctl" info "$M" | awk '$1 == "file:" { f = $2 } END { print f }')
+qemu-io -f parallels -c 'write -P 0x5a 64k 64k' -c 'write -P 0x11 1M 192k' "$top" >/dev/null
+"$ploopctl" snapshot "$M" >/dev/null
+cp "$top.sum" "$out/manifest/four-sha256"
+rm "$top.sum"
+"$ploopctl" verify -a blake2b512 "$M" >/dev/null
+cp "$top.sum" "$out/manifest/four-blake2b512"
