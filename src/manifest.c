@@ -18,6 +18,12 @@
 
 #define TMP_SUFFIX	".tmp"
 
+/* -errno of the call that just failed (never 0) */
+static int neg_errno(void)
+{
+	return errno ? -errno : -EIO;
+}
+
 void pf_manifest_free(struct pf_manifest *m)
 {
 	if (!m)
@@ -141,7 +147,7 @@ int pf_manifest_build(struct pf_delta *d, const char *guid,
 
 	*out = NULL;
 	if (fstat(d->f->fd, &st) < 0)
-		return pf_why_set(why, -errno, "%s", strerror(errno));
+		return pf_why_set(why, neg_errno(), "%s", strerror(errno));
 	b.cap = pf_delta_mapped_count(d);
 	b.m = manifest_new(o->alg, d->hdr.cluster_bytes, d->hdr.bat_entries,
 			   b.cap, guid, (uint64_t)st.st_size);
@@ -179,7 +185,7 @@ int pf_manifest_store(int dirfd, const char *delta_file,
 	fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
 					O_CLOEXEC, 0644);
 	if (fd < 0) {
-		ret = pf_why_set(why, -errno, "%s: cannot create: %s", tmp,
+		ret = pf_why_set(why, neg_errno(), "%s: cannot create: %s", tmp,
 				 strerror(errno));
 		goto out;
 	}
@@ -190,7 +196,7 @@ int pf_manifest_store(int dirfd, const char *delta_file,
 		ret = pf_pwrite_full(fd, m->root, m->h.md_len,
 				     sizeof(hdr) + body);
 	if (!ret && fsync(fd) < 0)
-		ret = -errno;
+		ret = neg_errno();
 	close(fd);
 	if (ret) {
 		pf_why_fmt(why, "%s: cannot write: %s", tmp, strerror(-ret));
@@ -199,7 +205,7 @@ int pf_manifest_store(int dirfd, const char *delta_file,
 	}
 	step(hook, PF_MF_TMP_SYNCED);
 	if (renameat(dirfd, tmp, dirfd, name) < 0) {
-		ret = pf_why_set(why, -errno, "%s: cannot rename: %s", name,
+		ret = pf_why_set(why, neg_errno(), "%s: cannot rename: %s", name,
 				 strerror(errno));
 		unlinkat(dirfd, tmp, 0);
 		goto out;
@@ -229,7 +235,7 @@ int pf_manifest_drop(int dirfd, const char *delta_file,
 	if (!unlinkat(dirfd, name, 0))
 		gone = true;
 	else if (errno != ENOENT)
-		ret = -errno;
+		ret = neg_errno();
 	if (!unlinkat(dirfd, tmp, 0))
 		gone = true;
 	if (!ret && gone)
@@ -249,7 +255,7 @@ int pf_manifest_seal(int dirfd, struct pf_delta *d, const char *delta_file,
 	struct pf_manifest *m = NULL;
 	int ret = pf_manifest_build(d, guid, o, &m, why);
 
-	if (!ret)
+	if (!ret && m)
 		ret = pf_manifest_store(dirfd, delta_file, m, hook, why);
 	pf_manifest_free(m);
 	return ret;
@@ -346,7 +352,7 @@ int pf_manifest_load(int dirfd, const char *delta_file,
 	fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK |
 					 O_CLOEXEC);
 	if (fd < 0) {
-		ret = errno == ELOOP ? -EUCLEAN : -errno;
+		ret = errno == ELOOP ? -EUCLEAN : neg_errno();
 		pf_why_fmt(why, "%s: %s", name,
 			   errno == ELOOP ? "is a symbolic link" :
 					    strerror(errno));
@@ -535,6 +541,8 @@ int pf_manifest_check(int dirfd, struct pf_delta *d, const char *file,
 
 	*clusters = 0;
 	ret = pf_manifest_load(dirfd, file, &m, why);
+	if (!ret && !m)
+		ret = -EIO;	/* cannot happen: load sets it on success */
 	if (ret == -EUCLEAN || ret == -ENOTSUP) {
 		*state = PF_MF_DAMAGED;
 		return 0;

@@ -197,13 +197,14 @@ static int run_sum(const struct sum_req *q, const struct pf_sum_src *src,
 {
 	struct pf_why why = { "" };
 	struct progress p = { .what = "checksum" };
+	struct pf_sum_opts ro = *o;
 	int ret;
 
 	p.on = q->progress || isatty(STDERR_FILENO);
-	o->progress = progress_cb;
-	o->ctx = &p;
-	ret = q->raw ? pf_sum_raw(src, o, md, &why) :
-		       pf_sum_blk(src, o, md, &why);
+	ro.progress = progress_cb;
+	ro.ctx = &p;
+	ret = q->raw ? pf_sum_raw(src, &ro, md, &why) :
+		       pf_sum_blk(src, &ro, md, &why);
 	progress_end(&p);
 	if (ret) {
 		err_line(name, "%s", why.msg[0] ? why.msg : strerror(-ret));
@@ -547,7 +548,6 @@ static int vout_end(struct vout *o)
 
 struct vone {
 	struct vout *o;
-	uint64_t problems;
 };
 
 static void offline_bad(void *ctx, uint32_t vclu, enum pf_mf_problem p)
@@ -666,40 +666,64 @@ struct vonline {
 	uint64_t problems;
 };
 
+/* The next space-separated word of *@p into @out (@size bytes): false
+ * if there is none or it does not fit.  *@p moves past it and the
+ * spaces after it. */
+static bool word(const char **p, char *out, size_t size)
+{
+	size_t n = strcspn(*p, " ");
+
+	if (!n || n >= size)
+		return false;
+	memcpy(out, *p, n);
+	out[n] = '\0';
+	*p += n;
+	*p += strspn(*p, " ");
+	return true;
+}
+
+/* The next word as a decimal number of at most @max. */
+static bool number(const char **p, uint64_t max, uint64_t *out)
+{
+	char w[24], *end;
+
+	if (!word(p, w, sizeof(w)) || w[0] < '0' || w[0] > '9')
+		return false;
+	errno = 0;
+	*out = strtoull(w, &end, 10);
+	return !errno && !*end && *out <= max;
+}
+
 static int verify_line(void *ctx, const char *line)
 {
 	struct vonline *v = ctx;
 	struct vdelta d = { 0 };
-	char guid[PF_GUID_LEN + 1], state[16];
-	unsigned long long n;
-	uint32_t vclu;
-	int pos = 0;
+	char key[16], guid[PF_GUID_LEN + 1], state[16];
+	const char *p = line;
+	uint64_t n;
 
-	if (sscanf(line, "cluster %" SCNu32, &v->o->cluster_bytes) == 1)
+	/* lines a newer daemon adds, or malformed ones, are skipped */
+	if (!word(&p, key, sizeof(key)))
 		return 0;
-	if (sscanf(line, "level %38s %n", v->guid, &pos) == 1 && pos) {
-		snprintf(v->file, sizeof(v->file), "%s", line + pos);
+	if (!strcmp(key, "cluster") && number(&p, UINT32_MAX, &n)) {
+		v->o->cluster_bytes = (uint32_t)n;
+	} else if (!strcmp(key, "level") && word(&p, v->guid, sizeof(v->guid))) {
+		snprintf(v->file, sizeof(v->file), "%s", p);
 		v->o->file = v->file;
 		v->note[0] = '\0';
 		v->problems = 0;
-		return 0;
-	}
-	if (sscanf(line, "bad %38s %" SCNu32 " %n", guid, &vclu, &pos) == 2 &&
-	    pos) {
+	} else if (!strcmp(key, "bad") && word(&p, guid, sizeof(guid)) &&
+		   number(&p, UINT32_MAX, &n)) {
 		v->problems++;
 		vout_bad_open(v->o);
-		vout_bad(v->o, vclu, line + pos);
-		return 0;
-	}
-	if (sscanf(line, "note %38s %n", guid, &pos) == 1 && pos) {
-		snprintf(v->note, sizeof(v->note), "%s", line + pos);
-		return 0;
-	}
-	if (sscanf(line, "verified %38s %15s %llu %n", guid, state, &n, &pos) ==
-		    3 &&
-	    pos) {
+		vout_bad(v->o, (uint32_t)n, p);
+	} else if (!strcmp(key, "note") && word(&p, guid, sizeof(guid))) {
+		snprintf(v->note, sizeof(v->note), "%s", p);
+	} else if (!strcmp(key, "verified") && word(&p, guid, sizeof(guid)) &&
+		   word(&p, state, sizeof(state)) &&
+		   number(&p, UINT64_MAX, &n)) {
 		d.guid = guid;
-		d.file = line + pos;
+		d.file = p;
 		d.state = state;
 		d.clusters = n;
 		d.problems = v->problems;
@@ -708,7 +732,7 @@ static int verify_line(void *ctx, const char *line)
 		v->note[0] = '\0';
 		v->problems = 0;
 	}
-	return 0;	/* lines of a newer daemon: ignored */
+	return 0;
 }
 
 static int verify_online(const char *dir, int fd, bool json)

@@ -71,7 +71,7 @@ got=$("$PLOOPCTL" checksum "$W/img" | cut -d' ' -f1)
   "$(sha256sum <"$W/raw" | cut -d' ' -f1)" ] || { echo "checksum --raw differs" >&2; exit 1; }
 
 printf '%-26s %10s %10s %8s %8s\n' "reader" "cold MB/s" "warm MB/s" "cold x" "warm x"
-ref_c= ref_w=
+ref_c='' ref_w=''
 row() {
 	local name=$1 c w
 	shift
