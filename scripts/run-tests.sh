@@ -78,7 +78,7 @@ if [ "$mode" != unit ]; then
 		failed=$((failed + 1))
 	else
 		if [ "$mode" != uring ]; then
-			(cd "$top" && timeout 3000 bats --tap tests/integration) >"$log" 2>&1
+			(cd "$top" && timeout 3000 bats --tap --timing tests/integration) >"$log" 2>&1
 			tally_run integration $?
 		fi
 		# The daemon's tests again, every mount over FUSE over
@@ -91,7 +91,7 @@ if [ "$mode" != unit ]; then
 			uring_saved=$(cat "$uring_param")
 			echo Y >"$uring_param"
 			(cd "$top" && PF_MOUNT_OPTS="-o uring" PF_EXPECT_URING=1 \
-				timeout 3000 bats --tap "${files[@]}") >"$log" 2>&1
+				timeout 3000 bats --tap --timing "${files[@]}") >"$log" 2>&1
 			rc=$?
 			restore_uring
 			tally_run "integration over io_uring ($uring_files)" $rc

@@ -116,6 +116,7 @@ static struct pf_manifest *manifest_new(const struct pf_csum_alg *a,
 
 struct build_ctx {
 	struct pf_manifest *m;
+	const char *name;	/* the delta, for messages */
 	uint64_t cap;
 	struct pf_why *why;
 };
@@ -126,11 +127,11 @@ static int build_each(void *ctx, uint32_t vclu, const uint8_t *md, int err)
 	struct pf_manifest *m = b->m;
 
 	if (err)
-		return pf_why_set(b->why, err, "cannot read virtual cluster %"
-				  PRIu32 ": %s", vclu, strerror(-err));
+		return pf_why_set(b->why, err, "%s: cannot read virtual cluster %"
+				  PRIu32 ": %s", b->name, vclu, strerror(-err));
 	if (m->h.entries == b->cap)
 		return pf_why_set(b->why, -EAGAIN,
-				  "the BAT changed while it was read");
+				  "%s: the BAT changed while it was read", b->name);
 	pf_mf_entry_encode(m->ent + m->h.entries * ent_size(m), vclu, md,
 			   m->h.md_len);
 	m->h.entries++;
@@ -141,13 +142,14 @@ int pf_manifest_build(struct pf_delta *d, const char *guid,
 		      const struct pf_sum_opts *o, struct pf_manifest **out,
 		      struct pf_why *why)
 {
-	struct build_ctx b = { .why = why };
+	struct build_ctx b = { .why = why, .name = d->name };
 	struct stat st;
 	int ret;
 
 	*out = NULL;
 	if (fstat(d->f->fd, &st) < 0)
-		return pf_why_set(why, neg_errno(), "%s", strerror(errno));
+		return pf_why_set(why, neg_errno(), "%s: %s", d->name,
+				  strerror(errno));
 	b.cap = pf_delta_mapped_count(d);
 	b.m = manifest_new(o->alg, d->hdr.cluster_bytes, d->hdr.bat_entries,
 			   b.cap, guid, (uint64_t)st.st_size);
@@ -238,7 +240,9 @@ int pf_manifest_drop(int dirfd, const char *delta_file,
 		ret = neg_errno();
 	if (!unlinkat(dirfd, tmp, 0))
 		gone = true;
-	if (!ret && gone)
+	/* always: an earlier drop may have unlinked it and then failed to
+	 * sync the directory */
+	if (!ret)
 		ret = pf_fsync_dir(dirfd);
 	if (!ret && gone)
 		step(hook, PF_MF_DROPPED);
@@ -255,6 +259,9 @@ int pf_manifest_seal(int dirfd, struct pf_delta *d, const char *delta_file,
 	struct pf_manifest *m = NULL;
 	int ret = pf_manifest_build(d, guid, o, &m, why);
 
+	/* W9: for content that is durable, whoever wrote it last */
+	if (!ret && m && (ret = d->f->ops->datasync(d->f)))
+		pf_why_fmt(why, "%s: cannot sync: %s", d->name, strerror(-ret));
 	if (!ret && m)
 		ret = pf_manifest_store(dirfd, delta_file, m, hook, why);
 	pf_manifest_free(m);
@@ -337,7 +344,8 @@ out:
 }
 
 int pf_manifest_load(int dirfd, const char *delta_file,
-		     struct pf_manifest **out, struct pf_why *why)
+		     const struct pf_delta *d, struct pf_manifest **out,
+		     struct pf_why *why)
 {
 	char *name = pf_manifest_name(delta_file);
 	uint8_t hdr[PF_MF_HDR_SIZE], *buf = NULL;
@@ -372,12 +380,23 @@ int pf_manifest_load(int dirfd, const char *delta_file,
 		ret = pf_mf_header_decode(hdr, (uint64_t)st.st_size, &h, &pw);
 	else if (ret == -EUCLEAN)
 		pf_why_fmt(&pw, "shorter than its header");
+	if (!ret && d &&
+	    (h.cluster_bytes != d->hdr.cluster_bytes ||
+	     h.bat_entries != d->hdr.bat_entries))
+		ret = pf_why_set(&pw, -EUCLEAN,
+				 "of another geometry (%" PRIu32
+				 " clusters of %" PRIu32 " bytes, the delta has %"
+				 PRIu32 " of %" PRIu32 ")",
+				 h.bat_entries, h.cluster_bytes,
+				 d->hdr.bat_entries, d->hdr.cluster_bytes);
 	if (!ret) {
 		buf = malloc((size_t)st.st_size);
 		ret = buf ? pf_pread_full(fd, buf, (size_t)st.st_size, 0) :
 			    -ENOMEM;
-		if (ret && ret != -ENOMEM)
-			pf_why_fmt(&pw, "cannot read: %s", strerror(-ret));
+		if (ret)
+			pf_why_fmt(&pw, "cannot %s: %s",
+				   buf ? "read" : "hold it in memory",
+				   strerror(-ret));
 	}
 	if (!ret)
 		ret = pf_manifest_parse(buf, (size_t)st.st_size, out, &pw);
@@ -540,7 +559,7 @@ int pf_manifest_check(int dirfd, struct pf_delta *d, const char *file,
 	int ret;
 
 	*clusters = 0;
-	ret = pf_manifest_load(dirfd, file, &m, why);
+	ret = pf_manifest_load(dirfd, file, d, &m, why);
 	if (!ret && !m)
 		ret = -EIO;	/* cannot happen: load sets it on success */
 	if (ret == -EUCLEAN || ret == -ENOTSUP) {

@@ -92,11 +92,16 @@ bool pf_manifest_exists(int dirfd, const char *delta_file);
 
 /*
  * Read and validate the manifest of @delta_file: header, entries in
- * ascending order within the BAT, root digest.
- * Returns: 0; -ENOENT (none); -EUCLEAN (damaged: @why says how);
- * -ENOTSUP (its algorithm is unknown to this OpenSSL); other -errno.
+ * ascending order within the BAT, root digest.  With @d (the delta, may
+ * be NULL) a manifest of another cluster size or number of virtual
+ * clusters is refused from its header, before its body is read: a
+ * damaged header cannot make it read gigabytes.
+ * Returns: 0; -ENOENT (none); -EUCLEAN (damaged, or of another
+ * geometry: @why says how); -ENOTSUP (its algorithm is unknown to this
+ * OpenSSL); other -errno.
  */
 PF_MUST_CHECK int pf_manifest_load(int dirfd, const char *delta_file,
+				   const struct pf_delta *d,
 				   struct pf_manifest **out,
 				   struct pf_why *why);
 

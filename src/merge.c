@@ -342,12 +342,14 @@ static void mf_step(void *ctx, enum pf_mf_step st)
 						   c->dropped);
 }
 
-/* The manifest of @file, or NULL (none, damaged, unreadable). */
-static struct pf_manifest *manifest_of(struct pf_stack *s, const char *file)
+/* The manifest of level @l's delta, or NULL (none, damaged,
+ * unreadable). */
+static struct pf_manifest *manifest_of(struct pf_stack *s, unsigned l)
 {
 	struct pf_manifest *m = NULL;
 
-	if (pf_manifest_load(s->dirfd, file, &m, NULL))
+	if (pf_manifest_load(s->dirfd, s->levels[l].d->name, s->levels[l].d,
+			     &m, NULL))
 		return NULL;
 	return m;
 }
@@ -487,14 +489,17 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 
 		/* W9: the parent's manifest goes, durably, before its file
 		 * changes; both are kept in memory to seal the result. */
-		pm = manifest_of(s, s->levels[p].d->name);
-		cm = manifest_of(s, s->levels[m.c].d->name);
+		pm = manifest_of(s, p);
+		cm = manifest_of(s, m.c);
 		ret = pf_manifest_drop(s->dirfd, s->levels[p].d->name, &hook);
 		if (ret) {
 			pf_why_fmt(why, "%s: cannot remove its manifest: %s",
 				   s->levels[p].d->name, strerror(-ret));
 			goto out;
 		}
+		pthread_mutex_lock(&s->levels_lock);
+		s->levels[p].sealed = false;
+		pthread_mutex_unlock(&s->levels_lock);
 		/* The parent changes in place: mark it being deleted first,
 		 * so a crash leaves a merge to complete, not a snapshot
 		 * whose data is half its child's. */
@@ -602,9 +607,11 @@ int pf_stack_delete_snapshot(struct pf_stack *s, const char *guid,
 		ret = structural_not_durable(why, "snapshot deleted");
 		goto out;
 	}
-	if (down && merged_manifest(s, &s->levels[p], pm, cm)) {
+	if (down) {
+		bool sealed = merged_manifest(s, &s->levels[p], pm, cm);
+
 		pthread_mutex_lock(&s->levels_lock);
-		s->levels[p].sealed = true;
+		s->levels[p].sealed = sealed;
 		pthread_mutex_unlock(&s->levels_lock);
 	}
 	/* W9: the manifest of the file that goes is dropped first: its

@@ -78,11 +78,14 @@ static int snapshot_online(int fd, const char *dir, const char *guid,
 
 static void usage_snapshot(FILE *out)
 {
-	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--no-freeze] [-v] [--timeout <s>] <dir>\n"
+	fprintf(out, "usage: ploopctl snapshot [-u <guid>] [--no-freeze] [--no-seal] [-v] [--timeout <s>] <dir>\n"
 		     "  -u, --guid <guid>   GUID for the snapshot (default: random)\n"
 		     "  --no-freeze         do not freeze the file systems mounted from loop\n"
 		     "                      devices of a mounted disk (default: frozen around\n"
 		     "                      the switch, so that the snapshot is consistent)\n"
+		     "  --no-seal           an image that is not mounted: return without\n"
+		     "                      sealing the snapshot (reading all of it); ploopctl\n"
+		     "                      verify, or the daemon once mounted, seals it\n"
 		     "  -v, --verbose       a line on stderr per file system frozen and thawed\n"
 		     "  -t, --timeout <s>   a mounted image's daemon must not be silent for <s>\n"
 		     "                      seconds (default %d; 0: no limit)\n",
@@ -122,10 +125,11 @@ static void seal_offline(struct image *im, struct pf_delta *d,
 static int cmd_snapshot(int argc, char **argv)
 {
 	const char *want = NULL;
-	bool no_freeze = false, verbose = false;
+	bool no_freeze = false, verbose = false, no_seal = false;
 	const struct cmd_opt opts[] = {
 		{ "guid", 'u', OPT_ARG, &want },
 		{ "no-freeze", OPT_KEY_LONG, OPT_FLAG, &no_freeze },
+		{ "no-seal", OPT_KEY_LONG + 1, OPT_FLAG, &no_seal },
 		{ "verbose", 'v', OPT_FLAG, &verbose },
 		OPT_TIMEOUT,
 	};
@@ -183,7 +187,8 @@ static int cmd_snapshot(int argc, char **argv)
 		goto out;
 	}
 	printf("%s\n", prep.guid);
-	seal_offline(&im, v[n - 1], prep.guid);
+	if (!no_seal)
+		seal_offline(&im, v[n - 1], prep.guid);
 out:
 	free(prep.file);
 	deltas_close(v, n);

@@ -40,6 +40,10 @@ struct progress {
 	bool shown;
 };
 
+/* The progress line on the terminal, cleared before a line goes to
+ * stdout (which may be the same terminal). */
+static struct progress *shown_progress;
+
 static void progress_cb(void *ctx, uint64_t done, uint64_t total)
 {
 	struct progress *p = ctx;
@@ -55,16 +59,31 @@ static void progress_cb(void *ctx, uint64_t done, uint64_t total)
 		return;
 	p->last = now;
 	p->shown = true;
+	shown_progress = p;
 	fprintf(stderr, "\r%s: %3u%% (%s of %s)   ", p->what,
 		total ? (unsigned)(done * 100 / total) : 100,
 		pf_fmt_size(done, a, sizeof(a)), pf_fmt_size(total, b, sizeof(b)));
 	fflush(stderr);
 }
 
+static void progress_clear(void)
+{
+	struct progress *p = shown_progress;
+
+	if (p && p->shown) {
+		fputs("\r\033[K", stderr);
+		fflush(stderr);
+		p->shown = false;
+	}
+}
+
 static void progress_end(struct progress *p)
 {
 	if (p->on && p->shown)
 		fputc('\n', stderr);
+	p->shown = false;
+	if (shown_progress == p)
+		shown_progress = NULL;
 }
 
 /* Options shared by checksum and verify */
@@ -382,13 +401,13 @@ static int cmd_checksum(int argc, char **argv)
 		if (rc != EXIT_OK)
 			goto out;
 	}
+	/* sum_mounted's call closes fd; a daemon that began closing the
+	 * image before it answered has closed it: read the files */
 	if (fd >= 0)
 		rc = sum_mounted(&q, &o, argv[optind], fd, guid[0] ? guid : NULL);
-	else
+	if (fd < 0 || rc == EXIT_DAEMON_CLOSED)
 		rc = sum_offline(&q, &o, argv[optind], guid[0] ? guid : NULL);
 out:
-	if (fd >= 0)
-		close(fd);
 	pf_mounts_free(mv, mn);
 	pf_csum_alg_free(alg);
 	return rc;
@@ -427,6 +446,8 @@ struct vout {
 	unsigned bad_listed;	/* of the current delta */
 	uint32_t cluster_bytes;
 	const char *file;	/* of the current delta */
+	const char *dir;	/* for vout_begin() */
+	bool begun;		/* vout_begin() printed */
 	unsigned count[9];
 	bool in_delta;		/* JSON: a delta object is open */
 };
@@ -449,6 +470,9 @@ static unsigned vstate_idx(const char *st)
 
 static void vout_begin(struct vout *o, const char *dir)
 {
+	if (o->begun)
+		return;
+	o->begun = true;
 	if (o->json) {
 		printf("{\"path\":");
 		json_str(stdout, dir);
@@ -465,6 +489,7 @@ static void vout_bad(struct vout *o, uint32_t vclu, const char *problem)
 
 	if (o->bad_listed++ >= VERIFY_LIST_MAX)
 		return;
+	progress_clear();
 	if (o->json) {
 		printf("%s{\"cluster\":%" PRIu32 ",\"offset\":%" PRIu64
 		       ",\"problem\":",
@@ -480,6 +505,7 @@ static void vout_bad(struct vout *o, uint32_t vclu, const char *problem)
 
 static void vout_bad_open(struct vout *o)
 {
+	vout_begin(o, o->dir);
 	if (o->json && !o->in_delta) {
 		printf("%s{\"bad\":[", o->n ? "," : "");
 		o->in_delta = true;
@@ -488,7 +514,9 @@ static void vout_bad_open(struct vout *o)
 
 static void vout_delta(struct vout *o, const struct vdelta *d)
 {
+	vout_begin(o, o->dir);
 	o->count[vstate_idx(d->state)]++;
+	progress_clear();
 	if (o->json) {
 		if (!o->in_delta)
 			printf("%s{\"bad\":[", o->n ? "," : "");
@@ -496,9 +524,11 @@ static void vout_delta(struct vout *o, const struct vdelta *d)
 		json_str(stdout, d->guid);
 		printf(",\"file\":");
 		json_str(stdout, d->file);
-		printf(",\"state\":\"%s\",\"clusters\":%" PRIu64
-		       ",\"problems\":%" PRIu64 ",\"note\":",
-		       d->state, d->clusters, d->problems);
+		printf(",\"state\":");
+		json_str(stdout, d->state);
+		printf(",\"clusters\":%" PRIu64 ",\"problems\":%" PRIu64
+		       ",\"note\":",
+		       d->clusters, d->problems);
 		if (d->note)
 			json_str(stdout, d->note);
 		else
@@ -517,9 +547,11 @@ static void vout_delta(struct vout *o, const struct vdelta *d)
 		if (!strcmp(d->state, "ok") || !strcmp(d->state, "sealed"))
 			printf(" (%" PRIu64 " clusters)", d->clusters);
 		if (!strcmp(d->state, "mismatch"))
-			printf(" (%" PRIu64 " of %" PRIu64 " clusters%s)",
-			       d->problems, d->clusters,
-			       d->problems > VERIFY_LIST_MAX ? ", first " "100 listed" : "");
+			printf(" (%" PRIu64 " bad cluster%s of %" PRIu64 "%s)",
+			       d->problems, d->problems == 1 ? "" : "s",
+			       d->clusters,
+			       d->problems > VERIFY_LIST_MAX ?
+				       ", the first 100 listed" : "");
 		if (d->note)
 			printf(": %s", d->note);
 		putchar('\n');
@@ -638,7 +670,7 @@ static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
 
 static int verify_offline(const char *dir, struct pf_sum_opts *o, bool json)
 {
-	struct vout out = { .json = json };
+	struct vout out = { .json = json, .dir = dir };
 	struct image im;
 	size_t i;
 	int rc;
@@ -738,17 +770,19 @@ static int verify_line(void *ctx, const char *line)
 static int verify_online(const char *dir, int fd, bool json)
 {
 	const char *argv[] = { "verify" };
-	struct vout out = { .json = json };
+	struct vout out = { .json = json, .dir = dir };
 	struct vonline v = { .o = &out };
 	int rc;
 
-	vout_begin(&out, dir);
 	rc = daemon_call(fd, dir, 1, argv, verify_line, &v);
+	if (rc == EXIT_DAEMON_CLOSED && !out.begun)
+		return rc;	/* nothing printed: the caller reads the files */
 	if (rc != EXIT_OK) {
-		if (json)
-			printf("]}\n");
-		return rc;
+		if (json && out.begun)	/* a document that parses */
+			printf("%s],\"ok\":false}\n", out.in_delta ? "]}" : "");
+		return rc == EXIT_DAEMON_CLOSED ? EXIT_FAIL : rc;
 	}
+	vout_begin(&out, dir);
 	return vout_end(&out);
 }
 
@@ -783,8 +817,7 @@ static int cmd_verify(int argc, char **argv)
 	/* mounted: the daemon verifies (and seals with its algorithm) */
 	rc = daemon_of(argv[optind], &fd);
 	if (rc == EXIT_OK && fd >= 0) {
-		rc = verify_online(argv[optind], fd, json);
-		close(fd);
+		rc = verify_online(argv[optind], fd, json);	/* closes fd */
 		if (rc != EXIT_DAEMON_CLOSED)
 			goto out;
 	}

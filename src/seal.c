@@ -4,9 +4,9 @@
  * stack_i.h and manifest.h).
  *
  * A snapshot's old top is read-only from the moment it is taken; the
- * sealer thread then writes its manifest in the background, at idle I/O
- * priority and the lowest CPU priority, with one reader, so that the
- * disk's own I/O goes first.  It also seals, at start, the read-only
+ * sealer thread then writes its manifest in the background, at the
+ * lowest best-effort I/O priority and the lowest CPU priority, with one
+ * reader, so that the disk's own I/O goes first.  It also seals, at start, the read-only
  * levels a crash or an older ploopfs left without a manifest (a clean
  * stop does not wait for it: the next start resumes it).
  *
@@ -31,8 +31,11 @@
 #include "log.h"
 #include "manifest.h"
 
-/* ioprio_set(2), not wrapped by glibc */
-#define IOPRIO_CLASS_IDLE	3
+/* ioprio_set(2), not wrapped by glibc: best effort, lowest level (the
+ * idle class could starve the sealer, and with it a snapshot's freeze
+ * that waits for its current read) */
+#define IOPRIO_CLASS_BE		2
+#define IOPRIO_BE_LOWEST	7
 #define IOPRIO_CLASS_SHIFT	13
 #define IOPRIO_WHO_PROCESS	1
 
@@ -80,22 +83,34 @@ static int seal_level(struct pf_stack *s, unsigned l, unsigned threads,
 	return 0;
 }
 
-/* Seal every read-only level that has no manifest (seal_lock held). */
+/*
+ * Seal every read-only level that has no manifest (seal_lock held); one
+ * that fails does not keep the others unsealed.  Nothing is sealed in
+ * the failed state (W7): a snapshot whose descriptor may not be durable
+ * may yet turn out not to be one.  Returns 0 or the first error.
+ */
 static int seal_all(struct pf_stack *s, unsigned threads, struct pf_why *why)
 {
+	struct pf_why w = { "" };
 	unsigned l;
-	int ret;
+	int ret, first = 0;
 
+	if (atomic_load(&s->failed))
+		return pf_why_set(why, -EIO, "the image is in the failed state (W7)");
 	for (l = 0; l + 1 < s->n_levels; l++) {
 		struct level *lv = &s->levels[l];
 
 		if (lv->sealed || lv->hidden || lv->deleting)
 			continue;
-		ret = seal_level(s, l, threads, why);
-		if (ret)
+		ret = seal_level(s, l, threads, &w);
+		if (ret == -ECANCELED)
 			return ret;
+		if (ret && !first) {
+			first = ret;
+			pf_why_fmt(why, "%s", w.msg);
+		}
 	}
-	return 0;
+	return first;
 }
 
 int pf_stack_seal(struct pf_stack *s, struct pf_why *why)
@@ -121,7 +136,7 @@ static void *sealer_main(void *arg)
 	 * inherited by the readers it starts) */
 	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
 	(void)syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0,
-		      IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT);
+		      IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT | IOPRIO_BE_LOWEST);
 	pthread_mutex_lock(&s->seal_mu);
 	for (;;) {
 		while (!s->seal_stop && !s->seal_pending)
@@ -216,11 +231,34 @@ static void verify_bad(void *ctx, uint32_t vclu, enum pf_mf_problem p)
 	v->cb->bad(v->cb->ctx, v->guid, vclu, pf_mf_problem_name(p));
 }
 
+/* Progress and cancel of a verify's reads: the stack's progress
+ * counters, and its client's cancel (it went away, the daemon stops). */
+struct vprog {
+	struct pf_stack *s;
+	const struct pf_stack_verify_cb *cb;
+};
+
+static void verify_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	const struct vprog *pc = ctx;
+
+	seal_progress(pc->s, done, total);
+}
+
+static bool verify_cancelled_pc(void *ctx)
+{
+	const struct vprog *pc = ctx;
+
+	return pc->cb->cancel && pc->cb->cancel(pc->cb->ctx);
+}
+
 int pf_stack_verify(struct pf_stack *s, const struct pf_stack_verify_cb *cb,
 		    struct pf_why *why)
 {
 	struct pf_sum_opts o = { .alg = s->seal_alg, .ctx = s,
 				 .progress = seal_progress };
+	struct pf_sum_opts vo;
+	struct vprog pc = { s, cb };
 	unsigned l;
 	int ret = 0;
 
@@ -248,8 +286,12 @@ int pf_stack_verify(struct pf_stack *s, const struct pf_stack_verify_cb *cb,
 			atomic_store(&s->seal_total,
 				     pf_delta_mapped_count(lv->d) *
 					     s->cluster_bytes);
+			vo = o;
+			vo.ctx = &pc;
+			vo.progress = verify_progress;
+			vo.cancel = verify_cancelled_pc;
 			ret = pf_manifest_check(s->dirfd, lv->d, lv->d->name,
-						lv->guid, !s->read_only, &o,
+						lv->guid, !s->read_only, &vo,
 						verify_bad, &v, &st,
 						&r.clusters, &w);
 			atomic_store(&s->seal_total, 0);

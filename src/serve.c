@@ -233,6 +233,14 @@ static int verify_delta(void *ctx, const struct pf_stack_verified *d)
 	return v->err;
 }
 
+/* the client went away (a failed send, a hang-up) or the daemon stops */
+static bool verify_cancel(void *ctx)
+{
+	struct verify_out *v = ctx;
+
+	return v->err || pf_ctl_cancelled(v->r) || pf_ctl_stopping(v->r);
+}
+
 static int verify_level(void *ctx, const char *guid, const char *file)
 {
 	struct verify_out *v = ctx;
@@ -249,7 +257,7 @@ static int cmd_verify(void *ctx, int argc, char **argv,
 	struct verify_out v = { .r = r };
 	const struct pf_stack_verify_cb cb = {
 		.level = verify_level, .bad = verify_bad,
-		.delta = verify_delta, .ctx = &v,
+		.delta = verify_delta, .cancel = verify_cancel, .ctx = &v,
 	};
 	struct pf_stack_stat st;
 	int ret;

@@ -412,39 +412,43 @@ void pf_stack_read_view(struct pf_stack *s, const char *guid, void *buf,
 	stack_read(s, guid, buf, len, off, done, arg);
 }
 
+/* BAT entries a seek looks at inside the gate at a time: a freeze waits
+ * for one window at most, not for a scan of the whole disk */
+#define SEEK_WINDOW	65536u
+
 int pf_stack_seek(struct pf_stack *s, const char *guid, uint64_t off,
 		  bool data, uint64_t *out)
 {
 	const struct pf_header *h = s->hdr;
-	uint8_t view = LEVEL_NONE;
-	uint32_t idx;
+	uint32_t idx = (uint32_t)(off >> h->cluster_shift), end;
 	unsigned e;
-	int ret = data ? -ENXIO : 0;
+	int ret = 1;	/* not found yet */
 
 	if (off >= h->size_bytes)
 		return -ENXIO;
 	*out = h->size_bytes;
-	gate_enter(s);
-	e = epoch_enter(s);
-	if (guid) {
-		view = map_view_find(s, guid);
-		if (view == LEVEL_NONE)
+	while (ret == 1 && idx < h->bat_entries) {
+		uint8_t view = LEVEL_NONE;
+
+		end = h->bat_entries - idx > SEEK_WINDOW ? idx + SEEK_WINDOW :
+							   h->bat_entries;
+		gate_enter(s);
+		e = epoch_enter(s);
+		/* the view's level may move between windows (a delete) */
+		if (guid && (view = map_view_find(s, guid)) == LEVEL_NONE)
 			ret = -ESTALE;
-	}
-	for (idx = (uint32_t)(off >> h->cluster_shift);
-	     ret != -ESTALE && idx < h->bat_entries; idx++) {
-		bool mapped = map_view_level(s, view, idx) != LEVEL_NONE;
+		for (; ret == 1 && idx < end; idx++)
+			if ((map_view_level(s, view, idx) != LEVEL_NONE) == data) {
+				uint64_t at = (uint64_t)idx << h->cluster_shift;
 
-		if (mapped == data) {
-			uint64_t at = (uint64_t)idx << h->cluster_shift;
-
-			*out = at > off ? at : off;
-			ret = 0;
-			break;
-		}
+				*out = at > off ? at : off;
+				ret = 0;
+			}
+		epoch_exit(s, e);
+		gate_exit(s);
 	}
-	epoch_exit(s, e);
-	gate_exit(s);
+	if (ret == 1)	/* no data to the end; a hole at the end */
+		ret = data ? -ENXIO : 0;
 	return ret;
 }
 

@@ -306,6 +306,9 @@ struct pf_stack_verify_cb {
 		    const char *problem);
 	/* each level, base first; nonzero stops the verify */
 	int (*delta)(void *ctx, const struct pf_stack_verified *r);
+	/* asked between clusters: true stops the verify (-ECANCELED); may
+	 * be NULL */
+	bool (*cancel)(void *ctx);
 	void *ctx;
 };
 

@@ -289,8 +289,12 @@ static int job_init(struct sum_job *j, enum sum_mode mode,
 	j->md_len = pf_csum_alg_size(o->alg);
 	if (nth > PF_SUM_THREADS_MAX)
 		nth = PF_SUM_THREADS_MAX;
+	/* at least one unit more than the workers, within SUM_MEM: fewer
+	 * workers for large units (64 MiB clusters) */
+	if ((uint64_t)(nth + 1) * chunk > SUM_MEM)
+		nth = SUM_MEM / chunk > 2 ? (unsigned)(SUM_MEM / chunk) - 1 : 1;
 	/* two units per worker, so that one waits while one is read, as
-	 * memory allows; at least one more than the workers */
+	 * memory allows */
 	j->nring = 2 * nth;
 	if ((uint64_t)j->nring * chunk > SUM_MEM)
 		j->nring = (unsigned)(SUM_MEM / chunk);

@@ -78,7 +78,7 @@ state_of() {
 		poke "$f" $((size - 100)) "$(printf '%02x' $((0x$orig ^ 0x01)))"
 		run -9 ploopctl verify "$D"
 		[[ "$output" == *"$(basename "$f"): virtual cluster $((10 + k)) (disk bytes $(((10 + k) * K))-$(((11 + k) * K - 1))): data differs from the manifest"* ]]
-		[[ "$output" == *"$g $(basename "$f"): MISMATCH (1 of "* ]]
+		[[ "$output" == *"$g $(basename "$f"): MISMATCH (1 bad cluster of "* ]]
 		run -9 ploopctl verify --json "$D"
 		[ "$(state_of "$output" "$g")" = mismatch ]
 		[ "$(json_get "$output" '[d["bad"][0]["cluster"] for d in j["deltas"] if d["state"]=="mismatch"][0]')" = $((10 + k)) ]
@@ -97,7 +97,7 @@ state_of() {
 	truncate -s $((size - 2 * K)) "$f"
 	truncate -s "$size" "$f"
 	run -9 ploopctl verify "$D"
-	[[ "$output" == *"root.hds: MISMATCH (2 of 4 clusters)"* ]]
+	[[ "$output" == *"root.hds: MISMATCH (2 bad clusters of 4)"* ]]
 	[ "$(grep -c 'data differs from the manifest' <<<"$output")" = 2 ]
 	# check, which reads metadata only, still finds nothing wrong
 	run_ok ploopctl check "$D"

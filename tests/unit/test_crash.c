@@ -798,7 +798,8 @@ static bool manifests_ok(struct scenario *sc, int fd, const struct pf_dd *dd,
 		struct pf_manifest *m = NULL;
 		struct pf_why why = { "" };
 		uint64_t problems = 0;
-		int ret = pf_manifest_load(fd, dd->images[i].file, &m, &why);
+		int ret = pf_manifest_load(fd, dd->images[i].file, d[i], &m,
+					   &why);
 
 		if (ret == -ENOENT)
 			continue;

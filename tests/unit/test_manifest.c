@@ -113,7 +113,7 @@ static void test_roundtrip_and_verify(int dirfd, struct pf_csum_alg *a)
 	check_str(m->h.guid, "{g}");
 	check_int(pf_manifest_store(dirfd, "root.hds", m, NULL, &why), ==, 0);
 	check(pf_manifest_exists(dirfd, "root.hds"));
-	check_int(pf_manifest_load(dirfd, "root.hds", &l, &why), ==, 0);
+	check_int(pf_manifest_load(dirfd, "root.hds", d, &l, &why), ==, 0);
 	check(l && !memcmp(&l->h, &m->h, sizeof(m->h)) &&
 	      !memcmp(l->ent, m->ent, m->h.entries * esz(m)) &&
 	      !memcmp(l->root, m->root, m->h.md_len));
@@ -277,12 +277,34 @@ static void test_parse_rejects(int dirfd)
 	check(strstr(why.msg, "root digest") != NULL);
 	/* and load says which file */
 	check(write_file(dirfd, "x.sum", buf, (size_t)n) == 0);
-	check_int(pf_manifest_load(dirfd, "x", &m, &why), ==, -EUCLEAN);
+	check_int(pf_manifest_load(dirfd, "x", NULL, &m, &why), ==, -EUCLEAN);
 	check(strstr(why.msg, "x.sum: the root digest") != NULL);
-	check_int(pf_manifest_load(dirfd, "nothing", &m, &why), ==, -ENOENT);
+	check_int(pf_manifest_load(dirfd, "nothing", NULL, &m, &why), ==,
+		  -ENOENT);
 	check(symlinkat("root.hds.sum", dirfd, "y.sum") == 0);
-	check_int(pf_manifest_load(dirfd, "y", &m, &why), ==, -EUCLEAN);
+	check_int(pf_manifest_load(dirfd, "y", NULL, &m, &why), ==, -EUCLEAN);
 	check(strstr(why.msg, "symbolic link") != NULL);
+	/* a header that announces 2^29 - 1 entries (a 19 GB file, sparse):
+	 * refused for the delta's geometry before anything is read */
+	{
+		struct pf_delta *d = open_base(dirfd);
+		int fd2;
+
+		pf_le32_put(buf + 52, PF_MAX_BAT_ENTRIES);
+		pf_le64_put(buf + 56, PF_MAX_BAT_ENTRIES);
+		fd2 = openat(dirfd, "big.sum", O_WRONLY | O_CREAT | O_TRUNC,
+			     0644);
+		check(fd2 >= 0 && pf_pwrite_full(fd2, buf, PF_MF_HDR_SIZE, 0) == 0);
+		check(ftruncate(fd2, PF_MF_HDR_SIZE +
+					(off_t)PF_MAX_BAT_ENTRIES * 36 + 32) == 0);
+		close(fd2);
+		check_int(pf_manifest_load(dirfd, "big", d, &m, &why), ==,
+			  -EUCLEAN);
+		check_msg(strstr(why.msg, "big.sum: of another geometry") != NULL,
+			  "why: %s", why.msg);
+		unlinkat(dirfd, "big.sum", 0);
+		pf_delta_close(d);
+	}
 	free(buf);
 }
 
@@ -295,6 +317,57 @@ static void test_drop(int dirfd)
 	check(pf_manifest_exists(dirfd, "root.hds"));
 	check_int(pf_manifest_drop(dirfd, "root.hds", NULL), ==, 0);
 	check(!pf_manifest_exists(dirfd, "root.hds"));
+}
+
+/*
+ * The stack keeps count of what is sealed: a down merge into a sealed
+ * snapshot whose child is not sealed leaves the merged delta unsealed,
+ * counted so, and pf_stack_seal() then seals it; the composed manifest
+ * when both are sealed verifies.
+ */
+static void test_stack_sealing(void)
+{
+	struct pf_stack_opts o = { .no_sealer = true };
+	struct pf_stack_merge_info mi;
+	struct pf_stack_stat st;
+	struct pf_why why = { "" };
+	char g1[PF_GUID_LEN + 1], g2[PF_GUID_LEN + 1];
+	uint8_t *buf = malloc(CLU);
+	char *dir = tu_new_image(root_dir, 16 * CLU, CLU);
+	struct pf_stack *s;
+	int dirfd;
+
+	o.dir = dir;
+	s = tu_open_stack(&o, true, NULL);
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY);
+	check(s && buf && dirfd >= 0);
+	if (!s || !buf || dirfd < 0)
+		return;
+	tu_fill(buf, CLU, 3, 0);
+	check(pf_stack_pwrite(s, buf, CLU, 0) == 0);
+	check(pf_stack_snapshot(s, NULL, g1, &why) == 0);
+	check_int(pf_stack_seal(s, &why), ==, 0);
+	check(pf_manifest_exists(dirfd, "root.hds"));
+	tu_fill(buf, CLU, 4, CLU);
+	check(pf_stack_pwrite(s, buf, CLU, CLU) == 0);
+	check(pf_stack_snapshot(s, NULL, g2, &why) == 0);
+	pf_stack_stat(s, &st);
+	check_int(st.unsealed, ==, 1);
+	/* g1's child g2 is read-only: a down merge into root.hds */
+	check_int(pf_stack_delete_snapshot(s, g1, 0, &mi, &why), ==, 0);
+	check(mi.down);
+	check(!pf_manifest_exists(dirfd, "root.hds"));
+	pf_stack_stat(s, &st);
+	check_int(st.unsealed, ==, 1);
+	check_int(pf_stack_seal(s, &why), ==, 0);
+	check(pf_manifest_exists(dirfd, "root.hds"));
+	pf_stack_stat(s, &st);
+	check_int(st.unsealed, ==, 0);
+	check_int(pf_stack_close(s), ==, 0);
+	close(dirfd);
+	tu_remove_dir(dir);
+	free(dir);
+	free(buf);
 }
 
 int main(void)
@@ -313,6 +386,7 @@ int main(void)
 	test_compose();
 	test_parse_rejects(dirfd);
 	test_drop(dirfd);
+	test_stack_sealing();
 	pf_csum_alg_free(a);
 	close(dirfd);
 	tu_remove_dir(dir);

@@ -482,7 +482,11 @@ struct open_args {
 static struct pf_stack *open_stack(const char *dir, bool start,
 				   const struct open_args *a)
 {
-	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000 };
+	/* no sealer thread: the tests count and hash the directory's files,
+	 * which a background manifest would change at any moment (sealing:
+	 * test_manifest, test_crash, 92-verify.bats) */
+	struct pf_stack_opts o = { .dir = dir, .commit_ms = 60000,
+				   .no_sealer = true };
 
 	if (a) {
 		o.factory = a->factory;
