@@ -8,16 +8,55 @@
  * left over); its entries are in strictly ascending order within the
  * virtual clusters; its digest length is its algorithm's.  An input that
  * does not parse says why, with one of the documented errors.
+ *
+ * Mutations almost always break the root digest, which is checked last;
+ * so each input is parsed a second time with its last md_len bytes
+ * replaced by the right root for what precedes them, which lets the
+ * fuzzer reach the checks of the entries.
  */
 #include "fuzz.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "csum.h"
 #include "manifest.h"
 
+static void parse_one(const uint8_t *data, size_t size);
+
+/* @data with its root digest made right, if its header names a known
+ * algorithm of its digest length; else nothing. */
+static void parse_fixed(const uint8_t *data, size_t size)
+{
+	struct pf_csum_alg *a = NULL;
+	struct pf_csum *c = NULL;
+	struct pf_mf_header h;
+	uint8_t *copy;
+
+	if (size < PF_MF_HDR_SIZE ||
+	    pf_mf_header_decode(data, size, &h, NULL) ||
+	    pf_csum_alg_get(h.alg, &a, NULL))
+		return;
+	copy = malloc(size);
+	if (copy && pf_csum_alg_size(a) == h.md_len && !pf_csum_new(a, &c) &&
+	    !pf_csum_buf(c, data, size - h.md_len, copy + size - h.md_len)) {
+		memcpy(copy, data, size - h.md_len);
+		parse_one(copy, size);
+	}
+	pf_csum_free(c);
+	pf_csum_alg_free(a);
+	free(copy);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	parse_one(data, size);
+	parse_fixed(data, size);
+	return 0;
+}
+
+static void parse_one(const uint8_t *data, size_t size)
 {
 	struct pf_manifest *m = NULL;
 	struct pf_csum_alg *a = NULL;
@@ -33,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (ret) {
 		fuzz_assert(m == NULL);
 		fuzz_assert(ret == -ENOMEM || why.msg[0] != '\0');
-		return 0;
+		return;
 	}
 	body = m->h.entries * pf_mf_entry_size(m->h.md_len);
 	fuzz_assert(size == PF_MF_HDR_SIZE + body + m->h.md_len);
@@ -56,5 +95,4 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_assert(pf_csum_alg_size(a) == m->h.md_len);
 	pf_csum_alg_free(a);
 	pf_manifest_free(m);
-	return 0;
 }
