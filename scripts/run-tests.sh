@@ -79,7 +79,10 @@ if [ "$mode" != unit ]; then
 	else
 		if [ "$mode" != uring ]; then
 			(cd "$top" && timeout 3000 bats --tap --timing tests/integration) >"$log" 2>&1
-			tally_run integration $?
+			rc=$?
+			# kept, with each test's time, for the suite's budget
+			cp "$log" "$B/integration.tap"
+			tally_run integration $rc
 		fi
 		# The daemon's tests again, every mount over FUSE over
 		# io_uring (HACKING, Tests); the parameter is put back after.

@@ -105,7 +105,7 @@ make_two_snapshots() {
 	[ "$(json_get "$output" 'len(j["snapshots"])')" = 3 ]
 	run_ok ploopctl check "$D"
 	[[ "$output" == *": 3 deltas, "*": clean" ]]
-	for f in "$D"/root.hds*; do
+	for f in $(delta_files "$D"); do
 		run_ok qemu-img check -f parallels "$f"
 	done
 	# the disk is A's: through the mount, and as qemu reads the chain

@@ -580,7 +580,7 @@ except OSError as e:
 	expect_bytes "$M/disk" 20M:1M:0
 	pf_umount "$M"
 	run_ok ploopctl check "$D"
-	[ "$(find "$D" -name 'root.hds*' | wc -l)" -eq 2 ]
+	[ "$(delta_files "$D" | wc -l)" -eq 2 ]
 }
 
 @test "unaligned pwrite/pread through the mount match a plain sparse file" {

@@ -136,7 +136,7 @@ time.sleep(float(sys.argv[3]))
 	[ -z "$output" ]
 	[ "$(n_snapshots "$D")" -eq 1 ]
 	# the merged deltas are gone: base, one snapshot's child (the top)
-	[ "$(find "$D" -name 'root.hds*' | wc -l)" -eq 2 ]
+	[ "$(delta_files "$D" | wc -l)" -eq 2 ]
 	[ "$(chain_sum "$D")" = "$want" ]
 	image_ok "$D"
 	# ploopfs serves the same

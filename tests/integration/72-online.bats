@@ -184,7 +184,7 @@ sys.exit(bad)
 	want=$(disk_sum "$M/disk")
 	pf_umount "$M"
 	image_ok "$D"
-	[ "$(find "$D" -name 'root.hds*' | wc -l)" -eq 3 ]
+	[ "$(delta_files "$D" | wc -l)" -eq 3 ]
 	run_ok timeout 300 qemu-img convert --image-opts "$(qemu_chain_opts "$D")" -O raw "$T/conv.raw"
 	[ "$(disk_sum "$T/conv.raw")" = "$want" ]
 	rm -f "$T/conv.raw"

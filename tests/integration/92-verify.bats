@@ -139,6 +139,7 @@ state_of() {
 	[ "$(xxd -p -s 16 -l 10 "$D/$f.sum")" = "$(printf blake2b512 | xxd -p)" ]
 	run_ok ploopctl verify "$D"
 	before=$(tree_sum "$D")
+	sums=$(cat "$D"/*.sum | sha256sum)
 	run -2 ploopctl verify -a nosuch "$D"
 	[ "${#lines[@]}" -eq 1 ]
 	run -2 ploopctl verify "$D" extra
@@ -149,6 +150,7 @@ state_of() {
 	[ "${#lines[@]}" -eq 1 ]
 	run -1 ploopctl verify "$D/root.hds"
 	[ "$(tree_sum "$D")" = "$before" ]
+	[ "$(cat "$D"/*.sum | sha256sum)" = "$sums" ]
 }
 
 @test "check --repair removes the manifest of a delta it repairs first (W9); verify seals it again" {
@@ -289,6 +291,7 @@ seal_wait() {
 	rm "$D/$f.sum"
 	pf_mount "$D" "$M" -o ro
 	before=$(tree_sum "$D")
+	sums=$(cat "$D"/*.sum | sha256sum)
 	run_ok ploopctl verify --json "$D"
 	[ "$(state_of "$output" "$G1")" = ok ]
 	[ "$(state_of "$output" "$G2")" = unsealed ]
@@ -296,5 +299,7 @@ seal_wait() {
 	run_ok ploopctl verify "$D"
 	[[ "$output" == *"$G2 $f: unsealed: not verified: the mount is read-only"* ]]
 	[ "$(tree_sum "$D")" = "$before" ]
+	[ ! -e "$D/$f.sum" ] && [ ! -e "$D/$f.sum.tmp" ]
+	[ "$(cat "$D"/*.sum | sha256sum)" = "$sums" ]
 	pf_umount "$M"
 }
