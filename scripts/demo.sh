@@ -1,7 +1,8 @@
 #!/bin/bash
 # The main job on a fresh machine: create a disk image, serve it with
 # ploopfs, put an ext4 file system on it through a loop device, write and
-# verify a file, unmount, and show what ploopctl and qemu-img see.
+# verify a file, unmount, and show what ploopctl and qemu-img see: the
+# snapshot sealed and verified, its digest equal to that of a raw copy.
 # usage: demo.sh [BUILD_DIR] [WORK_DIR]   (root: FUSE mounts, loop devices)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +47,13 @@ step losetup -d "$dev"
 dev=""
 step "$B/ploopctl" umount "$M"
 step "$B/ploopctl" snapshot-list "$D"
+step "$B/ploopctl" verify "$D"
+g=$("$B/ploopctl" snapshot-list --json "$D" |
+	python3 -c 'import json,sys; print([s["guid"] for s in json.load(sys.stdin)["snapshots"] if not s["current"]][0])')
+step "$B/ploopctl" checksum --snapshot "$g" "$D"
+step qemu-img convert -f parallels -O raw "$D/root.hds" "$W/snapshot.raw"
+step "$B/ploopctl" checksum --file "$W/snapshot.raw"
+rm -f "$W/snapshot.raw"
 step "$B/ploopctl" info "$D"
 step "$B/ploopctl" check "$D"
 step qemu-img check -f parallels "$D/root.hds"
