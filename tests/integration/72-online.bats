@@ -112,7 +112,7 @@ sys.exit(bad)
 ' "$1"
 }
 
-@test "rotation under fio verify load: 50+ rounds, status always answers, image clean" {
+@test "rotation under fio verify load: 30+ rounds, status always answers, image clean" {
 	run_ok ploopctl init -s 1G "$D"
 	pf_mount "$D" "$M"
 	# eight jobs, each on its own 16 MiB region 128 MiB apart, so crc32c
@@ -120,7 +120,7 @@ sys.exit(bad)
 	timeout 300 fio --name=rot --filename="$M/disk" --ioengine=libaio --direct=1 \
 		--numjobs=8 --iodepth=32 --rw=randrw --bs=4k --size=16M \
 		--offset_increment=128M --verify=crc32c --verify_backlog=1024 \
-		--verify_fatal=1 --verify_state_save=0 --time_based --runtime=60 \
+		--verify_fatal=1 --verify_state_save=0 --time_based --runtime=30 \
 		--output-format=json --output="$T/fio.json" >"$T/fio.out" 2>&1 3>&- &
 	fio_pid=$!
 	bg_pids+=("$fio_pid")
@@ -128,7 +128,7 @@ sys.exit(bad)
 
 	rounds=0 loaded=0 failed=0
 	t0=$SECONDS
-	while kill -0 "$fio_pid" 2>/dev/null || [ "$rounds" -lt 50 ]; do
+	while kill -0 "$fio_pid" 2>/dev/null || [ "$rounds" -lt 30 ]; do
 		kill -0 "$fio_pid" 2>/dev/null && loaded=$((loaded + 1))
 		rc=0
 		timeout 60 "$ROTATE" --quiet --keep 2 --lock-timeout 5 "$D" >>"$T/rotate.out" 2>&1 || rc=$?
@@ -150,7 +150,7 @@ sys.exit(bad)
 	echo "$poll"
 
 	[ "$failed" -eq 0 ]
-	[ "$rounds" -ge 50 ]
+	[ "$rounds" -ge 30 ]
 	[ "$fio_rc" -eq 0 ]
 	fio_ok "$T/fio.json"
 	! grep -Eiq 'bad magic|verify failed|crc32c.*(fail|mismatch)|verify: ' "$T/fio.out"
@@ -624,11 +624,11 @@ timed_out_within() {
 	image_ok "$D"
 }
 
-@test "20 online snapshot + delete cycles: names stay short, the last delete leaves root.hds, data intact" {
+@test "12 online snapshot + delete cycles: names stay short, the last delete leaves root.hds, data intact" {
 	run_ok ploopctl init -s 64M "$D"
 	pf_mount "$D" "$M"
 	write_random "$M/disk" 0 8
-	for i in $(seq 1 20); do
+	for i in $(seq 1 12); do
 		run_ok ploopctl snapshot "$D"
 		g=$output
 		write_random "$M/disk" $((i % 8)) 1
