@@ -212,7 +212,7 @@ static void print_sum(const struct sum_req *q, const struct pf_csum_alg *a,
 }
 
 static int run_sum(const struct sum_req *q, const struct pf_sum_src *src,
-		   struct pf_sum_opts *o, const char *name, uint8_t *md)
+		   const struct pf_sum_opts *o, const char *name, uint8_t *md)
 {
 	struct pf_why why = { "" };
 	struct progress p = { .what = "checksum" };
@@ -233,7 +233,7 @@ static int run_sum(const struct sum_req *q, const struct pf_sum_src *src,
 }
 
 /* The raw file @path (--file, or the disk or a view of a mount). */
-static int sum_file(const struct sum_req *q, struct pf_sum_opts *o,
+static int sum_file(const struct sum_req *q, const struct pf_sum_opts *o,
 		    const char *path, const char *what, const char *guid)
 {
 	uint8_t md[PF_CSUM_MAX];
@@ -251,7 +251,7 @@ static int sum_file(const struct sum_req *q, struct pf_sum_opts *o,
 }
 
 /* A mounted image: through the daemon's disk file or snapshot view. */
-static int sum_mounted(const struct sum_req *q, struct pf_sum_opts *o,
+static int sum_mounted(const struct sum_req *q, const struct pf_sum_opts *o,
 		       const char *dir, int fd, const char *guid)
 {
 	const char *argv[] = { "status" };
@@ -296,7 +296,7 @@ out:
 }
 
 /* An image that is not mounted: its deltas. */
-static int sum_offline(const struct sum_req *q, struct pf_sum_opts *o,
+static int sum_offline(const struct sum_req *q, const struct pf_sum_opts *o,
 		       const char *arg, const char *guid)
 {
 	struct pf_why why = { "" };
@@ -601,7 +601,7 @@ static void first_corrupt(void *ctx, const char *file, enum pf_finding kind,
 }
 
 /* Verify (or seal) delta @idx of the image offline. */
-static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
+static void verify_one(struct image *im, size_t idx, const struct pf_sum_opts *o,
 		       struct vout *out)
 {
 	const struct pf_dd_image *img = &im->dd->images[idx];
@@ -668,7 +668,7 @@ static void verify_one(struct image *im, size_t idx, struct pf_sum_opts *o,
 	vout_delta(out, &r);
 }
 
-static int verify_offline(const char *dir, struct pf_sum_opts *o, bool json)
+static int verify_offline(const char *dir, const struct pf_sum_opts *o, bool json)
 {
 	struct vout out = { .json = json, .dir = dir };
 	struct image im;
