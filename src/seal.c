@@ -255,10 +255,11 @@ static bool verify_cancelled_pc(void *ctx)
 int pf_stack_verify(struct pf_stack *s, const struct pf_stack_verify_cb *cb,
 		    struct pf_why *why)
 {
-	struct pf_sum_opts o = { .alg = s->seal_alg, .ctx = s,
-				 .progress = seal_progress };
-	struct pf_sum_opts vo;
 	struct vprog pc = { s, cb };
+	const struct pf_sum_opts o = {
+		.alg = s->seal_alg, .progress = verify_progress,
+		.cancel = verify_cancelled_pc, .ctx = &pc,
+	};
 	unsigned l;
 	int ret = 0;
 
@@ -286,12 +287,8 @@ int pf_stack_verify(struct pf_stack *s, const struct pf_stack_verify_cb *cb,
 			atomic_store(&s->seal_total,
 				     pf_delta_mapped_count(lv->d) *
 					     s->cluster_bytes);
-			vo = o;
-			vo.ctx = &pc;
-			vo.progress = verify_progress;
-			vo.cancel = verify_cancelled_pc;
 			ret = pf_manifest_check(s->dirfd, lv->d, lv->d->name,
-						lv->guid, !s->read_only, &vo,
+						lv->guid, !s->read_only, &o,
 						verify_bad, &v, &st,
 						&r.clusters, &w);
 			atomic_store(&s->seal_total, 0);
